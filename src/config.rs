@@ -1,0 +1,306 @@
+//! Configuration: clap flags with `HERALD_*` environment twins ([`Cli`]),
+//! turned in one fallible step ([`Cli::validate`]) into a typed [`Config`].
+//! Every problem is a [`ConfigError`] naming the flag, reported before
+//! anything binds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::{fanout::queue, replay};
+
+/// Default per-connection queue depth. At most this many frames wait for a
+/// client; with 32-byte handles that is 32 KiB of handles worst case.
+pub const DEFAULT_QUEUE_FRAMES: usize = 1024;
+/// Default per-connection queued bytes. Worst case (every client stalled) is
+/// connections x this: 20k connections x 256 KiB = 5 GiB, but frames are shared
+/// with the replay buffer and other subscribers, so a broadcast burst costs far
+/// less. Lower it for very large fleets of slow clients.
+pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
+/// Default replay window: 10k events / 64 MiB / 5 minutes, whichever is hit
+/// first; enough for a browser tab that lost its network for a while.
+pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
+pub const DEFAULT_REPLAY_BYTES: usize = 64 * 1024 * 1024;
+/// File descriptors kept back from the connection cap for listeners, logs,
+/// Kafka sockets and the rest of the process.
+pub const FD_RESERVE: u64 = 64;
+
+/// herald: Server-Sent Events fan-out server.
+///
+/// Every flag can also be set through the environment variable shown.
+/// Durations take a unit: 500ms, 15s, 5m, 1h.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to serve SSE, publish, health and metrics on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Separate address for /metrics, /healthz and /readyz (optional).
+    #[arg(long, env = "HERALD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Set SO_REUSEPORT on the listener, so several herald processes can
+    /// share one port (kernel load-balances new connections).
+    #[arg(long, env = "HERALD_REUSE_PORT", default_value_t = false)]
+    pub reuse_port: bool,
+
+    /// Most simultaneous HTTP connections; past it new ones get a 503.
+    /// 0 = as many as the open-file limit allows.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u64,
+
+    /// Interval between heartbeat comments on every stream.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "15s")]
+    pub heartbeat_interval: String,
+
+    /// Reconnection delay advertised to browsers (`retry:`).
+    #[arg(long, env = "HERALD_SSE_RETRY", default_value = "3s")]
+    pub sse_retry: String,
+
+    /// Most frames queued for one connection before it is closed as slow.
+    #[arg(long, env = "HERALD_QUEUE_MAX_FRAMES", default_value_t = DEFAULT_QUEUE_FRAMES)]
+    pub queue_max_frames: usize,
+
+    /// Most bytes queued for one connection before it is closed as slow.
+    #[arg(long, env = "HERALD_QUEUE_MAX_BYTES", default_value_t = DEFAULT_QUEUE_BYTES)]
+    pub queue_max_bytes: usize,
+
+    /// Most events kept for resuming clients.
+    #[arg(long, env = "HERALD_REPLAY_MAX_EVENTS", default_value_t = DEFAULT_REPLAY_EVENTS)]
+    pub replay_max_events: usize,
+
+    /// Most frame bytes kept for resuming clients.
+    #[arg(long, env = "HERALD_REPLAY_MAX_BYTES", default_value_t = DEFAULT_REPLAY_BYTES)]
+    pub replay_max_bytes: usize,
+
+    /// Oldest event kept for resuming clients.
+    #[arg(long, env = "HERALD_REPLAY_MAX_AGE", default_value = "5m")]
+    pub replay_max_age: String,
+
+    /// Largest accepted publish request body, in bytes.
+    #[arg(long, env = "HERALD_PUBLISH_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub publish_max_body: usize,
+
+    /// Registry shards (a power of two).
+    #[arg(long, env = "HERALD_SHARDS", default_value_t = 64)]
+    pub shards: usize,
+
+    /// On SIGTERM/SIGINT, streams are ended spread over this period.
+    #[arg(long, env = "HERALD_SHUTDOWN_DRAIN", default_value = "2s")]
+    pub shutdown_drain: String,
+
+    /// On SIGTERM/SIGINT, the process exits within this deadline whatever
+    /// connections remain. Must exceed --shutdown-drain.
+    #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "10s")]
+    pub shutdown_deadline: String,
+
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "HERALD_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or herald=debug.
+    #[arg(long, env = "HERALD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A flag's value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --{flag} {value:?}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub reuse_port: bool,
+    /// `None`: derive from the open-file limit at start.
+    pub max_connections: Option<u64>,
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub queue: queue::Limits,
+    pub replay: replay::Limits,
+    pub publish_max_body: usize,
+    pub shards: usize,
+    pub shutdown_drain: Duration,
+    pub shutdown_deadline: Duration,
+    pub worker_threads: Option<usize>,
+    pub log: String,
+}
+
+// === impl Cli ===
+
+impl Cli {
+    /// Checks every flag and the rules between them.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let err = |flag: &'static str, value: &dyn ToString, problem: &str| ConfigError {
+            flag,
+            value: value.to_string(),
+            problem: problem.to_owned(),
+        };
+        let addr = |flag: &'static str, v: &str| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| err(flag, &v, "expected IP:PORT, e.g. 127.0.0.1:8080"))
+        };
+        let dur = |flag: &'static str, v: &str| {
+            parse_duration(v).map_err(|problem| err(flag, &v, problem))
+        };
+        let positive = |flag: &'static str, v: usize| {
+            if v == 0 {
+                Err(err(flag, &v, "must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        };
+
+        let heartbeat = dur("heartbeat-interval", &self.heartbeat_interval)?;
+        if heartbeat < Duration::from_millis(10) {
+            return Err(err(
+                "heartbeat-interval",
+                &self.heartbeat_interval,
+                "must be at least 10ms",
+            ));
+        }
+        let retry = dur("sse-retry", &self.sse_retry)?;
+        let shutdown_drain = dur("shutdown-drain", &self.shutdown_drain)?;
+        let shutdown_deadline = dur("shutdown-deadline", &self.shutdown_deadline)?;
+        if shutdown_deadline <= shutdown_drain {
+            return Err(err(
+                "shutdown-deadline",
+                &self.shutdown_deadline,
+                "must be longer than --shutdown-drain",
+            ));
+        }
+        if !self.shards.is_power_of_two() || self.shards > 65_536 {
+            return Err(err(
+                "shards",
+                &self.shards,
+                "must be a power of two up to 65536",
+            ));
+        }
+        if self.log.trim().is_empty() {
+            return Err(err("log", &self.log, "must not be empty"));
+        }
+        Ok(Config {
+            listen: addr("listen", &self.listen)?,
+            admin_listen: self
+                .admin_listen
+                .as_deref()
+                .map(|a| addr("admin-listen", a))
+                .transpose()?,
+            reuse_port: self.reuse_port,
+            max_connections: (self.max_connections > 0).then_some(self.max_connections),
+            heartbeat,
+            retry,
+            queue: queue::Limits {
+                max_frames: positive("queue-max-frames", self.queue_max_frames)?,
+                max_bytes: positive("queue-max-bytes", self.queue_max_bytes)?,
+            },
+            replay: replay::Limits {
+                max_events: self.replay_max_events,
+                max_bytes: self.replay_max_bytes,
+                max_age: dur("replay-max-age", &self.replay_max_age)?,
+            },
+            publish_max_body: positive("publish-max-body", self.publish_max_body)?,
+            shards: self.shards,
+            shutdown_drain,
+            shutdown_deadline,
+            worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
+            log: self.log,
+        })
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Defaults, as with no flags: for tests and embedding.
+    pub fn default_for_tests() -> Self {
+        match Cli::parse_from(["herald"]).validate() {
+            Ok(c) => c,
+            Err(e) => unreachable!("defaults are valid: {e}"),
+        }
+    }
+}
+
+/// Parses `500ms`, `15s`, `5m`, `1h` (a whole number and a unit).
+pub fn parse_duration(s: &str) -> Result<Duration, &'static str> {
+    const HINT: &str = "expected a whole number with a unit: ms, s, m or h (e.g. 15s)";
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(HINT)?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| HINT)?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or("too large")?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or("too large")?),
+        _ => return Err(HINT),
+    };
+    if d > Duration::from_secs(7 * 24 * 3600) {
+        return Err("must be at most a week");
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::default_for_tests();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.max_connections, None);
+        assert_eq!(c.shards, 64);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = cli(&["--listen", "nope"]).validate().unwrap_err();
+        assert_eq!(e.flag, "listen");
+        assert!(
+            e.to_string().starts_with("invalid --listen \"nope\""),
+            "{e}"
+        );
+        let e = cli(&["--heartbeat-interval", "15"]).validate().unwrap_err();
+        assert_eq!(e.flag, "heartbeat-interval");
+        let e = cli(&["--shards", "3"]).validate().unwrap_err();
+        assert_eq!(e.flag, "shards");
+        let e = cli(&["--shutdown-drain", "20s"]).validate().unwrap_err();
+        assert_eq!(e.flag, "shutdown-deadline");
+        let e = cli(&["--queue-max-frames", "0"]).validate().unwrap_err();
+        assert_eq!(e.flag, "queue-max-frames");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "s",
+            "15",
+            "1.5s",
+            "-1s",
+            "15x",
+            "99999999999999999999s",
+            "200h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! What flows through herald: an [`Event`] is a routing [`Target`], the id it
+//! carries on the wire, and its SSE frame already encoded into one shared
+//! [`Bytes`]. Nothing downstream of construction ever formats it again.
+//!
+//! User ids and topic names are validated once here ([`Name`]), at the edge
+//! (path, publish body, later Kafka records), so the registry can trust them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::sse::EventId;
+
+/// Longest user id or topic name accepted, in bytes. Keys live in registry
+/// maps; a cap keeps a hostile client from parking megabytes in a key.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A validated user id or topic name: 1..=[`MAX_NAME_BYTES`] bytes of UTF-8,
+/// no control characters. Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+/// Why a user id or topic name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes long; the limit is {MAX_NAME_BYTES}")]
+    TooLong(usize),
+    #[error("contains a control character")]
+    Control,
+}
+
+/// Who an event is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of one user (all tabs).
+    User(Name),
+    /// Every connection that subscribed to the topic.
+    Topic(Name),
+    /// Every connection.
+    Broadcast,
+}
+
+/// One event, ready to fan out: `frame` is the complete SSE frame.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub target: Target,
+    pub id: EventId,
+    pub frame: Bytes,
+}
+
+// === impl Name ===
+
+impl Name {
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > MAX_NAME_BYTES {
+            return Err(NameError::TooLong(s.len()));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(NameError::Control);
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+// === impl Target ===
+
+impl Target {
+    /// A closed label set for metrics and logs (never the user id itself).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::User(_) => "user",
+            Target::Topic(_) => "topic",
+            Target::Broadcast => "broadcast",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert_eq!(Name::new("123").unwrap().as_str(), "123");
+        assert_eq!(Name::new(""), Err(NameError::Empty));
+        assert_eq!(Name::new("a\nb"), Err(NameError::Control));
+        assert_eq!(Name::new("a\0b"), Err(NameError::Control));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert_eq!(
+            Name::new(&long),
+            Err(NameError::TooLong(MAX_NAME_BYTES + 1))
+        );
+        assert!(Name::new(&"é".repeat(MAX_NAME_BYTES / 2)).is_ok());
+    }
+}

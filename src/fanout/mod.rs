@@ -1,0 +1,334 @@
+//! Dispatch: give each event its id, encode it once, keep it for replay and
+//! queue the same [`Bytes`] to every connection it is for.
+//!
+//! One lock (`Fanout::state`) orders everything that must agree on "before"
+//! and "after": sequence numbers, replay appends, routing, and new
+//! subscriptions. Because a subscriber is registered and its replay snapshot
+//! taken under that lock, every event lands exactly once in either the
+//! snapshot or the live queue: resume has no gap and no duplicate at the seam.
+//! Lock order is `state` > registry shard > connection queue; nothing waits
+//! under any of them (queue pushes never block; wakers are woken after each
+//! shard lock is released).
+//!
+//! Slow clients: a push that overflows a queue closes that connection
+//! (reason `slow`) and is counted and logged; the publisher carries on.
+
+pub mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::Bytes;
+use metrics::{counter, histogram, Counter, Histogram};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::abort::Abort;
+use crate::event::{Name, Target};
+use crate::metrics as m;
+use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
+use crate::replay::{self, After, Replay};
+use crate::sse::{frame, EventId};
+
+use queue::{CloseReason, Push};
+
+/// Where an event came from (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Http,
+}
+
+/// One event to publish: target, optional SSE event type, payload text.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub target: Target,
+    pub event: Option<&'a str>,
+    pub data: &'a str,
+}
+
+/// A new subscription and what to send before live events.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub subscription: Subscription,
+    /// The id the stream continues after: every later event reaches the
+    /// connection (replay, then live).
+    pub after: EventId,
+    /// Frames to send first, in order.
+    pub replay: Vec<Bytes>,
+    /// The requested resume point was too old or unknown: events were missed.
+    pub gap: bool,
+}
+
+/// The dispatcher.
+#[derive(Debug)]
+pub struct Fanout {
+    registry: Arc<Registry>,
+    /// This run's id epoch (see `sse::id`).
+    epoch: u64,
+    queue_limits: queue::Limits,
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Last sequence number issued; 0 before the first event.
+    seq: u64,
+    replay: Replay,
+    /// Reused scratch for wakers collected under a shard lock.
+    wakers: Vec<Waker>,
+}
+
+#[derive(Debug)]
+struct Counters {
+    ingested_http: Counter,
+    delivered: Counter,
+    dropped_slow: Counter,
+    replayed: Counter,
+    resume_clean: Counter,
+    resume_gap: Counter,
+    fanout_seconds: Histogram,
+}
+
+/// Pushes one frame to each routed subscriber; collects wakers and outcomes.
+struct PushSink<'a> {
+    frame: &'a Bytes,
+    limits: queue::Limits,
+    wakers: &'a mut Vec<Waker>,
+    queued: u64,
+    dropped: u64,
+}
+
+// === impl Fanout ===
+
+impl Fanout {
+    pub fn new(
+        registry: Arc<Registry>,
+        epoch: u64,
+        queue_limits: queue::Limits,
+        replay: replay::Limits,
+    ) -> Self {
+        Self {
+            registry,
+            epoch,
+            queue_limits,
+            state: Mutex::new(State {
+                seq: 0,
+                replay: Replay::new(replay),
+                wakers: Vec::new(),
+            }),
+            counters: Counters {
+                ingested_http: counter!(m::EVENTS_INGESTED, "source" => "http"),
+                delivered: counter!(m::EVENTS_DELIVERED),
+                dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow"),
+                replayed: counter!(m::EVENTS_REPLAYED),
+                resume_clean: counter!(m::RESUMES, "outcome" => "clean"),
+                resume_gap: counter!(m::RESUMES, "outcome" => "gap"),
+                fanout_seconds: histogram!(m::FANOUT_DURATION),
+            },
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn local_id(&self, seq: u64) -> EventId {
+        EventId::Local {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+
+    /// Publishes a batch in order under one lock; returns each event's id.
+    /// Callers validate event types and names first.
+    pub fn publish(&self, events: &[Outgoing<'_>], source: Source) -> Vec<EventId> {
+        let mut ids = Vec::with_capacity(events.len());
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for ev in events {
+            let start = std::time::Instant::now();
+            st.seq += 1;
+            let id = self.local_id(st.seq);
+            let bytes = frame::event(id, ev.event, ev.data);
+            st.replay
+                .push(st.seq, ev.target.clone(), bytes.clone(), Instant::now());
+            self.route(&ev.target, &bytes, &mut st.wakers);
+            self.counters
+                .fanout_seconds
+                .record(start.elapsed().as_secs_f64());
+            ids.push(id);
+        }
+        match source {
+            Source::Http => self.counters.ingested_http.increment(events.len() as u64),
+        }
+        ids
+    }
+
+    fn route(&self, target: &Target, frame: &Bytes, wakers: &mut Vec<Waker>) {
+        let mut sink = PushSink {
+            frame,
+            limits: self.queue_limits,
+            wakers,
+            queued: 0,
+            dropped: 0,
+        };
+        self.registry.route(target, &mut sink);
+        self.counters.delivered.increment(sink.queued);
+        if sink.dropped > 0 {
+            self.counters.dropped_slow.increment(sink.dropped);
+        }
+    }
+
+    /// Registers a connection and decides what it gets before live events:
+    /// with `resume`, the retained events after that id (or a gap).
+    pub fn subscribe(
+        &self,
+        user: Name,
+        topics: Vec<Name>,
+        peer: Option<SocketAddr>,
+        abort: Option<Arc<Abort>>,
+        resume: Option<EventId>,
+    ) -> Subscribed {
+        let mut st = self.state.lock();
+        st.replay.expire(Instant::now());
+        let subscription = self.registry.insert(user, topics, peer, abort);
+        let latest = self.local_id(st.seq);
+        let Some(resume) = resume else {
+            return Subscribed {
+                subscription,
+                after: latest,
+                replay: Vec::new(),
+                gap: false,
+            };
+        };
+        let sub = subscription.subscriber().clone();
+        let answer = match resume.local_seq(self.epoch) {
+            Some(seen) => st.replay.after(seen, st.seq, |t| sub.wants(t)),
+            None => After::Gap,
+        };
+        drop(st);
+        match answer {
+            After::Complete(replay) => {
+                self.counters.resume_clean.increment(1);
+                self.counters.replayed.increment(replay.len() as u64);
+                Subscribed {
+                    subscription,
+                    after: resume,
+                    replay,
+                    gap: false,
+                }
+            }
+            After::Gap => {
+                self.counters.resume_gap.increment(1);
+                Subscribed {
+                    subscription,
+                    after: latest,
+                    replay: Vec::new(),
+                    gap: true,
+                }
+            }
+        }
+    }
+
+    /// Queues a heartbeat comment to every connection. A connection whose
+    /// queue is full is closed as slow, like for any other frame.
+    pub fn heartbeat(&self) {
+        let mut wakers = Vec::new();
+        let mut sink = PushSink {
+            frame: &frame::HEARTBEAT,
+            limits: self.queue_limits,
+            wakers: &mut wakers,
+            queued: 0,
+            dropped: 0,
+        };
+        self.registry.for_each(&mut sink);
+        if sink.dropped > 0 {
+            self.counters.dropped_slow.increment(sink.dropped);
+        }
+        // Expire by age even when nothing is published.
+        self.state.lock().replay.expire(Instant::now());
+    }
+
+    /// Events and bytes held for replay.
+    pub fn replay_len(&self) -> (usize, usize) {
+        self.state.lock().replay.len()
+    }
+
+    /// The id of the last event dispatched.
+    pub fn latest(&self) -> EventId {
+        self.local_id(self.state.lock().seq)
+    }
+}
+
+// === impl PushSink ===
+
+impl RouteSink for PushSink<'_> {
+    fn push(&mut self, sub: &Arc<Subscriber>) {
+        let (outcome, waker) = sub.queue.try_push(self.frame, self.limits);
+        match outcome {
+            Push::Queued => self.queued += 1,
+            Push::Overflow { dropped } => {
+                self.dropped += dropped as u64;
+                sub.abort();
+                tracing::warn!(
+                    user = %sub.user,
+                    peer = ?sub.peer,
+                    dropped,
+                    max_frames = self.limits.max_frames,
+                    max_bytes = self.limits.max_bytes,
+                    "closing slow SSE connection: its queue is full"
+                );
+            }
+            Push::Closed => {}
+        }
+        if let Some(w) = waker {
+            self.wakers.push(w);
+        }
+    }
+
+    fn shard_done(&mut self) {
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Closes every connection for shutdown, spread over `spread` so a fleet's
+/// clients do not all reconnect in the same instant. Each gets a `retry:`
+/// hint first. Returns how many were closed.
+pub async fn close_all(registry: &Registry, spread: std::time::Duration, retry_ms: u64) -> usize {
+    struct Collect(Vec<Arc<Subscriber>>);
+    impl RouteSink for Collect {
+        fn push(&mut self, sub: &Arc<Subscriber>) {
+            self.0.push(sub.clone());
+        }
+    }
+    let mut all = Collect(Vec::new());
+    registry.for_each(&mut all);
+    let all = all.0;
+    let total = all.len();
+    if total == 0 {
+        return 0;
+    }
+    const STEP: std::time::Duration = std::time::Duration::from_millis(50);
+    let steps = (spread.as_millis() / STEP.as_millis()).max(1) as usize;
+    let per_step = total.div_ceil(steps);
+    let hint = frame::FrameBuilder::new(0).retry(retry_ms).finish();
+    for (i, chunk) in all.chunks(per_step).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(STEP).await;
+        }
+        for sub in chunk {
+            if let Some(w) = sub.queue.close(CloseReason::Shutdown, Some(hint.clone())) {
+                w.wake();
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,152 @@
+//! Response bodies. [`SseBody`] is the hot one: it writes the stream preamble,
+//! then any replayed frames, then drains the connection's queue, everything
+//! queued per wake-up as one chunk.
+//!
+//! It ends itself: on shutdown the queue is closed and the body returns end of
+//! stream once what was queued is written (hyper's graceful shutdown alone
+//! would wait forever on an endless body). A slow close returns an error,
+//! which makes hyper drop the connection at once instead of trying to finish
+//! a chunked body the client is not reading. Dropping the body (client gone,
+//! connection error) drops the [`Subscription`], which unregisters it.
+//!
+//! Per connection it holds the subscription handle, an optional preamble and
+//! a (usually empty) replay iterator: no timer (heartbeats are pushed through
+//! the queue by one task for all connections), no shutdown future.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+
+use crate::fanout::queue::CloseReason;
+use crate::metrics as m;
+use crate::registry::Subscription;
+
+/// Replayed frames are sent in chunks of about this many bytes.
+const REPLAY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a stream was ended with an error (hyper then closes the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("SSE connection closed: the client did not keep up and its queue overflowed")]
+    Slow,
+}
+
+/// Every response body herald sends.
+#[derive(Debug)]
+pub enum Body {
+    /// A complete body (possibly empty).
+    Full(Option<Bytes>),
+    /// An event stream.
+    Sse(Box<SseBody>),
+}
+
+/// An SSE event stream fed by a subscription's queue.
+#[derive(Debug)]
+pub struct SseBody {
+    head: Option<Bytes>,
+    replay: std::vec::IntoIter<Bytes>,
+    sub: Subscription,
+    ended: Option<&'static str>,
+}
+
+// === impl Body ===
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        Body::Full((!b.is_empty()).then_some(b))
+    }
+
+    pub fn empty() -> Self {
+        Body::Full(None)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Sse(s) => s.poll_next(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+// === impl SseBody ===
+
+impl SseBody {
+    pub fn new(head: Bytes, replay: Vec<Bytes>, sub: Subscription) -> Self {
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        Self {
+            head: Some(head),
+            replay: replay.into_iter(),
+            sub,
+            ended: None,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.head.is_some() || self.replay.len() > 0 {
+            return Poll::Ready(Some(Ok(Frame::data(self.next_prefix_chunk()))));
+        }
+        match self.sub.subscriber().queue.poll_drain(cx) {
+            Poll::Ready(Ok(batch)) => Poll::Ready(Some(Ok(Frame::data(batch.bytes)))),
+            Poll::Ready(Err(CloseReason::Shutdown)) => {
+                self.ended = Some("shutdown");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(CloseReason::Slow)) => {
+                self.ended = Some("slow");
+                Poll::Ready(Some(Err(BodyError::Slow)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The preamble and/or up to ~64 KiB of replayed frames, as one chunk.
+    fn next_prefix_chunk(&mut self) -> Bytes {
+        let head = self.head.take();
+        if self.replay.len() == 0 {
+            return head.unwrap_or_default();
+        }
+        let mut buf = BytesMut::with_capacity(REPLAY_CHUNK_BYTES.min(
+            head.as_ref().map_or(0, Bytes::len)
+                + self.replay.as_slice().iter().map(Bytes::len).sum::<usize>(),
+        ));
+        if let Some(h) = head {
+            buf.put_slice(&h);
+        }
+        while buf.len() < REPLAY_CHUNK_BYTES {
+            match self.replay.next() {
+                Some(f) => buf.put_slice(&f),
+                None => break,
+            }
+        }
+        buf.freeze()
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        let reason = self.ended.unwrap_or("client");
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+    }
+}

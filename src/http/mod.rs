@@ -1,0 +1,142 @@
+//! The router. Endpoints and their answers:
+//!
+//! | route | method | answers |
+//! |---|---|---|
+//! | `/api/sse/subscribe/{userId}` | GET | 200 event stream; 400 bad user id, topic or `Last-Event-ID`; 503 shutting down |
+//! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 413 body too large; 415 not JSON |
+//! | `/healthz` | GET | 200 while the process runs |
+//! | `/readyz` | GET | 200 when serving; 503 while starting or draining |
+//! | `/metrics` | GET | 200 Prometheus text |
+//!
+//! Anything else is 404; a known path with another method is 405 with an
+//! `allow` header. Errors on `/api/*` are JSON `{"error": "..."}`, others are
+//! plain text; every one says what was wrong. When an admin listener is
+//! configured, the main listener serves only the API routes and the admin
+//! listener only health and metrics ([`Routes`]).
+
+mod body;
+mod health;
+pub mod publish;
+pub mod subscribe;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use metrics::Counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+use crate::abort::Abort;
+use crate::config::Config;
+use crate::fanout::Fanout;
+
+pub use body::{Body, BodyError, SseBody};
+
+/// State shared by every request handler.
+#[derive(Debug)]
+pub struct AppState {
+    pub fanout: Arc<Fanout>,
+    pub config: Arc<Config>,
+    /// True once listeners are up; false again when draining starts.
+    pub ready: AtomicBool,
+    /// Set when draining starts: no new streams.
+    pub draining: AtomicBool,
+    pub metrics: PrometheusHandle,
+    /// Connection-cap semaphore (available permits = free slots).
+    pub permits: Arc<Semaphore>,
+    pub max_connections: u64,
+    pub(crate) rejected: Counter,
+    pub(crate) publish_rejected: Counter,
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything (no admin listener configured).
+    All,
+    /// API only (an admin listener serves the rest).
+    Api,
+    /// Health and metrics only.
+    Admin,
+}
+
+/// Routes one request.
+pub async fn handle(
+    state: &Arc<AppState>,
+    routes: Routes,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    abort: &Arc<Abort>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    let api = routes != Routes::Admin;
+    let admin = routes != Routes::Api;
+    if api {
+        if let Some(rest) = path.strip_prefix(subscribe::PREFIX) {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return method_not_allowed(req.method(), "GET");
+            }
+            let rest = rest.to_owned();
+            return subscribe::handle(state, &req, &rest, peer, abort);
+        }
+        if path == publish::PATH {
+            if req.method() != Method::POST {
+                return method_not_allowed(req.method(), "POST");
+            }
+            return publish::handle(state, req).await;
+        }
+    }
+    if admin {
+        let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
+        if known && req.method() != Method::GET && req.method() != Method::HEAD {
+            return method_not_allowed(req.method(), "GET");
+        }
+        match path {
+            "/healthz" => return health::healthz(),
+            "/readyz" => return health::readyz(state),
+            "/metrics" => return health::metrics(state),
+            _ => {}
+        }
+    }
+    let shown: String = path.chars().take(200).collect();
+    text(StatusCode::NOT_FOUND, format!("no route for {shown}\n"))
+}
+
+fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Body> {
+    let mut resp = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed here; use {allow}\n"),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    response(status, "text/plain; charset=utf-8", body.into())
+}
+
+/// A JSON error response: `{"error": message}`.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    response(status, "application/json", Bytes::from(body))
+}
+
+pub(crate) fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}

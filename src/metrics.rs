@@ -1,0 +1,120 @@
+//! Every metric herald exports: names (units in the name, `herald_` prefix),
+//! descriptions, and the process-wide Prometheus recorder.
+//!
+//! Hot-path rule: nothing here is touched per delivered frame. The dispatcher
+//! counts once per dispatched event (how many queues it reached), bodies count
+//! on connection close, gauges are computed when `/metrics` is scraped.
+//! Label values come from closed sets only (reasons, sources), never user ids.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_OPENED: &str = "herald_sse_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "herald_sse_connections_closed_total";
+pub const CONNECTIONS_OPEN: &str = "herald_sse_connections";
+pub const HTTP_CONNECTIONS_OPEN: &str = "herald_http_connections";
+pub const HTTP_CONNECTIONS_REJECTED: &str = "herald_http_connections_rejected_total";
+pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
+pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
+pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
+pub const RESUMES: &str = "herald_resumes_total";
+pub const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
+pub const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
+pub const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
+pub const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
+
+/// Buckets for the fan-out time of one event: 1 µs .. 100 ms.
+const FANOUT_BUCKETS: &[f64] = &[
+    1e-6, 5e-6, 25e-6, 100e-6, 250e-6, 1e-3, 2.5e-3, 10e-3, 25e-3, 100e-3,
+];
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+/// Later calls (several servers in one test process) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(FANOUT_DURATION.to_owned()),
+                    FANOUT_BUCKETS,
+                )
+                .map(PrometheusBuilder::build_recorder);
+            let recorder = match recorder {
+                Ok(r) => r,
+                // Only fails on empty buckets, which FANOUT_BUCKETS is not.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); then
+            // this handle renders nothing herald counts, which is visible.
+            let _ = metrics::set_global_recorder(recorder);
+            describe_all();
+            handle
+        })
+        .clone()
+}
+
+fn describe_all() {
+    describe_counter!(CONNECTIONS_OPENED, Unit::Count, "SSE streams opened.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "SSE streams closed, by reason: client (went away), slow (queue overflow), shutdown."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Open SSE streams.");
+    describe_gauge!(
+        HTTP_CONNECTIONS_OPEN,
+        Unit::Count,
+        "Open HTTP connections (SSE and other)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REJECTED,
+        Unit::Count,
+        "Connections answered 503 because the connection cap was reached."
+    );
+    describe_counter!(EVENTS_INGESTED, Unit::Count, "Events accepted, by source.");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        Unit::Count,
+        "Event frames queued to a connection (one per event per receiving connection)."
+    );
+    describe_counter!(
+        EVENTS_DROPPED,
+        Unit::Count,
+        "Event frames discarded, by reason (slow: the connection's queue overflowed and it was closed)."
+    );
+    describe_counter!(
+        EVENTS_REPLAYED,
+        Unit::Count,
+        "Event frames sent from the replay buffer on resume."
+    );
+    describe_counter!(
+        RESUMES,
+        Unit::Count,
+        "Subscriptions carrying a Last-Event-ID, by outcome (clean, gap)."
+    );
+    describe_histogram!(
+        FANOUT_DURATION,
+        Unit::Seconds,
+        "Time to route one event and queue it to every receiving connection."
+    );
+    describe_gauge!(
+        REPLAY_EVENTS,
+        Unit::Count,
+        "Events held in the replay buffer."
+    );
+    describe_gauge!(
+        REPLAY_BYTES,
+        Unit::Bytes,
+        "Frame bytes held in the replay buffer."
+    );
+    describe_counter!(
+        PUBLISH_REJECTED,
+        Unit::Count,
+        "Publish requests refused with a 4xx."
+    );
+}

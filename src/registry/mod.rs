@@ -1,0 +1,207 @@
+//! Who is connected: a power-of-two array of [`Shard`]s, each a
+//! `parking_lot`-locked pair of maps (user -> connections, topic ->
+//! connections), the shard chosen by hashing the key.
+//!
+//! - A user or topic event locks exactly one shard.
+//! - A broadcast walks the shards in turn, holding one lock at a time.
+//! - Routing hands each matching subscriber to a [`RouteSink`] under the shard
+//!   lock (a push is a short, non-blocking queue operation) and tells the sink
+//!   when each shard is done, so it can wake tasks with no lock held.
+//! - A subscriber with topics is registered under its user's shard and each
+//!   topic's shard; locks are taken one after another, never nested.
+
+mod shard;
+mod subscriber;
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::abort::Abort;
+use crate::event::{Name, Target};
+use crate::fanout::queue::Queue;
+
+use shard::{Maps, Shard};
+pub use subscriber::{Subscriber, Subscription};
+
+/// Receives the subscribers an event routes to.
+pub trait RouteSink {
+    /// Called under a shard lock for each matching subscriber: keep it short.
+    fn push(&mut self, sub: &Arc<Subscriber>);
+    /// Called after each shard's lock is released.
+    fn shard_done(&mut self) {}
+}
+
+/// The sharded registry of open SSE connections.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Box<[Shard]>,
+    /// `shards.len() - 1`; shard count is a power of two.
+    mask: usize,
+    hasher: RandomState,
+    next_id: AtomicU64,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// `shards` is rounded up to a power of two (at least 1).
+    pub fn new(shards: usize) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        Self {
+            shards: (0..n).map(|_| Shard::default()).collect(),
+            mask: n - 1,
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, key: &Name) -> &Shard {
+        let h = self.hasher.hash_one(key.as_str()) as usize;
+        &self.shards[h & self.mask]
+    }
+
+    /// Registers a connection. The returned handle unregisters on drop.
+    pub fn insert(
+        self: &Arc<Self>,
+        user: Name,
+        topics: Vec<Name>,
+        peer: Option<SocketAddr>,
+        abort: Option<Arc<Abort>>,
+    ) -> Subscription {
+        let mut topics = topics;
+        topics.sort();
+        topics.dedup();
+        let sub = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+            topics: topics.into_boxed_slice(),
+            peer,
+            queue: Queue::new(),
+            abort,
+        });
+        {
+            let mut maps = self.shard(&sub.user).inner.lock();
+            Maps::insert(&mut maps.users, &sub.user, &sub);
+            maps.connections += 1;
+        }
+        for t in sub.topics.iter() {
+            Maps::insert(&mut self.shard(t).inner.lock().topics, t, &sub);
+        }
+        Subscription::new(sub, self.clone())
+    }
+
+    pub(crate) fn remove(&self, sub: &Subscriber) {
+        {
+            let mut maps = self.shard(&sub.user).inner.lock();
+            if Maps::remove(&mut maps.users, &sub.user, sub) {
+                maps.connections -= 1;
+            }
+        }
+        for t in sub.topics.iter() {
+            Maps::remove(&mut self.shard(t).inner.lock().topics, t, sub);
+        }
+    }
+
+    /// Hands every subscriber `target` reaches to `sink`.
+    pub fn route(&self, target: &Target, sink: &mut impl RouteSink) {
+        match target {
+            Target::User(u) => {
+                let shard = self.shard(u);
+                {
+                    let maps = shard.inner.lock();
+                    for s in maps.users.get(u).into_iter().flatten() {
+                        sink.push(s);
+                    }
+                }
+                sink.shard_done();
+            }
+            Target::Topic(t) => {
+                {
+                    let maps = self.shard(t).inner.lock();
+                    for s in maps.topics.get(t).into_iter().flatten() {
+                        sink.push(s);
+                    }
+                }
+                sink.shard_done();
+            }
+            Target::Broadcast => self.for_each(sink),
+        }
+    }
+
+    /// Every subscriber, one shard lock at a time.
+    pub fn for_each(&self, sink: &mut impl RouteSink) {
+        for shard in self.shards.iter() {
+            {
+                let maps = shard.inner.lock();
+                for s in maps.users.values().flatten() {
+                    sink.push(s);
+                }
+            }
+            sink.shard_done();
+        }
+    }
+
+    /// Open connections (sums shard-local counts).
+    pub fn connections(&self) -> usize {
+        self.shards.iter().map(|s| s.inner.lock().connections).sum()
+    }
+
+    /// Distinct users and topics with at least one connection.
+    pub fn keys(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(u, t), s| {
+            let m = s.inner.lock();
+            (u + m.users.len(), t + m.topics.len())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Vec<u64>);
+    impl RouteSink for Collect {
+        fn push(&mut self, sub: &Arc<Subscriber>) {
+            self.0.push(sub.id);
+        }
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn route(r: &Registry, t: &Target) -> Vec<u64> {
+        let mut c = Collect(Vec::new());
+        r.route(t, &mut c);
+        c.0.sort();
+        c.0
+    }
+
+    #[test]
+    fn routes_users_topics_broadcast_and_unregisters_on_drop() {
+        let r = Arc::new(Registry::new(5));
+        assert_eq!(r.shards.len(), 8);
+        let a1 = r.insert(name("a"), vec![name("news"), name("news")], None, None);
+        let a2 = r.insert(name("a"), vec![], None, None);
+        let b = r.insert(name("b"), vec![name("news"), name("sport")], None, None);
+        let (ia1, ia2, ib) = (a1.subscriber().id, a2.subscriber().id, b.subscriber().id);
+
+        assert_eq!(route(&r, &Target::User(name("a"))), vec![ia1, ia2]);
+        assert_eq!(route(&r, &Target::User(name("b"))), vec![ib]);
+        assert_eq!(route(&r, &Target::User(name("c"))), Vec::<u64>::new());
+        assert_eq!(route(&r, &Target::Topic(name("news"))), vec![ia1, ib]);
+        assert_eq!(route(&r, &Target::Topic(name("sport"))), vec![ib]);
+        assert_eq!(route(&r, &Target::Broadcast), vec![ia1, ia2, ib]);
+        assert_eq!(r.connections(), 3);
+
+        drop(a1);
+        assert_eq!(route(&r, &Target::Topic(name("news"))), vec![ib]);
+        assert_eq!(route(&r, &Target::User(name("a"))), vec![ia2]);
+        drop(a2);
+        drop(b);
+        assert_eq!(r.connections(), 0);
+        assert_eq!(r.keys(), (0, 0));
+    }
+}

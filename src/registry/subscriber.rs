@@ -1,0 +1,72 @@
+//! One SSE connection as the registry sees it: who it is for, what it
+//! subscribed to, and its outbound queue. The [`Subscription`] handle, owned by
+//! the connection's body, unregisters it on drop, so a connection that ends for
+//! any reason (client gone, slow, shutdown, error) leaves no trace.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::abort::Abort;
+use crate::event::{Name, Target};
+use crate::fanout::queue::Queue;
+
+use super::Registry;
+
+/// A registered connection.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// Unique per process; tells two tabs of one user apart on unregister.
+    pub(crate) id: u64,
+    pub user: Name,
+    pub topics: Box<[Name]>,
+    /// For logs when the server closes the connection.
+    pub peer: Option<SocketAddr>,
+    pub queue: Queue,
+    /// Kills the connection when the queue overflows (see `abort.rs`).
+    pub abort: Option<Arc<Abort>>,
+}
+
+/// Owns a registration; dropping it unregisters.
+#[derive(Debug)]
+pub struct Subscription {
+    sub: Arc<Subscriber>,
+    registry: Arc<Registry>,
+}
+
+// === impl Subscriber ===
+
+impl Subscriber {
+    /// Whether an event for `target` is meant for this connection.
+    pub fn wants(&self, target: &Target) -> bool {
+        match target {
+            Target::Broadcast => true,
+            Target::User(u) => *u == self.user,
+            Target::Topic(t) => self.topics.contains(t),
+        }
+    }
+
+    /// Kills the underlying connection, if it has a kill switch.
+    pub fn abort(&self) {
+        if let Some(a) = &self.abort {
+            a.trip();
+        }
+    }
+}
+
+// === impl Subscription ===
+
+impl Subscription {
+    pub(crate) fn new(sub: Arc<Subscriber>, registry: Arc<Registry>) -> Self {
+        Self { sub, registry }
+    }
+
+    pub fn subscriber(&self) -> &Arc<Subscriber> {
+        &self.sub
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.remove(&self.sub);
+    }
+}

@@ -1,0 +1,179 @@
+//! The accept loop and per-connection tasks.
+//!
+//! - Binds with socket2 (optionally SO_REUSEPORT, so several processes can
+//!   share a port), TCP_NODELAY on every accepted socket.
+//! - Survives accept errors: EMFILE/ENFILE/ENOBUFS/ENOMEM back off (doubling
+//!   from 5 ms to 1 s) instead of spinning; others are logged and skipped.
+//! - Caps connections with a semaphore; past the cap a connection gets a
+//!   plain `503` naming the cap and is closed (at most [`MAX_REJECTING`] of
+//!   those at once; beyond that it is just closed).
+//! - Serves each connection with hyper-util's auto builder (HTTP/1.1 with
+//!   keep-alive, and h2c by prior knowledge). On drain, each connection is
+//!   told to shut down gracefully (no more keep-alive); SSE bodies are ended
+//!   separately through their queues, since hyper can not end an endless body.
+//! - Each task holds a clone of the tracker sender; when all are dropped the
+//!   drain knows every connection is gone.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::abort::{Abort, Abortable, Aborted};
+use crate::http::{self, AppState, Routes};
+
+/// Over-cap connections being answered 503 at once; more are just closed.
+const MAX_REJECTING: usize = 256;
+/// Longest wait on an over-cap connection's request before answering.
+const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a listener; `reuse_port` sets SO_REUSEPORT.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Everything the accept loop shares with its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Serve {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) routes: Routes,
+    /// Permits = connection cap; each connection holds one.
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) max_connections: u64,
+    /// Cancelled when accepting must stop.
+    pub(crate) stop_accept: CancellationToken,
+    /// Cancelled when connections must wind down (keep-alive off).
+    pub(crate) graceful: CancellationToken,
+    /// Dropped by each connection task when it ends.
+    pub(crate) tracker: mpsc::Sender<()>,
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true).timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = serve.stop_accept.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = BACKOFF_MIN;
+                a
+            }
+            Err(error) if is_resource_exhaustion(&error) => {
+                tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
+                tokio::select! {
+                    _ = serve.stop_accept.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match serve.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let serve = serve.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    serve_connection(&builder, stream, peer, &serve).await;
+                    drop(serve.tracker);
+                });
+            }
+            Err(_) => {
+                serve.state.rejected.increment(1);
+                if let Ok(p) = rejecting.clone().try_acquire_owned() {
+                    let cap = serve.max_connections;
+                    tokio::spawn(async move {
+                        let _p = p;
+                        reject(stream, cap).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    serve: &Serve,
+) {
+    let state = serve.state.clone();
+    let routes = serve.routes;
+    let abort = Abort::new();
+    let conn_abort = abort.clone();
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let abort = conn_abort.clone();
+        async move { Ok::<_, Infallible>(http::handle(&state, routes, req, peer, &abort).await) }
+    });
+    let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(stream), svc), abort);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = serve.graceful.cancelled() => {
+            conn.inner_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+        Err(Aborted) => tracing::debug!(%peer, "connection aborted (slow client)"),
+    }
+}
+
+/// Answers an over-cap connection with a 503 and closes it. Reads the request
+/// first (briefly) so the close does not reset the response away.
+async fn reject(mut stream: TcpStream, cap: u64) {
+    let body = format!(
+        "herald is at its connection limit ({cap} connections); retry shortly or connect to another node\n"
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut buf = [0u8; 2048];
+    let _ = tokio::time::timeout(REJECT_READ_TIMEOUT, stream.read(&mut buf)).await;
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

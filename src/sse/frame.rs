@@ -1,0 +1,205 @@
+//! The only code that writes SSE bytes, per the WHATWG HTML standard's
+//! `text/event-stream` format (§9.2 "Server-sent events").
+//!
+//! An event becomes one finalized [`Bytes`]: `id:`, optional `event:`, one
+//! `data:` line per payload line, and the blank line that dispatches it.
+//! Payload lines are split on CR, LF and CRLF, as the parser does, so what the
+//! browser's `event.data` holds is the payload with line breaks normalized to
+//! LF. Ids and event types can not be split that way: a CR, LF or NUL in one
+//! would end the field early (or, for NUL in an id, make the browser ignore
+//! it), so they are rejected ([`FieldError`]) before anything is encoded.
+//!
+//! Every field name is written with a following space (`data: x`): the parser
+//! strips exactly one leading space, so a payload line that itself starts with
+//! a space survives.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Longest event type accepted, in bytes.
+pub const MAX_EVENT_TYPE_BYTES: usize = 128;
+
+/// A comment frame: keeps proxies and the browser's connection alive, ignored
+/// by `EventSource`.
+pub const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
+
+/// Named event sent when a resume id is older than the replay buffer (or from
+/// another run of the server): the page missed events and should reload.
+pub const RESET_EVENT: &str = "herald-reset";
+
+/// Why an id or event type can not go on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("is empty")]
+    Empty,
+    #[error("contains a CR, LF or NUL character, which would break the SSE framing")]
+    LineBreak,
+    #[error("is longer than {MAX_EVENT_TYPE_BYTES} bytes")]
+    TooLong,
+}
+
+/// Checks an SSE event type: non-empty, short, no CR/LF/NUL.
+pub fn check_event_type(s: &str) -> Result<(), FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::Empty);
+    }
+    if s.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(FieldError::TooLong);
+    }
+    check_single_line(s)
+}
+
+/// Checks that a field value holds no CR, LF or NUL.
+pub fn check_single_line(s: &str) -> Result<(), FieldError> {
+    if memchr::memchr3(b'\r', b'\n', b'\0', s.as_bytes()).is_some() {
+        Err(FieldError::LineBreak)
+    } else {
+        Ok(())
+    }
+}
+
+/// Builds one frame. Callers validate `id`/`event` first (see
+/// [`check_event_type`]); the builder asserts it in debug builds only.
+#[derive(Debug)]
+pub struct FrameBuilder {
+    buf: BytesMut,
+}
+
+// === impl FrameBuilder ===
+
+impl FrameBuilder {
+    /// Starts a frame with room for `data_len` payload bytes plus fields.
+    pub fn new(data_len: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(data_len + 64),
+        }
+    }
+
+    /// `id: <id>`. `id` must be a single line without NUL.
+    pub fn id(mut self, id: impl std::fmt::Display) -> Self {
+        use std::fmt::Write;
+        self.buf.put_slice(b"id: ");
+        // Writing into a BytesMut can not fail.
+        let _ = write!(self.buf, "{id}");
+        self.buf.put_u8(b'\n');
+        self
+    }
+
+    /// `event: <type>`; `None` leaves the default type (`message`).
+    pub fn event(mut self, event: Option<&str>) -> Self {
+        if let Some(event) = event {
+            debug_assert!(check_single_line(event).is_ok());
+            self.buf.put_slice(b"event: ");
+            self.buf.put_slice(event.as_bytes());
+            self.buf.put_u8(b'\n');
+        }
+        self
+    }
+
+    /// `retry: <ms>`: the browser's reconnection delay.
+    pub fn retry(mut self, millis: u64) -> Self {
+        use std::fmt::Write;
+        let _ = writeln!(self.buf, "retry: {millis}");
+        self
+    }
+
+    /// `: <text>`: a comment. `text` must be a single line.
+    pub fn comment(mut self, text: &str) -> Self {
+        debug_assert!(check_single_line(text).is_ok());
+        self.buf.put_slice(b": ");
+        self.buf.put_slice(text.as_bytes());
+        self.buf.put_u8(b'\n');
+        self
+    }
+
+    /// One `data:` line per line of `data`, split on CRLF, CR and LF.
+    pub fn data(mut self, data: &str) -> Self {
+        let bytes = data.as_bytes();
+        let mut start = 0;
+        while let Some(off) = memchr::memchr2(b'\r', b'\n', &bytes[start..]) {
+            let end = start + off;
+            self.data_line(&bytes[start..end]);
+            start = end + 1;
+            if bytes[end] == b'\r' && bytes.get(start) == Some(&b'\n') {
+                start += 1;
+            }
+        }
+        self.data_line(&bytes[start..]);
+        self
+    }
+
+    fn data_line(&mut self, line: &[u8]) {
+        self.buf.put_slice(b"data: ");
+        self.buf.put_slice(line);
+        self.buf.put_u8(b'\n');
+    }
+
+    /// Ends the frame with the blank line that dispatches it.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.put_u8(b'\n');
+        self.buf.freeze()
+    }
+}
+
+/// A complete event frame.
+pub fn event(id: impl std::fmt::Display, event: Option<&str>, data: &str) -> Bytes {
+    FrameBuilder::new(data.len())
+        .id(id)
+        .event(event)
+        .data(data)
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_event() {
+        assert_eq!(
+            &event("7", None, r#"{"a":1}"#)[..],
+            b"id: 7\ndata: {\"a\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn named_event_and_lines() {
+        assert_eq!(
+            &event("x-1", Some("chat"), "a\nb\r\nc\rd")[..],
+            b"id: x-1\nevent: chat\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn trailing_and_empty_lines_are_kept() {
+        assert_eq!(&event("1", None, "")[..], b"id: 1\ndata: \n\n");
+        assert_eq!(&event("1", None, "a\n")[..], b"id: 1\ndata: a\ndata: \n\n");
+        assert_eq!(
+            &event("1", None, "\r\n\r")[..],
+            b"id: 1\ndata: \ndata: \ndata: \n\n"
+        );
+        assert_eq!(&event("1", None, " lead")[..], b"id: 1\ndata:  lead\n\n");
+    }
+
+    #[test]
+    fn preamble_fields() {
+        let f = FrameBuilder::new(0)
+            .comment("herald")
+            .retry(3000)
+            .id("e-0")
+            .finish();
+        assert_eq!(&f[..], b": herald\nretry: 3000\nid: e-0\n\n");
+    }
+
+    #[test]
+    fn event_types_are_checked() {
+        assert_eq!(check_event_type("chat"), Ok(()));
+        assert_eq!(check_event_type(""), Err(FieldError::Empty));
+        assert_eq!(check_event_type("a\nb"), Err(FieldError::LineBreak));
+        assert_eq!(check_event_type("a\rb"), Err(FieldError::LineBreak));
+        assert_eq!(check_event_type("a\0b"), Err(FieldError::LineBreak));
+        assert_eq!(
+            check_event_type(&"e".repeat(MAX_EVENT_TYPE_BYTES + 1)),
+            Err(FieldError::TooLong)
+        );
+    }
+}
