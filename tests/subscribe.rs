@@ -1,0 +1,165 @@
+//! Subscribe + publish through a real server, parsed by an independent SSE
+//! parser: the seed page's flow, routing isolation, topics, broadcast, tabs,
+//! headers, and h2c.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{client, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_page_flow_user_123() {
+    let server = TestServer::start().await;
+    let mut page = server.subscribe("123").await;
+    assert_eq!(page.headers["content-type"], "text/event-stream");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    assert_eq!(page.headers["x-accel-buffering"], "no");
+
+    let message = json!({"from": "alice", "text": "hello \"bob\"\nline two", "n": [1, 2.5]});
+    let id = server.publish_ok(json!({"user": "123", "data": message})).await;
+
+    let ev = page.next().await;
+    assert_eq!(ev.event, "message", "default event type");
+    assert_eq!(ev.id, id);
+    let parsed: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(parsed, message, "JSON.parse(event.data) gives the published data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preamble_sets_retry_and_resume_point() {
+    let server = TestServer::start().await;
+    let first = server.publish_ok(json!({"broadcast": true, "data": 0})).await;
+    let resp = client()
+        .get(server.url("/api/sse/subscribe/u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["herald-resumed-after"], first.as_str());
+    let mut body = resp.bytes_stream();
+    use futures_util::StreamExt;
+    let head = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("headers and preamble flush at once")
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8(head.to_vec()).unwrap();
+    assert_eq!(head, format!(": herald\nretry: 3000\nid: {first}\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_events_reach_only_that_user_and_all_its_tabs() {
+    let server = TestServer::start().await;
+    let mut a1 = server.subscribe("alice").await;
+    let mut a2 = server.subscribe("alice").await;
+    let mut b = server.subscribe("bob").await;
+
+    server.publish_ok(json!({"user": "alice", "data": "for alice"})).await;
+    server.publish_ok(json!({"user": "bob", "data": "for bob"})).await;
+
+    assert_eq!(a1.next().await.data, r#""for alice""#);
+    assert_eq!(a2.next().await.data, r#""for alice""#);
+    assert_eq!(b.next().await.data, r#""for bob""#);
+    a1.assert_quiet(Duration::from_millis(200)).await;
+    a2.assert_quiet(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_broadcast_reach_the_right_sets() {
+    let server = TestServer::start().await;
+    let mut news = server.subscribe("u1?topic=news").await;
+    let mut both = server.subscribe("u2?topic=news&topic=sport").await;
+    let mut none = server.subscribe("u3").await;
+
+    server
+        .publish_ok(json!({"topic": "sport", "event": "score", "data": {"home": 1}}))
+        .await;
+    server.publish_ok(json!({"topic": "news", "data": "n"})).await;
+    server.publish_ok(json!({"broadcast": true, "data": "all"})).await;
+
+    let ev = both.next().await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("score", r#"{"home":1}"#));
+    assert_eq!(both.next().await.data, r#""n""#);
+    assert_eq!(both.next().await.data, r#""all""#);
+
+    assert_eq!(news.next().await.data, r#""n""#);
+    assert_eq!(news.next().await.data, r#""all""#);
+
+    assert_eq!(none.next().await.data, r#""all""#);
+    for c in [&mut news, &mut both, &mut none] {
+        c.assert_quiet(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_publish_keeps_order_and_returns_ids() {
+    let server = TestServer::start().await;
+    let mut c = server.subscribe("u").await;
+    let batch: Vec<_> = (0..50).map(|i| json!({"user": "u", "data": i})).collect();
+    let (status, reply) = server.publish(serde_json::Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    let ids: Vec<String> = reply["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 50);
+    for (i, ev) in c.next_n(50).await.into_iter().enumerate() {
+        assert_eq!(ev.data, i.to_string());
+        assert_eq!(ev.id, ids[i]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_unregisters() {
+    let server = TestServer::start().await;
+    let c = server.subscribe("gone?topic=t").await;
+    server.wait_connections(1).await;
+    drop(c);
+    server.wait_connections(0).await;
+    assert_eq!(server.state.fanout.registry().keys(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_streams_too() {
+    let server = TestServer::start().await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(server.url("/api/sse/subscribe/h2user"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let mut c = support::SseClient::new(resp);
+    // A second stream multiplexed on the same connection.
+    let resp2 = h2
+        .get(server.url("/api/sse/subscribe/h2user?topic=x"))
+        .send()
+        .await
+        .unwrap();
+    let mut c2 = support::SseClient::new(resp2);
+    server.publish_ok(json!({"user": "h2user", "data": "over h2"})).await;
+    assert_eq!(c.next().await.data, r#""over h2""#);
+    assert_eq!(c2.next().await.data, r#""over h2""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_metrics() {
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/healthz").await.0, 200);
+    assert_eq!(server.get("/readyz").await.0, 200);
+    let _c = server.subscribe("m").await;
+    server.publish_ok(json!({"user": "m", "data": 1})).await;
+    let (status, _, page) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("# HELP herald_events_ingested_total"), "{page}");
+    assert!(support::metric(&page, "herald_events_ingested_total", Some("source=\"http\"")) >= 1.0);
+    assert!(support::metric(&page, "herald_sse_connections", None) >= 1.0);
+}

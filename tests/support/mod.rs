@@ -1,0 +1,248 @@
+//! Test fixture: a real herald on 127.0.0.1:0 (drained on drop), an SSE
+//! client that parses streams with an independent parser (eventsource-stream,
+//! not herald's code), and helpers to publish and to read raw bytes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::{Event, Eventsource};
+use futures_util::{Stream, StreamExt};
+use herald::config::Config;
+use herald::http::AppState;
+use herald::Running;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Upper bound on any single wait in a test: generous, only hit on failure.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    running: Option<Running>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_cap(10_000, tweak).await
+    }
+
+    pub async fn with_cap(max_connections: u64, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default_for_tests();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.shutdown_drain = Duration::from_millis(100);
+        config.shutdown_deadline = Duration::from_secs(5);
+        tweak(&mut config);
+        let running = herald::app::start(config, max_connections).await.unwrap();
+        Self {
+            addr: running.addr,
+            state: running.state.clone(),
+            running: Some(running),
+            http: client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Opens `/api/sse/subscribe/{path}` and checks the 200 + headers.
+    pub async fn subscribe(&self, path: &str) -> SseClient {
+        self.subscribe_with(path, None).await
+    }
+
+    pub async fn subscribe_with(&self, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut req = self.http.get(self.url(&format!("/api/sse/subscribe/{path}")));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = tokio::time::timeout(WAIT, req.send()).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "subscribe {path}");
+        SseClient::new(resp)
+    }
+
+    /// Waits until `n` streams are registered (subscribe returns once headers
+    /// are out, which is after registration; this is for streams opened from
+    /// other tasks).
+    pub async fn wait_connections(&self, n: usize) {
+        let registry = self.state.fanout.registry().clone();
+        eventually(|| registry.connections() == n, &format!("{n} connections")).await;
+    }
+
+    /// POSTs a JSON body; returns status and parsed JSON reply.
+    pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.publish_raw(body.to_string().into_bytes(), "application/json").await
+    }
+
+    pub async fn publish_raw(&self, body: Vec<u8>, ct: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(self.url("/api/publish"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    /// Publishes one event and returns its id.
+    pub async fn publish_ok(&self, body: serde_json::Value) -> String {
+        let (status, reply) = self.publish(body).await;
+        assert_eq!(status, 200, "{reply}");
+        reply["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts the drain and waits for it; returns how long it took.
+    pub async fn shutdown(mut self) -> Duration {
+        let running = self.running.take().unwrap();
+        let t = std::time::Instant::now();
+        running.shutdown();
+        running.stopped().await;
+        t.elapsed()
+    }
+
+    /// A GET, returning status, headers and body text.
+    pub async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let resp = self.http.get(self.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.text().await.unwrap())
+    }
+
+    /// Sends raw bytes on a fresh connection; returns what came back until
+    /// the server closed or paused for 2 s.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+
+/// A parsed SSE stream.
+pub struct SseClient {
+    pub headers: reqwest::header::HeaderMap,
+    events: EventStream,
+}
+
+impl SseClient {
+    pub fn new(resp: reqwest::Response) -> Self {
+        let headers = resp.headers().clone();
+        let events = resp
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()));
+        Self {
+            headers,
+            events: Box::pin(events),
+        }
+    }
+
+    /// The next event; panics on end of stream or after [`WAIT`].
+    pub async fn next(&mut self) -> Event {
+        match tokio::time::timeout(WAIT, self.events.next()).await {
+            Ok(Some(Ok(e))) => e,
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+
+    pub async fn next_n(&mut self, n: usize) -> Vec<Event> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.next().await);
+        }
+        v
+    }
+
+    /// Asserts no event arrives within `d`.
+    pub async fn assert_quiet(&mut self, d: Duration) {
+        if let Ok(Some(e)) = tokio::time::timeout(d, self.events.next()).await {
+            panic!("unexpected event: {e:?}");
+        }
+    }
+
+    /// Waits for the end of the stream (events before it are returned).
+    pub async fn until_end(&mut self) -> Vec<Event> {
+        let mut v = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.events.next()).await {
+                Ok(Some(Ok(e))) => v.push(e),
+                Ok(Some(Err(_))) | Ok(None) => return v,
+                Err(_) => panic!("stream did not end within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// A raw (unparsed) subscription, for bytes the parser hides (comments).
+pub async fn raw_stream(
+    http: &reqwest::Client,
+    url: &str,
+) -> Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> {
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    Box::pin(resp.bytes_stream())
+}
+
+/// Polls `cond` until it holds, up to [`WAIT`]; for state with no event to
+/// wait on (registry counts after a disconnect).
+pub async fn eventually(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of a counter (with optional label) in a Prometheus text page.
+pub fn metric(page: &str, name: &str, label: Option<&str>) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' '])
+                && label.is_none_or(|lb| l.contains(lb))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
