@@ -146,7 +146,13 @@ impl SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let reason = self.ended.unwrap_or("client");
+        // An aborted (stalled) connection drops the body without polling it
+        // again, so the queue is the authority on why it closed.
+        let reason = match self.sub.subscriber().queue.closed() {
+            Some(CloseReason::Slow) => "slow",
+            Some(CloseReason::Shutdown) => "shutdown",
+            None => self.ended.unwrap_or("client"),
+        };
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
     }
 }
