@@ -30,7 +30,18 @@ fn multi_line_payloads_arrive_intact() {
     });
     let user = Target::User(herald::event::Name::new("enc").unwrap());
     let chars = prop::sample::select(vec![
-        "a", "b", " ", ":", "\n", "\r", "\r\n", "é", "\u{2028}", "\0", "data: x", "{\"k\":1}",
+        "a",
+        "b",
+        " ",
+        ":",
+        "\n",
+        "\r",
+        "\r\n",
+        "é",
+        "\u{2028}",
+        "\0",
+        "data: x",
+        "{\"k\":1}",
     ]);
     let strategy = (
         prop::collection::vec(chars, 0..40).prop_map(|v| v.concat()),

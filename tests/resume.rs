@@ -24,10 +24,16 @@ async fn reconnect_gets_exactly_the_missed_events_then_live() {
 
     // Missed while away: some for us, some not.
     server.publish_ok(json!({"user": "r", "data": 3})).await;
-    server.publish_ok(json!({"user": "other", "data": "x"})).await;
+    server
+        .publish_ok(json!({"user": "other", "data": "x"}))
+        .await;
     server.publish_ok(json!({"topic": "t", "data": 4})).await;
-    server.publish_ok(json!({"topic": "nope", "data": "x"})).await;
-    server.publish_ok(json!({"broadcast": true, "data": 5})).await;
+    server
+        .publish_ok(json!({"topic": "nope", "data": "x"}))
+        .await;
+    server
+        .publish_ok(json!({"broadcast": true, "data": 5}))
+        .await;
 
     let mut c = server.subscribe_with("r?topic=t", Some(&last)).await;
     assert_eq!(c.headers["herald-resumed-after"], last.as_str());
@@ -77,13 +83,20 @@ async fn no_gap_no_duplicate_at_the_seam_under_concurrent_publishing() {
         if last.is_none() {
             // First session: the stream continues after the id in the header;
             // the events up to it are not ours to expect.
-            let after = c.headers["herald-resumed-after"].to_str().unwrap().to_owned();
+            let after = c.headers["herald-resumed-after"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let start: u64 = after.rsplit('-').next().unwrap().parse().unwrap();
             got.extend(0..start);
             last = Some(after);
         }
         // Read a few, then drop the connection mid-stream.
-        let take = if done.load(Ordering::SeqCst) { usize::MAX } else { 37 };
+        let take = if done.load(Ordering::SeqCst) {
+            usize::MAX
+        } else {
+            37
+        };
         let mut n = 0;
         while n < take && got.len() < TOTAL as usize {
             let ev = c.next().await;
@@ -93,9 +106,15 @@ async fn no_gap_no_duplicate_at_the_seam_under_concurrent_publishing() {
         }
     }
     publisher.await.unwrap();
-    assert!(sessions > 3, "the test must actually reconnect ({sessions} sessions)");
+    assert!(
+        sessions > 3,
+        "the test must actually reconnect ({sessions} sessions)"
+    );
     let first_bad = got.iter().enumerate().find(|(i, v)| **v != *i as u64);
-    assert_eq!(first_bad, None, "every event exactly once, in order (index, value)");
+    assert_eq!(
+        first_bad, None,
+        "every event exactly once, in order (index, value)"
+    );
     assert_eq!(got.len(), TOTAL as usize);
 }
 
@@ -108,15 +127,24 @@ async fn an_id_older_than_the_buffer_gets_the_reset_event() {
         latest = server.publish_ok(json!({"user": "z", "data": i})).await;
     }
     let mut c = server.subscribe_with("z", Some(&old)).await;
-    assert_eq!(c.headers["herald-resumed-after"], latest.as_str(), "not the requested id: a gap");
+    assert_eq!(
+        c.headers["herald-resumed-after"],
+        latest.as_str(),
+        "not the requested id: a gap"
+    );
     let reset = c.next().await;
     assert_eq!(reset.event, "herald-reset");
-    assert_eq!(reset.id, latest, "the reset event carries the new resume point");
+    assert_eq!(
+        reset.id, latest,
+        "the reset event carries the new resume point"
+    );
     let body: serde_json::Value = serde_json::from_str(&reset.data).unwrap();
     assert_eq!(body["lastEventId"], old.as_str());
     assert_eq!(body["resumedAfter"], latest.as_str());
     // Then live.
-    server.publish_ok(json!({"user": "z", "data": "live"})).await;
+    server
+        .publish_ok(json!({"user": "z", "data": "live"}))
+        .await;
     assert_eq!(c.next().await.data, r#""live""#);
 }
 

@@ -28,7 +28,10 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_client_is_closed_healthy_client_gets_everything() {
-    let _ = tracing_subscriber::fmt().with_env_filter("herald=debug").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("herald=debug")
+        .with_test_writer()
+        .try_init();
     let server = TestServer::with(|c| {
         c.queue.max_frames = 64;
         c.queue.max_bytes = 256 * 1024;
@@ -36,7 +39,11 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
     })
     .await;
     let (_, _, page) = server.get("/metrics").await;
-    let slow_before = metric(&page, "herald_sse_connections_closed_total", Some("reason=\"slow\""));
+    let slow_before = metric(
+        &page,
+        "herald_sse_connections_closed_total",
+        Some("reason=\"slow\""),
+    );
 
     // The stalled client: tiny receive buffer, reads the response head, then
     // never reads again.
@@ -72,7 +79,11 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
     let pad = "x".repeat(PAYLOAD);
     for b in 0..BATCHES {
         let behind = b.saturating_sub(1) * BATCH;
-        eventually(|| progress.load(Ordering::Acquire) >= behind, "healthy reader").await;
+        eventually(
+            || progress.load(Ordering::Acquire) >= behind,
+            "healthy reader",
+        )
+        .await;
         let batch: Vec<_> = (0..BATCH)
             .map(|i| json!({"broadcast": true, "data": {"n": b * BATCH + i, "pad": pad}}))
             .collect();
@@ -88,11 +99,25 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
     // The stalled connection was closed by the server, for being slow.
     server.wait_connections(1).await;
     let registry = server.state.fanout.registry().clone();
-    eventually(|| registry.connections() == 1, "stalled client unregistered").await;
+    eventually(
+        || registry.connections() == 1,
+        "stalled client unregistered",
+    )
+    .await;
     let (_, _, page) = server.get("/metrics").await;
-    let slow_after = metric(&page, "herald_sse_connections_closed_total", Some("reason=\"slow\""));
+    let slow_after = metric(
+        &page,
+        "herald_sse_connections_closed_total",
+        Some("reason=\"slow\""),
+    );
     assert_eq!(slow_after - slow_before, 1.0, "closed and counted as slow");
-    assert!(metric(&page, "herald_events_dropped_total", Some("reason=\"slow\"")) >= 1.0);
+    assert!(
+        metric(
+            &page,
+            "herald_events_dropped_total",
+            Some("reason=\"slow\"")
+        ) >= 1.0
+    );
 
     // Reading now drains what the kernel buffered, then hits the close.
     let mut sink = vec![0u8; 1 << 16];

@@ -18,19 +18,26 @@ async fn seed_page_flow_user_123() {
     assert_eq!(page.headers["x-accel-buffering"], "no");
 
     let message = json!({"from": "alice", "text": "hello \"bob\"\nline two", "n": [1, 2.5]});
-    let id = server.publish_ok(json!({"user": "123", "data": message})).await;
+    let id = server
+        .publish_ok(json!({"user": "123", "data": message}))
+        .await;
 
     let ev = page.next().await;
     assert_eq!(ev.event, "message", "default event type");
     assert_eq!(ev.id, id);
     let parsed: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
-    assert_eq!(parsed, message, "JSON.parse(event.data) gives the published data");
+    assert_eq!(
+        parsed, message,
+        "JSON.parse(event.data) gives the published data"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preamble_sets_retry_and_resume_point() {
     let server = TestServer::start().await;
-    let first = server.publish_ok(json!({"broadcast": true, "data": 0})).await;
+    let first = server
+        .publish_ok(json!({"broadcast": true, "data": 0}))
+        .await;
     let resp = client()
         .get(server.url("/api/sse/subscribe/u"))
         .send()
@@ -55,8 +62,12 @@ async fn user_events_reach_only_that_user_and_all_its_tabs() {
     let mut a2 = server.subscribe("alice").await;
     let mut b = server.subscribe("bob").await;
 
-    server.publish_ok(json!({"user": "alice", "data": "for alice"})).await;
-    server.publish_ok(json!({"user": "bob", "data": "for bob"})).await;
+    server
+        .publish_ok(json!({"user": "alice", "data": "for alice"}))
+        .await;
+    server
+        .publish_ok(json!({"user": "bob", "data": "for bob"}))
+        .await;
 
     assert_eq!(a1.next().await.data, r#""for alice""#);
     assert_eq!(a2.next().await.data, r#""for alice""#);
@@ -75,11 +86,18 @@ async fn topics_and_broadcast_reach_the_right_sets() {
     server
         .publish_ok(json!({"topic": "sport", "event": "score", "data": {"home": 1}}))
         .await;
-    server.publish_ok(json!({"topic": "news", "data": "n"})).await;
-    server.publish_ok(json!({"broadcast": true, "data": "all"})).await;
+    server
+        .publish_ok(json!({"topic": "news", "data": "n"}))
+        .await;
+    server
+        .publish_ok(json!({"broadcast": true, "data": "all"}))
+        .await;
 
     let ev = both.next().await;
-    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("score", r#"{"home":1}"#));
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("score", r#"{"home":1}"#)
+    );
     assert_eq!(both.next().await.data, r#""n""#);
     assert_eq!(both.next().await.data, r#""all""#);
 
@@ -145,7 +163,9 @@ async fn h2c_prior_knowledge_streams_too() {
         .await
         .unwrap();
     let mut c2 = support::SseClient::new(resp2);
-    server.publish_ok(json!({"user": "h2user", "data": "over h2"})).await;
+    server
+        .publish_ok(json!({"user": "h2user", "data": "over h2"}))
+        .await;
     assert_eq!(c.next().await.data, r#""over h2""#);
     assert_eq!(c2.next().await.data, r#""over h2""#);
 }
@@ -159,7 +179,16 @@ async fn health_ready_and_metrics() {
     server.publish_ok(json!({"user": "m", "data": 1})).await;
     let (status, _, page) = server.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(page.contains("# HELP herald_events_ingested_total"), "{page}");
-    assert!(support::metric(&page, "herald_events_ingested_total", Some("source=\"http\"")) >= 1.0);
+    assert!(
+        page.contains("# HELP herald_events_ingested_total"),
+        "{page}"
+    );
+    assert!(
+        support::metric(
+            &page,
+            "herald_events_ingested_total",
+            Some("source=\"http\"")
+        ) >= 1.0
+    );
     assert!(support::metric(&page, "herald_sse_connections", None) >= 1.0);
 }

@@ -61,11 +61,16 @@ impl TestServer {
     }
 
     pub async fn subscribe_with(&self, path: &str, last_event_id: Option<&str>) -> SseClient {
-        let mut req = self.http.get(self.url(&format!("/api/sse/subscribe/{path}")));
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/sse/subscribe/{path}")));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = tokio::time::timeout(WAIT, req.send()).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200, "subscribe {path}");
         SseClient::new(resp)
     }
@@ -80,7 +85,8 @@ impl TestServer {
 
     /// POSTs a JSON body; returns status and parsed JSON reply.
     pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        self.publish_raw(body.to_string().into_bytes(), "application/json").await
+        self.publish_raw(body.to_string().into_bytes(), "application/json")
+            .await
     }
 
     pub async fn publish_raw(&self, body: Vec<u8>, ct: &str) -> (u16, serde_json::Value) {
@@ -229,7 +235,10 @@ pub async fn raw_stream(
 pub async fn eventually(mut cond: impl FnMut() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,176 @@
+//! Bad input: every case is a 4xx that says what is wrong, nothing is
+//! published, and the server keeps serving.
+
+mod support;
+
+use serde_json::json;
+use support::TestServer;
+
+async fn expect_error(server: &TestServer, body: &str, status: u16, needle: &str) {
+    let (got, reply) = server
+        .publish_raw(body.as_bytes().to_vec(), "application/json")
+        .await;
+    assert_eq!(got, status, "{body} -> {reply}");
+    let msg = reply["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {reply}"));
+    assert!(msg.contains(needle), "{body} -> {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
+    let server = TestServer::with(|c| c.publish_max_body = 4096).await;
+    let mut witness = server.subscribe("w").await;
+
+    // Routing.
+    let (s, _, body) = server.get("/nope").await;
+    assert_eq!((s, body.as_str()), (404, "no route for /nope\n"));
+    let resp = server
+        .http
+        .delete(server.url("/api/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert!(resp.text().await.unwrap().contains("use POST"));
+    let resp = server
+        .http
+        .post(server.url("/api/sse/subscribe/u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+
+    // Publish bodies.
+    expect_error(&server, "{\"user\":", 400, "invalid JSON").await;
+    expect_error(&server, "", 400, "empty").await;
+    expect_error(&server, "\"text\"", 400, "JSON object").await;
+    expect_error(&server, r#"{"data":1}"#, 400, "no target").await;
+    expect_error(
+        &server,
+        r#"{"user":"a","topic":"b","data":1}"#,
+        400,
+        "more than one target",
+    )
+    .await;
+    expect_error(&server, r#"{"user":"a"}"#, 400, "missing field `data`").await;
+    expect_error(
+        &server,
+        r#"{"user":"a","id":"1\n2","data":1}"#,
+        400,
+        "unknown field `id`",
+    )
+    .await;
+    expect_error(
+        &server,
+        r#"{"user":"a","event":"x\ny","data":1}"#,
+        400,
+        "CR, LF or NUL",
+    )
+    .await;
+    expect_error(
+        &server,
+        r#"{"user":"a","event":"x\u0000","data":1}"#,
+        400,
+        "CR, LF or NUL",
+    )
+    .await;
+    expect_error(
+        &server,
+        r#"{"user":"a\nb","data":1}"#,
+        400,
+        "control character",
+    )
+    .await;
+    expect_error(
+        &server,
+        r#"[{"user":"a","data":1},{"user":"b"}]"#,
+        400,
+        "missing field `data` at line 1 column 35",
+    )
+    .await;
+    expect_error(
+        &server,
+        r#"[{"user":"a","data":1},{"data":2}]"#,
+        400,
+        "item 1: no target",
+    )
+    .await;
+    let big = format!(r#"{{"user":"a","data":"{}"}}"#, "x".repeat(5000));
+    expect_error(&server, &big, 413, "4096-byte limit").await;
+    let (s, reply) = server.publish_raw(b"user=a".to_vec(), "text/plain").await;
+    assert_eq!(s, 415, "{reply}");
+    // Invalid UTF-8 inside the JSON.
+    let (s, reply) = server
+        .publish_raw(
+            b"{\"user\":\"\xff\",\"data\":1}".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(s, 400, "{reply}");
+
+    // Oversize body without content-length (chunked) is cut off too.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..10)
+        .map(|_| Ok(bytes::Bytes::from(vec![b' '; 1000])))
+        .collect();
+    let resp = server
+        .http
+        .post(server.url("/api/publish"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+
+    // Subscribe input.
+    for (path, needle) in [
+        ("/api/sse/subscribe/%FF", "UTF-8"),
+        ("/api/sse/subscribe/", "non-empty user id"),
+        ("/api/sse/subscribe/a/b", "non-empty user id"),
+        ("/api/sse/subscribe/a%0Ab", "control character"),
+        ("/api/sse/subscribe/u?topic=%FF", "UTF-8"),
+        (
+            "/api/sse/subscribe/u?lastEventId=%27%3B%20DROP",
+            "Last-Event-ID",
+        ),
+    ] {
+        let (s, _, body) = server.get(path).await;
+        assert_eq!(s, 400, "{path}: {body}");
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+    let absurd = "9".repeat(5000);
+    let resp = server
+        .http
+        .get(server.url("/api/sse/subscribe/u"))
+        .header("last-event-id", &absurd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("longer than"));
+    let reply = server
+        .raw(b"GET /api/sse/subscribe/u HTTP/1.1\r\nhost: x\r\nlast-event-id: \xff\xfe\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Raw non-UTF-8 bytes in the request line: hyper refuses them.
+    let reply = server
+        .raw(b"GET /api/sse/subscribe/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Garbage instead of HTTP.
+    let reply = server.raw(b"\x16\x03\x01\x00\xa5hello\r\n\r\n").await;
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+
+    // Nothing of the above was published; the server still works.
+    assert_eq!(server.state.fanout.replay_len().0, 0);
+    server
+        .publish_ok(json!({"user": "w", "data": "still here"}))
+        .await;
+    assert_eq!(witness.next().await.data, r#""still here""#);
+}

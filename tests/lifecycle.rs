@@ -1,0 +1,218 @@
+//! Heartbeats on idle streams, shutdown ending open streams within the
+//! deadline (in-process and for the real binary on SIGTERM), and the
+//! connection cap answering 503.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::{raw_stream, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_heartbeat_comments() {
+    let server = TestServer::with(|c| c.heartbeat = Duration::from_millis(50)).await;
+    let mut raw = raw_stream(&server.http, &server.url("/api/sse/subscribe/idle")).await;
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.matches(":\n\n").count() < 3 {
+        assert!(Instant::now() < deadline, "no heartbeats: {seen:?}");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), raw.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.starts_with(": herald\n"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_within_the_deadline() {
+    let server = TestServer::with(|c| {
+        c.shutdown_drain = Duration::from_millis(300);
+        c.shutdown_deadline = Duration::from_secs(3);
+    })
+    .await;
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        streams.push(server.subscribe(&format!("u{i}")).await);
+    }
+    // An idle keep-alive connection too.
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let mut raw = raw_stream(&server.http, &server.url("/api/sse/subscribe/raw")).await;
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { s.until_end().await }))
+        .collect();
+    let took = server.shutdown().await;
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    for r in readers {
+        r.await.unwrap();
+    }
+    // The stream ended cleanly, with a retry hint before the end.
+    let mut tail = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), raw.next())
+        .await
+        .unwrap()
+    {
+        tail.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(tail.ends_with("retry: 3000\n\n"), "{tail:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_server_refuses_new_streams_and_is_not_ready() {
+    let server = TestServer::with(|c| {
+        c.shutdown_drain = Duration::from_millis(500);
+    })
+    .await;
+    // Keep one connection open across the drain start to ask on.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let _hold = server.subscribe("hold").await;
+    server
+        .state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    conn.write_all(b"GET /api/sse/subscribe/late HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("shutting down"), "{reply}");
+    assert_eq!(server.get("/readyz").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_get_503_with_a_message() {
+    let server = TestServer::with_cap(2, |_| {}).await;
+    let _a = server.subscribe("a").await;
+    let _b = server.subscribe("b").await;
+    let reply = server
+        .raw(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.contains("connection limit (2 connections)"),
+        "{reply}"
+    );
+    drop(_a);
+    server.wait_connections(1).await;
+    // A slot is free again.
+    support::eventually(
+        || server.state.permits.available_permits() == 1,
+        "permit back",
+    )
+    .await;
+    let reply = server
+        .raw(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// The real binary: bad flags exit 2 naming the flag; SIGTERM ends open
+/// streams and the process exits 0 within the deadline.
+#[test]
+fn binary_rejects_bad_flags_and_drains_on_sigterm() {
+    let bin = env!("CARGO_BIN_EXE_herald");
+    let out = Command::new(bin)
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen"), "{err}");
+
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--heartbeat-interval",
+        "--replay-max-age",
+        "HERALD_LISTEN",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-drain",
+            "200ms",
+            "--shutdown-deadline",
+            "2s",
+        ])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG_STYLE", "never")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("herald printed its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('\u{1b}')
+                .to_owned();
+        }
+    };
+    let addr: String = addr
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stream_ended = rt.block_on(async {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /api/sse/subscribe/p HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let t = Instant::now();
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        (t.elapsed(), String::from_utf8_lossy(&rest).into_owned())
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "herald did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stream_ended.0 < Duration::from_secs(2),
+        "stream ended after {:?}",
+        stream_ended.0
+    );
+    assert!(
+        stream_ended.1.contains("retry: 3000"),
+        "{:?}",
+        stream_ended.1
+    );
+    assert!(
+        stream_ended.1.ends_with("0\r\n\r\n"),
+        "clean chunked end: {:?}",
+        stream_ended.1
+    );
+}
