@@ -4,6 +4,8 @@
 //! Raw multi-line text enters through the dispatcher (the path Kafka values
 //! take); JSON through the publish API is checked in `subscribe.rs`.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use herald::event::Target;

@@ -1,6 +1,8 @@
 //! Bad input: every case is a 4xx that says what is wrong, nothing is
 //! published, and the server keeps serving.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::json;

@@ -2,6 +2,8 @@
 //! deadline (in-process and for the real binary on SIGTERM), and the
 //! connection cap answering 503.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,8 @@
 //! live ones — also while a publisher keeps publishing across the seam — and
 //! the named reset event when the id is older than the buffer.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,8 @@
 //! healthy client on the same events receives every one of them, in order,
 //! and the server's memory stays bounded.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,8 @@
 //! parser: the seed page's flow, routing isolation, topics, broadcast, tabs,
 //! headers, and h2c.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

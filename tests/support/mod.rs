@@ -1,7 +1,7 @@
 //! Test fixture: a real herald on 127.0.0.1:0 (drained on drop), an SSE
 //! client that parses streams with an independent parser (eventsource-stream,
 //! not herald's code), and helpers to publish and to read raw bytes.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
