@@ -115,6 +115,7 @@ pub fn start_on(
         stop_accept: stop_accept.clone(),
         graceful: graceful.clone(),
         tracker: tracker.clone(),
+        fast_path: config.sse_fast_path,
     };
     let main_routes = if admin.is_some() {
         Routes::Api
@@ -164,7 +165,7 @@ pub fn start_on(
             let deadline = tokio::time::Instant::now() + config.shutdown_deadline;
             // 1. Refuse new work.
             state.ready.store(false, Ordering::Relaxed);
-            state.draining.store(true, Ordering::Relaxed);
+            state.draining.store(true, Ordering::SeqCst);
             stop_accept.cancel();
             for a in accepts {
                 let _ = a.await;

@@ -29,12 +29,16 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::abort::{Abort, Abortable, Aborted};
+use crate::http::fast::{self, Route};
 use crate::http::{self, AppState, Routes};
 
 /// Over-cap connections being answered 503 at once; more are just closed.
 const MAX_REJECTING: usize = 256;
 /// Longest wait on an over-cap connection's request before answering.
 const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a new connection may stay silent before it is closed (hyper's
+/// own header-read timeout is the same).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -66,6 +70,8 @@ pub(crate) struct Serve {
     pub(crate) graceful: CancellationToken,
     /// Dropped by each connection task when it ends.
     pub(crate) tracker: mpsc::Sender<()>,
+    /// Serve HTTP/1.1 subscribe requests without hyper (see `http::fast`).
+    pub(crate) fast_path: bool,
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
@@ -106,7 +112,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
                 let builder = builder.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    serve_connection(&builder, stream, peer, &serve).await;
+                    connection(&builder, stream, peer, &serve).await;
                     drop(serve.tracker);
                 });
             }
@@ -124,15 +130,47 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
     }
 }
 
-async fn serve_connection(
+/// One connection: the HTTP/1.1 SSE fast path when its first segment is a
+/// subscribe request it can take, hyper otherwise.
+async fn connection(
     builder: &auto::Builder<TokioExecutor>,
     stream: TcpStream,
     peer: SocketAddr,
     serve: &Serve,
 ) {
+    let abort = Abort::new();
+    let route = if serve.fast_path && serve.routes != Routes::Admin {
+        tokio::select! {
+            r = fast::classify(&stream, &serve.state, FIRST_BYTES_TIMEOUT) => r,
+            _ = serve.graceful.cancelled() => Route::Close,
+        }
+    } else {
+        Route::Hyper
+    };
+    match route {
+        Route::Fast(accepted) => {
+            let fast = fast::serve(stream, accepted, peer, &serve.state, &abort);
+            match Abortable::new(fast, abort.clone()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "stream ended with an error"),
+                Err(Aborted) => tracing::debug!(%peer, "stream aborted (slow client)"),
+            }
+        }
+        // Boxed: fast-path tasks must not carry hyper's connection future.
+        Route::Hyper => Box::pin(serve_connection(builder, stream, peer, serve, abort)).await,
+        Route::Close => {}
+    }
+}
+
+async fn serve_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    serve: &Serve,
+    abort: Arc<Abort>,
+) {
     let state = serve.state.clone();
     let routes = serve.routes;
-    let abort = Abort::new();
     let conn_abort = abort.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();

@@ -75,6 +75,8 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
             let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
             assert_eq!(v["n"], i, "healthy client: every event, in order");
         }
+        // Kept open until the checks below are done.
+        healthy
     });
 
     let rss_before = rss_kib();
@@ -92,7 +94,7 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
         let (status, reply) = server.publish(serde_json::Value::Array(batch)).await;
         assert_eq!(status, 200, "{reply}");
     }
-    tokio::time::timeout(Duration::from_secs(60), reader)
+    let _healthy = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .expect("healthy client kept up")
         .unwrap();

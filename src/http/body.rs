@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
-use crate::fanout::queue::CloseReason;
+use crate::fanout::queue::{CloseReason, Queue};
 use crate::metrics as m;
 use crate::registry::Subscription;
 
@@ -47,8 +47,17 @@ pub enum Body {
 pub struct SseBody {
     head: Option<Bytes>,
     replay: std::vec::IntoIter<Bytes>,
+    stream: Stream,
+}
+
+/// An open stream's registration, whichever engine writes it (this body or
+/// the HTTP/1.1 fast path): counts the open, and on drop counts the close by
+/// reason and unregisters.
+#[derive(Debug)]
+pub struct Stream {
     sub: Subscription,
-    ended: Option<&'static str>,
+    /// Set when the writer ended the stream itself.
+    pub(crate) ended: Option<&'static str>,
 }
 
 // === impl Body ===
@@ -93,13 +102,11 @@ impl http_body::Body for Body {
 // === impl SseBody ===
 
 impl SseBody {
-    pub fn new(head: Bytes, replay: Vec<Bytes>, sub: Subscription) -> Self {
-        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+    pub fn new(head: Bytes, replay: Vec<Bytes>, stream: Stream) -> Self {
         Self {
             head: Some(head),
             replay: replay.into_iter(),
-            sub,
-            ended: None,
+            stream,
         }
     }
 
@@ -107,14 +114,14 @@ impl SseBody {
         if self.head.is_some() || self.replay.len() > 0 {
             return Poll::Ready(Some(Ok(Frame::data(self.next_prefix_chunk()))));
         }
-        match self.sub.subscriber().queue.poll_drain(cx) {
+        match self.stream.queue().poll_drain(cx) {
             Poll::Ready(Ok(batch)) => Poll::Ready(Some(Ok(Frame::data(batch.bytes)))),
             Poll::Ready(Err(CloseReason::Shutdown)) => {
-                self.ended = Some("shutdown");
+                self.stream.ended = Some("shutdown");
                 Poll::Ready(None)
             }
             Poll::Ready(Err(CloseReason::Slow)) => {
-                self.ended = Some("slow");
+                self.stream.ended = Some("slow");
                 Poll::Ready(Some(Err(BodyError::Slow)))
             }
             Poll::Pending => Poll::Pending,
@@ -144,11 +151,24 @@ impl SseBody {
     }
 }
 
-impl Drop for SseBody {
+// === impl Stream ===
+
+impl Stream {
+    pub fn new(sub: Subscription) -> Self {
+        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        Self { sub, ended: None }
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.sub.subscriber().queue
+    }
+}
+
+impl Drop for Stream {
     fn drop(&mut self) {
         // An aborted (stalled) connection drops the body without polling it
         // again, so the queue is the authority on why it closed.
-        let reason = match self.sub.subscriber().queue.closed() {
+        let reason = match self.queue().closed() {
             Some(CloseReason::Slow) => "slow",
             Some(CloseReason::Shutdown) => "shutdown",
             None => self.ended.unwrap_or("client"),

@@ -15,6 +15,7 @@
 //! listener only health and metrics ([`Routes`]).
 
 mod body;
+pub(crate) mod fast;
 mod health;
 pub mod publish;
 pub mod subscribe;
@@ -34,7 +35,7 @@ use crate::abort::Abort;
 use crate::config::Config;
 use crate::fanout::Fanout;
 
-pub use body::{Body, BodyError, SseBody};
+pub use body::{Body, BodyError, SseBody, Stream};
 
 /// State shared by every request handler.
 #[derive(Debug)]

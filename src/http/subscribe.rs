@@ -24,11 +24,14 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::abort::Abort;
 use crate::event::Name;
+use crate::fanout::queue::CloseReason;
 use crate::sse::{frame, EventId};
 
-use super::{json_error, AppState, Body, SseBody};
+use super::{json_error, AppState, Body, SseBody, Stream};
 
 pub const PREFIX: &str = "/api/sse/subscribe/";
 /// Most `topic` parameters on one stream.
@@ -50,7 +53,11 @@ pub(super) fn handle<B>(
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Response<Body> {
-    let params = match parse(rest, req.uri().query(), req.headers()) {
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(HeaderValue::as_bytes);
+    let params = match parse(rest, req.uri().query(), last_event_id) {
         Ok(p) => p,
         Err(msg) => return json_error(StatusCode::BAD_REQUEST, &msg),
     };
@@ -71,8 +78,39 @@ pub(super) fn handle<B>(
     if req.method() == Method::HEAD {
         return resp;
     }
+    let opened = open(state, params, peer, abort);
+    if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
+        resp.headers_mut().insert(RESUMED_AFTER_HEADER, v);
+    }
+    *resp.body_mut() = Body::Sse(Box::new(SseBody::new(
+        opened.head,
+        opened.replay,
+        opened.stream,
+    )));
+    resp
+}
 
-    let had_resume = params.resume.is_some();
+/// A registered stream and what to write before live events.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The id the stream continues after (the `herald-resumed-after` header).
+    pub(crate) after: EventId,
+    /// Preamble (and the reset event after a gap).
+    pub(crate) head: Bytes,
+    /// Replayed frames, in order.
+    pub(crate) replay: Vec<Bytes>,
+    pub(crate) stream: Stream,
+}
+
+/// Registers the stream with the dispatcher and builds its first bytes.
+/// Shared by the hyper handler and the HTTP/1.1 fast path.
+pub(crate) fn open(
+    state: &Arc<AppState>,
+    params: Params,
+    peer: SocketAddr,
+    abort: &Arc<Abort>,
+) -> Opened {
+    let requested = params.resume;
     let sub = state.fanout.subscribe(
         params.user,
         params.topics,
@@ -80,55 +118,47 @@ pub(super) fn handle<B>(
         Some(abort.clone()),
         params.resume,
     );
+    // A stream registered after the drain took its snapshot of open streams
+    // would be missed by it: end it here instead (it still gets its preamble).
+    if state.draining.load(Ordering::SeqCst) {
+        let hint = frame::FrameBuilder::new(0).retry(state.config.retry.as_millis() as u64);
+        if let Some(w) = sub
+            .subscription
+            .subscriber()
+            .queue
+            .close(CloseReason::Shutdown, Some(hint.finish()))
+        {
+            w.wake();
+        }
+    }
     let retry = state.config.retry.as_millis() as u64;
-    let mut head = frame::FrameBuilder::new(0).comment("herald").retry(retry);
-    if sub.gap {
+    let head = frame::FrameBuilder::new(0).comment("herald").retry(retry);
+    let head = if sub.gap {
         let data = serde_json::json!({
-            "reason": if had_resume { "last-event-id-not-retained" } else { "unknown" },
-            "lastEventId": params_resume_text(req),
+            "reason": "last-event-id-not-retained",
+            "lastEventId": requested.map(|id| id.to_string()),
             "resumedAfter": sub.after.to_string(),
         })
         .to_string();
-        head = head.comment("resume gap");
-        let reset = frame::event(sub.after, Some(frame::RESET_EVENT), &data);
-        let mut b = bytes::BytesMut::from(&head.finish()[..]);
-        b.extend_from_slice(&reset);
-        return stream(resp, sub.after, b.freeze(), sub.replay, sub.subscription);
+        let mut b = BytesMut::from(&head.finish()[..]);
+        b.extend_from_slice(&frame::event(sub.after, Some(frame::RESET_EVENT), &data));
+        b.freeze()
+    } else {
+        head.id(sub.after).finish()
+    };
+    Opened {
+        after: sub.after,
+        head,
+        replay: sub.replay,
+        stream: Stream::new(sub.subscription),
     }
-    let head = head.id(sub.after).finish();
-    stream(resp, sub.after, head, sub.replay, sub.subscription)
-}
-
-fn stream(
-    mut resp: Response<Body>,
-    after: EventId,
-    head: bytes::Bytes,
-    replay: Vec<bytes::Bytes>,
-    subscription: crate::registry::Subscription,
-) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(&after.to_string()) {
-        resp.headers_mut().insert(RESUMED_AFTER_HEADER, v);
-    }
-    *resp.body_mut() = Body::Sse(Box::new(SseBody::new(head, replay, subscription)));
-    resp
-}
-
-/// The resume id as the client sent it (already validated), for the reset
-/// event's payload.
-fn params_resume_text<B>(req: &Request<B>) -> Option<String> {
-    if let Some(v) = req.headers().get("last-event-id") {
-        return v.to_str().ok().map(str::to_owned);
-    }
-    query_pairs(req.uri().query().unwrap_or(""))
-        .find(|(k, _)| k == "lastEventId")
-        .and_then(|(_, v)| v.ok())
 }
 
 /// Validates the path rest, query and headers of a subscribe request.
 pub(crate) fn parse(
     rest: &str,
     query: Option<&str>,
-    headers: &http::HeaderMap,
+    last_event_id: Option<&[u8]>,
 ) -> Result<Params, String> {
     if rest.is_empty() || rest.contains('/') {
         return Err("the path must be /api/sse/subscribe/{userId} with a non-empty user id".into());
@@ -158,10 +188,12 @@ pub(crate) fn parse(
         }
     }
 
-    let header = match headers.get("last-event-id") {
+    let header = match last_event_id {
         Some(v) => Some(
-            v.to_str()
-                .map_err(|_| "the Last-Event-ID header is not valid text".to_owned())?
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+                .ok_or_else(|| "the Last-Event-ID header is not valid text".to_owned())?
                 .to_owned(),
         ),
         None => None,
@@ -203,7 +235,7 @@ mod tests {
     use super::*;
 
     fn p(rest: &str, q: Option<&str>) -> Result<Params, String> {
-        parse(rest, q, &http::HeaderMap::new())
+        parse(rest, q, None)
     }
 
     #[test]
@@ -227,9 +259,7 @@ mod tests {
 
     #[test]
     fn header_wins_over_query() {
-        let mut h = http::HeaderMap::new();
-        h.insert("last-event-id", HeaderValue::from_static("1-9"));
-        let got = parse("u", Some("lastEventId=1-2"), &h).unwrap();
+        let got = parse("u", Some("lastEventId=1-2"), Some(b"1-9")).unwrap();
         assert_eq!(got.resume, Some(EventId::Local { epoch: 1, seq: 9 }));
     }
 

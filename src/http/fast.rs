@@ -1,0 +1,253 @@
+//! The HTTP/1.1 SSE fast path: a subscribe request that arrives whole in the
+//! connection's first segment is served without hyper.
+//!
+//! Why (measured, see BENCHMARKS.md): an SSE stream is one request followed
+//! by an endless body, so after the head hyper's machinery is pure overhead:
+//! its per-connection read and write buffers (8 KiB each, allocated up front),
+//! a ~1.5 KB connection future, and a dispatcher that polls the body one
+//! frame at a time. With 10,000 idle streams hyper cost ~19-32 KB RSS per
+//! connection; this path holds a stream in a fraction of that and writes each
+//! drained batch with one vectored write.
+//!
+//! What it does:
+//! - [`classify`] *peeks* (consumes nothing) the first bytes. Only a complete
+//!   `GET /api/sse/subscribe/...` HTTP/1.1 head with no body and valid
+//!   parameters is taken; anything else (other routes, h2c, HEAD, HTTP/1.0,
+//!   a head split over segments, bad parameters so hyper answers the 400,
+//!   draining so hyper answers the 503) goes to hyper untouched.
+//! - [`serve`] consumes the head, registers the stream exactly as the hyper
+//!   handler does (`subscribe::open`), writes the response head and preamble,
+//!   then loops: drain the queue -> one chunked, vectored write; watch the
+//!   read side for the client going away (anything it sends is discarded).
+//! - Ends: shutdown closes the queue -> queued frames, the final chunk, FIN;
+//!   a slow close trips the connection's `Abort` (the task is dropped, the
+//!   socket closed); the client closing ends it at the next read event.
+//!
+//! It never allocates per frame: a batch is one `Bytes` from the queue.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::abort::Abort;
+use crate::fanout::queue::CloseReason;
+
+use super::subscribe::{self, Params};
+use super::AppState;
+
+/// Largest head the fast path looks at; longer heads go to hyper.
+const PEEK_BYTES: usize = 4096;
+/// Most headers parsed.
+const MAX_HEADERS: usize = 48;
+
+/// A request the fast path will serve.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// Bytes of the request head, to consume.
+    head_len: usize,
+    params: Params,
+}
+
+/// What to do with a new connection.
+#[derive(Debug)]
+pub(crate) enum Route {
+    Fast(Accepted),
+    Hyper,
+    /// Nothing arrived in time, or the peer closed: drop the connection.
+    Close,
+}
+
+/// Peeks at the first segment and decides who serves the connection.
+pub(crate) async fn classify(stream: &TcpStream, state: &AppState, wait: Duration) -> Route {
+    // Heap, not stack: a stack buffer would live in every connection
+    // task's future for the task's whole life.
+    let mut buf = vec![0u8; PEEK_BYTES];
+    let n = match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Close,
+        Ok(Ok(n)) => n,
+    };
+    match accept(&buf[..n], state) {
+        Some(a) => Route::Fast(a),
+        None => Route::Hyper,
+    }
+}
+
+fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let target = req.path?;
+    let rest = target.strip_prefix(subscribe::PREFIX)?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut last_event_id = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            // A body on a GET: let hyper deal with the framing.
+            return None;
+        }
+        if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = Some(h.value);
+        }
+        if name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"upgrade") {
+            return None;
+        }
+    }
+    if state.draining.load(Ordering::Relaxed) {
+        return None;
+    }
+    let params = subscribe::parse(rest, query, last_event_id).ok()?;
+    Some(Accepted { head_len, params })
+}
+
+/// Serves an accepted subscribe request until the stream ends.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    accepted: Accepted,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    abort: &Arc<Abort>,
+) -> io::Result<()> {
+    // Consume exactly the head we peeked.
+    let mut head = vec![0u8; accepted.head_len];
+    stream.read_exact(&mut head).await?;
+    drop(head);
+
+    let opened = subscribe::open(state, accepted.params, peer, abort);
+    let mut s = opened.stream;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n{}: {}\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+        subscribe::RESUMED_AFTER_HEADER,
+        opened.after,
+        httpdate::fmt_http_date(SystemTime::now()),
+    );
+    write_all(&stream, &[response.as_bytes()]).await?;
+    write_chunk(&stream, &opened.head).await?;
+    for f in opened.replay {
+        write_chunk(&stream, &f).await?;
+    }
+
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            biased;
+            drained = poll_fn(|cx| s.queue().poll_drain(cx)) => match drained {
+                Ok(batch) => write_chunk(&stream, &batch.bytes).await?,
+                Err(CloseReason::Shutdown) => {
+                    s.ended = Some("shutdown");
+                    write_all(&stream, &[b"0\r\n\r\n"]).await?;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    return Ok(());
+                }
+                Err(CloseReason::Slow) => {
+                    s.ended = Some("slow");
+                    return Ok(());
+                }
+            },
+            ready = stream.readable() => {
+                ready?;
+                match stream.try_read(&mut scratch) {
+                    // The client went away.
+                    Ok(0) => return Ok(()),
+                    // Anything it sends on a stream is ignored.
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Writes one chunk of the chunked encoding: size line, data, CRLF.
+async fn write_chunk(stream: &TcpStream, data: &Bytes) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut size = [0u8; 18];
+    let len = chunk_size_line(data.len(), &mut size);
+    write_all(stream, &[&size[..len], data, b"\r\n"]).await
+}
+
+/// `{len:x}\r\n` into `out`; returns its length.
+fn chunk_size_line(n: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(n >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Writes all of `parts` with vectored writes, resuming after short writes.
+async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let mut slices: [IoSlice<'_>; 3] =
+            [IoSlice::new(&[]), IoSlice::new(&[]), IoSlice::new(&[])];
+        let mut k = 0;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            slices[k] = IoSlice::new(&p[skip..]);
+            skip = 0;
+            k += 1;
+            if k == slices.len() {
+                break;
+            }
+        }
+        stream.writable().await?;
+        match stream.try_write_vectored(&slices[..k]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        for (n, want) in [
+            (1usize, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (0x1a2b, "1a2b\r\n"),
+        ] {
+            let len = chunk_size_line(n, &mut b);
+            assert_eq!(std::str::from_utf8(&b[..len]).unwrap(), want);
+        }
+        let len = chunk_size_line(usize::MAX, &mut b);
+        assert_eq!(len, 18);
+    }
+}
