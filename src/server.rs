@@ -5,7 +5,7 @@
 //! - Survives accept errors: EMFILE/ENFILE/ENOBUFS/ENOMEM back off (doubling
 //!   from 5 ms to 1 s) instead of spinning; others are logged and skipped.
 //! - Caps connections with a semaphore; past the cap a connection gets a
-//!   plain `503` naming the cap and is closed (at most [`MAX_REJECTING`] of
+//!   plain `503` naming the cap and is closed (at most `MAX_REJECTING` of
 //!   those at once; beyond that it is just closed).
 //! - Serves each connection with hyper-util's auto builder (HTTP/1.1 with
 //!   keep-alive, and h2c by prior knowledge). On drain, each connection is

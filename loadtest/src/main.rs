@@ -43,6 +43,10 @@ struct Args {
     /// Events per publish request (1 = single-object body).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Concurrent publisher connections, each sending its next request when
+    /// the previous one is answered.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// Max wait for deliveries to finish after publishing.
     #[arg(long, default_value_t = 30)]
     settle_seconds: u64,
@@ -127,7 +131,16 @@ async fn run(args: Args) {
         let frames0 = totals.frames.load(Ordering::Relaxed);
         let cpu0 = pid.map(read_proc);
         let t = Instant::now();
-        let published = publish(args.target, args.publish_seconds, args.payload, args.batch).await;
+        let mut tasks = Vec::new();
+        for _ in 0..args.publishers.max(1) {
+            let (target, secs, payload, batch) =
+                (args.target, args.publish_seconds, args.payload, args.batch);
+            tasks.push(tokio::spawn(publish(target, secs, payload, batch)));
+        }
+        let mut published = 0;
+        for t in tasks {
+            published += t.await.expect("publisher");
+        }
         let publish_secs = t.elapsed().as_secs_f64();
         let expected = published * connected;
         let settle = Instant::now() + Duration::from_secs(args.settle_seconds);
@@ -231,6 +244,7 @@ async fn publish(target: SocketAddr, seconds: u64, payload: usize, batch: usize)
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut n = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
+    // Each publisher numbers its own events; only counts matter here.
     while Instant::now() < end {
         let one = |k: u64| format!(r#"{{"broadcast":true,"data":{{"n":{k},"p":"{pad}"}}}}"#);
         let body = if batch <= 1 {

@@ -1,4 +1,4 @@
-//! Who is connected: a power-of-two array of [`Shard`]s, each a
+//! Who is connected: a power-of-two array of `Shard`s, each a
 //! `parking_lot`-locked pair of maps (user -> connections, topic ->
 //! connections), the shard chosen by hashing the key.
 //!
