@@ -84,8 +84,8 @@ pub struct Cli {
     pub publish_max_body: usize,
 
     /// Serve HTTP/1.1 SSE streams on herald's own writer instead of hyper's
-    /// (far less memory per connection, fewer writes). Other requests and
-    /// h2c always go through hyper.
+    /// (about 8x less memory per idle connection). Other requests and h2c
+    /// always go through hyper.
     #[arg(long, env = "HERALD_SSE_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub sse_fast_path: bool,
 

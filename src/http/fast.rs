@@ -18,7 +18,8 @@
 //! - [`serve`] consumes the head, registers the stream exactly as the hyper
 //!   handler does (`subscribe::open`), writes the response head and preamble,
 //!   then loops: drain the queue -> one chunked, vectored write; watch the
-//!   read side for the client going away (anything it sends is discarded).
+//!   read side for the client going away (anything it sends is discarded),
+//!   both polled directly in one `poll_fn` (no future built per wait).
 //! - Ends: shutdown closes the queue -> queued frames, the final chunk, FIN;
 //!   a slow close trips the connection's `Abort` (the task is dropped, the
 //!   socket closed); the client closing ends it at the next read event.
@@ -30,6 +31,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -147,32 +149,56 @@ pub(crate) async fn serve(
 
     let mut scratch = [0u8; 64];
     loop {
-        tokio::select! {
-            biased;
-            drained = poll_fn(|cx| s.queue().poll_drain(cx)) => match drained {
-                Ok(batch) => write_chunk(&stream, &batch.bytes).await?,
-                Err(CloseReason::Shutdown) => {
-                    s.ended = Some("shutdown");
-                    write_all(&stream, &[b"0\r\n\r\n"]).await?;
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                    return Ok(());
-                }
-                Err(CloseReason::Slow) => {
-                    s.ended = Some("slow");
-                    return Ok(());
-                }
-            },
-            ready = stream.readable() => {
-                ready?;
-                match stream.try_read(&mut scratch) {
-                    // The client went away.
-                    Ok(0) => return Ok(()),
-                    // Anything it sends on a stream is ignored.
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+        match poll_fn(|cx| poll_next(&stream, &s, &mut scratch, cx)).await {
+            Next::Batch(bytes) => write_chunk(&stream, &bytes).await?,
+            Next::Closed(CloseReason::Shutdown) => {
+                s.ended = Some("shutdown");
+                write_all(&stream, &[b"0\r\n\r\n"]).await?;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                return Ok(());
             }
+            Next::Closed(CloseReason::Slow) => {
+                s.ended = Some("slow");
+                return Ok(());
+            }
+            Next::ClientGone => return Ok(()),
+        }
+    }
+}
+
+/// What woke the stream.
+enum Next {
+    Batch(Bytes),
+    Closed(CloseReason),
+    ClientGone,
+}
+
+/// Waits for a batch to write or for the client to go away, without building
+/// a future per wait: the queue and the socket's read readiness both store
+/// this task's waker directly.
+fn poll_next(
+    stream: &TcpStream,
+    s: &super::Stream,
+    scratch: &mut [u8],
+    cx: &mut Context<'_>,
+) -> Poll<Next> {
+    match s.queue().poll_drain(cx) {
+        Poll::Ready(Ok(batch)) => return Poll::Ready(Next::Batch(batch.bytes)),
+        Poll::Ready(Err(reason)) => return Poll::Ready(Next::Closed(reason)),
+        Poll::Pending => {}
+    }
+    loop {
+        match stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
+            Poll::Ready(Ok(())) => match stream.try_read(scratch) {
+                Ok(0) => return Poll::Ready(Next::ClientGone),
+                // Anything a client sends on a stream is ignored.
+                Ok(_) => {}
+                // Readiness cleared: poll again to register the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Next::ClientGone),
+            },
         }
     }
 }
@@ -220,11 +246,12 @@ async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
                 break;
             }
         }
-        stream.writable().await?;
+        // Try first: the socket is almost always writable, and awaiting
+        // readiness before every write costs a poll for nothing.
         match stream.try_write_vectored(&slices[..k]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
     }
