@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::event::Target;
+use crate::sse::EventId;
 
 /// Bounds of the buffer; an entry is evicted once any of them is exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,7 @@ pub struct Limits {
 #[derive(Debug)]
 struct Entry {
     seq: u64,
+    id: EventId,
     target: Target,
     frame: Bytes,
     at: Instant,
@@ -65,11 +67,12 @@ impl Replay {
     }
 
     /// Appends the event with sequence `seq` (one more than the last).
-    pub fn push(&mut self, seq: u64, target: Target, frame: Bytes, now: Instant) {
+    pub fn push(&mut self, seq: u64, id: EventId, target: Target, frame: Bytes, now: Instant) {
         debug_assert!(self.entries.back().is_none_or(|e| e.seq + 1 == seq));
         self.bytes += frame.len();
         self.entries.push_back(Entry {
             seq,
+            id,
             target,
             frame,
             at: now,
@@ -120,6 +123,16 @@ impl Replay {
         )
     }
 
+    /// The sequence number of the retained event with this id (newest first:
+    /// resumes are mostly of recent events).
+    pub fn seq_of(&self, id: &EventId) -> Option<u64> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.id == *id)
+            .map(|e| e.seq)
+    }
+
     /// Entries and frame bytes held.
     pub fn len(&self) -> (usize, usize) {
         (self.entries.len(), self.bytes)
@@ -134,6 +147,19 @@ impl Replay {
 mod tests {
     use super::*;
 
+    fn id(seq: u64) -> EventId {
+        EventId::Local { epoch: 1, seq }
+    }
+
+    #[test]
+    fn finds_retained_ids() {
+        let now = Instant::now();
+        let mut r = Replay::new(limits(2, 1000));
+        fill(&mut r, 1..=3, now);
+        assert_eq!(r.seq_of(&id(3)), Some(3));
+        assert_eq!(r.seq_of(&id(1)), None, "evicted");
+    }
+
     fn limits(max_events: usize, max_bytes: usize) -> Limits {
         Limits {
             max_events,
@@ -144,7 +170,7 @@ mod tests {
 
     fn fill(r: &mut Replay, seqs: std::ops::RangeInclusive<u64>, now: Instant) {
         for s in seqs {
-            r.push(s, Target::Broadcast, Bytes::from(s.to_string()), now);
+            r.push(s, id(s), Target::Broadcast, Bytes::from(s.to_string()), now);
         }
     }
 
@@ -201,9 +227,15 @@ mod tests {
     fn filter_keeps_only_wanted_targets() {
         let now = Instant::now();
         let mut r = Replay::new(limits(10, 1000));
-        r.push(1, Target::Broadcast, Bytes::from_static(b"b"), now);
+        r.push(1, id(1), Target::Broadcast, Bytes::from_static(b"b"), now);
         let u = crate::event::Name::new("u").unwrap();
-        r.push(2, Target::User(u.clone()), Bytes::from_static(b"u"), now);
+        r.push(
+            2,
+            id(2),
+            Target::User(u.clone()),
+            Bytes::from_static(b"u"),
+            now,
+        );
         let only_broadcast = |t: &Target| *t == Target::Broadcast;
         assert_eq!(frames(r.after(0, 2, only_broadcast)), ["b"]);
     }

@@ -61,6 +61,7 @@ fn multi_line_payloads_arrive_intact() {
                     target: user.clone(),
                     event: event.as_deref(),
                     data: &data,
+                    id: None,
                 }],
                 Source::Http,
             );

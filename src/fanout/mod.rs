@@ -37,14 +37,18 @@ use queue::{CloseReason, Push};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Http,
+    Kafka,
 }
 
-/// One event to publish: target, optional SSE event type, payload text.
+/// One event to publish: target, optional SSE event type, payload text, and
+/// its id when it has one already (a Kafka position); `None` assigns a local
+/// id.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
     pub target: Target,
     pub event: Option<&'a str>,
     pub data: &'a str,
+    pub id: Option<EventId>,
 }
 
 /// A new subscription and what to send before live events.
@@ -75,6 +79,8 @@ pub struct Fanout {
 struct State {
     /// Last sequence number issued; 0 before the first event.
     seq: u64,
+    /// Id of the last event dispatched (`<epoch>-0` before the first).
+    latest: EventId,
     replay: Replay,
     /// Reused scratch for wakers collected under a shard lock.
     wakers: Vec<Waker>,
@@ -83,6 +89,7 @@ struct State {
 #[derive(Debug)]
 struct Counters {
     ingested_http: Counter,
+    ingested_kafka: Counter,
     delivered: Counter,
     dropped_slow: Counter,
     replayed: Counter,
@@ -115,11 +122,13 @@ impl Fanout {
             queue_limits,
             state: Mutex::new(State {
                 seq: 0,
+                latest: EventId::Local { epoch, seq: 0 },
                 replay: Replay::new(replay),
                 wakers: Vec::new(),
             }),
             counters: Counters {
                 ingested_http: counter!(m::EVENTS_INGESTED, "source" => "http"),
+                ingested_kafka: counter!(m::EVENTS_INGESTED, "source" => "kafka"),
                 delivered: counter!(m::EVENTS_DELIVERED),
                 dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow"),
                 replayed: counter!(m::EVENTS_REPLAYED),
@@ -151,21 +160,24 @@ impl Fanout {
         let mut ids = Vec::with_capacity(events.len());
         let mut st = self.state.lock();
         let st = &mut *st;
+        let now = Instant::now();
         for ev in events {
             let start = std::time::Instant::now();
             st.seq += 1;
-            let id = self.local_id(st.seq);
-            let bytes = frame::event(id, ev.event, ev.data);
+            let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
+            let bytes = frame::event(&id, ev.event, ev.data);
             st.replay
-                .push(st.seq, ev.target.clone(), bytes.clone(), Instant::now());
+                .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
             self.route(&ev.target, &bytes, &mut st.wakers);
             self.counters
                 .fanout_seconds
                 .record(start.elapsed().as_secs_f64());
+            st.latest = id.clone();
             ids.push(id);
         }
         match source {
             Source::Http => self.counters.ingested_http.increment(events.len() as u64),
+            Source::Kafka => self.counters.ingested_kafka.increment(events.len() as u64),
         }
         ids
     }
@@ -198,7 +210,7 @@ impl Fanout {
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
         let subscription = self.registry.insert(user, topics, peer, abort);
-        let latest = self.local_id(st.seq);
+        let latest = st.latest.clone();
         let Some(resume) = resume else {
             return Subscribed {
                 subscription,
@@ -208,7 +220,11 @@ impl Fanout {
             };
         };
         let sub = subscription.subscriber().clone();
-        let answer = match resume.local_seq(self.epoch) {
+        let seen = match &resume {
+            EventId::Local { .. } => resume.local_seq(self.epoch),
+            EventId::Kafka { .. } => st.replay.seq_of(&resume),
+        };
+        let answer = match seen {
             Some(seen) => st.replay.after(seen, st.seq, |t| sub.wants(t)),
             None => After::Gap,
         };
@@ -262,7 +278,7 @@ impl Fanout {
 
     /// The id of the last event dispatched.
     pub fn latest(&self) -> EventId {
-        self.local_id(self.state.lock().seq)
+        self.state.lock().latest.clone()
     }
 }
 

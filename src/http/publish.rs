@@ -70,6 +70,7 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
             target: v.target.clone(),
             event: v.event.as_deref(),
             data: &v.data,
+            id: None,
         })
         .collect();
     let ids = state.fanout.publish(&outgoing, Source::Http);

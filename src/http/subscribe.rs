@@ -110,7 +110,7 @@ pub(crate) fn open(
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Opened {
-    let requested = params.resume;
+    let requested = params.resume.clone();
     let sub = state.fanout.subscribe(
         params.user,
         params.topics,
@@ -141,10 +141,10 @@ pub(crate) fn open(
         })
         .to_string();
         let mut b = BytesMut::from(&head.finish()[..]);
-        b.extend_from_slice(&frame::event(sub.after, Some(frame::RESET_EVENT), &data));
+        b.extend_from_slice(&frame::event(&sub.after, Some(frame::RESET_EVENT), &data));
         b.freeze()
     } else {
-        head.id(sub.after).finish()
+        head.id(&sub.after).finish()
     };
     Opened {
         after: sub.after,

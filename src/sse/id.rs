@@ -6,20 +6,34 @@
 //! with a reset) instead of being mistaken for a position in this run:
 //! `18f3a2b4c01-42` is event 42 of run `18f3a2b4c01`.
 //!
+//! Kafka-sourced events are named by their position, `topic:partition:offset`
+//! (`messages:3:1042`): the same on every node that reads the topic. Kafka
+//! topic names can not contain `:`, so the two forms never collide.
+//!
 //! Parsing is strict and bounded: anything else is an [`IdError`], which the
 //! subscribe handler answers with a 400.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Longest `Last-Event-ID` considered at all.
 pub const MAX_ID_BYTES: usize = 128;
 
+/// Longest Kafka topic name (Kafka's own limit).
+pub const MAX_TOPIC_BYTES: usize = 249;
+
 /// An event's identity on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EventId {
     /// Published through this node's HTTP API: sequence `seq` of run `epoch`.
     Local { epoch: u64, seq: u64 },
+    /// Consumed from Kafka at this position.
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// Why a `Last-Event-ID` could not be understood.
@@ -42,7 +56,7 @@ impl EventId {
     pub fn local_seq(&self, epoch: u64) -> Option<u64> {
         match *self {
             EventId::Local { epoch: e, seq } if e == epoch => Some(seq),
-            EventId::Local { .. } => None,
+            _ => None,
         }
     }
 }
@@ -51,6 +65,11 @@ impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EventId::Local { epoch, seq } => write!(f, "{epoch:x}-{seq}"),
+            EventId::Kafka {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "{topic}:{partition}:{offset}"),
         }
     }
 }
@@ -64,6 +83,9 @@ impl FromStr for EventId {
         }
         if s.len() > MAX_ID_BYTES {
             return Err(IdError::TooLong);
+        }
+        if s.contains(':') {
+            return parse_kafka(s);
         }
         let (epoch, seq) = s.split_once('-').ok_or(IdError::Malformed)?;
         let hex = |c: char| c.is_ascii_hexdigit() && !c.is_ascii_uppercase();
@@ -79,6 +101,30 @@ impl FromStr for EventId {
     }
 }
 
+/// Whether `s` is a legal Kafka topic name: 1-249 of `[A-Za-z0-9._-]`.
+pub fn is_kafka_topic(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TOPIC_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn parse_kafka(s: &str) -> Result<EventId, IdError> {
+    let mut parts = s.rsplitn(3, ':');
+    let offset = parts.next().ok_or(IdError::Malformed)?;
+    let partition = parts.next().ok_or(IdError::Malformed)?;
+    let topic = parts.next().ok_or(IdError::Malformed)?;
+    let digits = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    if !is_kafka_topic(topic) || !digits(partition) || !digits(offset) {
+        return Err(IdError::Malformed);
+    }
+    Ok(EventId::Kafka {
+        topic: Arc::from(topic),
+        partition: partition.parse().map_err(|_| IdError::Malformed)?,
+        offset: offset.parse().map_err(|_| IdError::Malformed)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +137,7 @@ mod tests {
             seq: 42,
         };
         assert_eq!(id.to_string(), "18f3a2b4c01-42");
-        assert_eq!("18f3a2b4c01-42".parse::<EventId>(), Ok(id));
+        assert_eq!("18f3a2b4c01-42".parse::<EventId>(), Ok(id.clone()));
         assert_eq!(id.local_seq(0x18f3a2b4c01), Some(42));
         assert_eq!(id.local_seq(1), None);
     }
@@ -118,7 +164,40 @@ mod tests {
         assert_eq!("1".repeat(200).parse::<EventId>(), Err(IdError::TooLong));
     }
 
+    #[test]
+    fn kafka_ids_round_trip_and_are_checked() {
+        let id = EventId::Kafka {
+            topic: Arc::from("user.events-v2"),
+            partition: 7,
+            offset: 1042,
+        };
+        assert_eq!(id.to_string(), "user.events-v2:7:1042");
+        assert_eq!("user.events-v2:7:1042".parse::<EventId>(), Ok(id));
+        for bad in [
+            "t:1",
+            ":1:2",
+            "t::2",
+            "t:1:",
+            "t:-1:2",
+            "t:1:x",
+            "t/x:1:2",
+            "a:b:1:2",
+            "t:99999999999:1",
+        ] {
+            assert_eq!(bad.parse::<EventId>(), Err(IdError::Malformed), "{bad:?}");
+        }
+        assert!(is_kafka_topic("messages"));
+        assert!(!is_kafka_topic("a b"));
+        assert!(!is_kafka_topic(&"t".repeat(250)));
+    }
+
     proptest! {
+        #[test]
+        fn any_kafka_id_round_trips(topic in "[A-Za-z0-9._-]{1,40}", partition in 0i32.., offset in 0i64..) {
+            let id = EventId::Kafka { topic: Arc::from(topic.as_str()), partition, offset };
+            prop_assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
+        }
+
         #[test]
         fn any_local_id_round_trips(epoch: u64, seq: u64) {
             let id = EventId::Local { epoch, seq };
