@@ -1,14 +1,16 @@
 //! Wiring: owns startup order and shutdown order.
 //!
 //! Startup: metrics recorder, registry and dispatcher (with its replay
-//! buffer), heartbeat task, listeners and accept loops, then readiness.
+//! buffer), Kafka ingest and publisher (Kafka mode; topics checked first),
+//! heartbeat task, listeners and accept loops, then readiness.
 //!
 //! Shutdown, each stage bounded by the overall deadline:
 //! 1. readiness off, new streams refused (503), accepting stops;
 //! 2. every SSE stream is ended, spread over the drain period, each with a
 //!    `retry:` hint, so clients do not all reconnect in the same instant;
 //! 3. connections are told to wind down (keep-alive off) and awaited;
-//! 4. whatever remains at the deadline is dropped with the runtime.
+//! 4. Kafka ingest stops; whatever remains at the deadline is dropped with
+//!    the runtime.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fanout::{self, Fanout};
 use crate::http::{AppState, Routes};
+use crate::ingest::{Ingest, Publisher};
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::server::{self, Serve};
@@ -69,11 +72,13 @@ pub async fn start(config: Config, max_connections: u64) -> std::io::Result<Runn
         Some(a) => Some(server::bind(a, config.reuse_port)?),
         None => None,
     };
-    start_on(config, listener, admin, max_connections)
+    start_on(config, listener, admin, max_connections).await
 }
 
-/// Starts serving on listeners the caller bound.
-pub fn start_on(
+/// Starts serving on listeners the caller bound. In Kafka mode, ingest is
+/// started (and the topics checked) before anything is served; a failure
+/// there is returned as an error.
+pub async fn start_on(
     config: Config,
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -86,6 +91,20 @@ pub fn start_on(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let fanout = Arc::new(Fanout::new(registry, epoch, config.queue, config.replay));
+    let (ingest, publisher) = match config.kafka.clone() {
+        Some(kafka) => {
+            let f = fanout.clone();
+            let age = config.replay.max_age;
+            let k = kafka.clone();
+            let ingest = tokio::task::spawn_blocking(move || Ingest::start(&k, age, f))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            let publisher = Publisher::new(&kafka).map_err(std::io::Error::other)?;
+            (Some(ingest), Some(Arc::new(publisher)))
+        }
+        None => (None, None),
+    };
     let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS as u64);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let state = Arc::new(AppState {
@@ -98,6 +117,8 @@ pub fn start_on(
         max_connections,
         rejected: metrics::counter!(m::HTTP_CONNECTIONS_REJECTED),
         publish_rejected: metrics::counter!(m::PUBLISH_REJECTED),
+        publisher,
+        ingest: ingest.as_ref().map(|i| i.status().clone()),
     });
 
     let stop = CancellationToken::new();
@@ -185,6 +206,10 @@ pub fn start_on(
             let clean = tokio::time::timeout_at(deadline, all_closed.recv())
                 .await
                 .is_ok();
+            // 4. Stop ingest.
+            if let Some(ingest) = ingest {
+                let _ = tokio::task::spawn_blocking(move || ingest.stop()).await;
+            }
             let drained = Drained { streams, clean };
             if clean {
                 tracing::info!(streams, "drained: all connections closed");

@@ -106,6 +106,47 @@ pub struct Cli {
     #[arg(long, env = "HERALD_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Kafka bootstrap servers (host:port[,host:port...]). Without it herald
+    /// runs embedded: events come only from the HTTP publish API.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka topics to consume, comma-separated. Every node reads every
+    /// partition of each (no consumer group splits them).
+    #[arg(long, env = "HERALD_KAFKA_TOPICS", value_delimiter = ',')]
+    pub kafka_topics: Vec<String>,
+
+    /// Where to start reading at startup: latest (only new records), earliest,
+    /// or replay-window (from --replay-max-age ago, so a restarted node can
+    /// serve resumes at once).
+    #[arg(long, env = "HERALD_KAFKA_START", default_value = "latest")]
+    pub kafka_start: String,
+
+    /// A librdkafka client property, key=value (repeatable; in the
+    /// environment, separate several with ';'). For SASL/TLS and tuning;
+    /// applied to the consumer and the producer.
+    #[arg(
+        long = "kafka-property",
+        env = "HERALD_KAFKA_PROPERTY",
+        value_delimiter = ';'
+    )]
+    pub kafka_property: Vec<String>,
+
+    /// Topic that POST /api/publish produces to (default: the first of
+    /// --kafka-topics; must be one of them, so published events come back).
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TOPIC")]
+    pub kafka_publish_topic: Option<String>,
+
+    /// How long a publish waits for the broker's acknowledgement before it is
+    /// answered 503.
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TIMEOUT", default_value = "5s")]
+    pub kafka_publish_timeout: String,
+
+    /// How often to check the topics for new partitions (and the broker for
+    /// health).
+    #[arg(long, env = "HERALD_KAFKA_METADATA_INTERVAL", default_value = "10s")]
+    pub kafka_metadata_interval: String,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or herald=debug.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     pub log: String,
@@ -139,6 +180,31 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub worker_threads: Option<usize>,
     pub log: String,
+    /// `None`: embedded mode.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Where a node starts reading its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    Latest,
+    Earliest,
+    /// From `--replay-max-age` ago (offsets for times).
+    ReplayWindow,
+}
+
+/// Validated Kafka settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Distinct, valid topic names, in the order given.
+    pub topics: Vec<String>,
+    pub start: StartPosition,
+    /// librdkafka properties, in the order given.
+    pub properties: Vec<(String, String)>,
+    pub publish_topic: String,
+    pub publish_timeout: Duration,
+    pub metadata_interval: Duration,
 }
 
 // === impl Cli ===
@@ -194,6 +260,7 @@ impl Cli {
         if self.log.trim().is_empty() {
             return Err(err("log", &self.log, "must not be empty"));
         }
+        let kafka = self.kafka_config()?;
         Ok(Config {
             listen: addr("listen", &self.listen)?,
             admin_listen: self
@@ -221,7 +288,114 @@ impl Cli {
             shutdown_deadline,
             worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
             log: self.log,
+            kafka,
         })
+    }
+
+    fn kafka_config(&self) -> Result<Option<KafkaConfig>, ConfigError> {
+        let err = |flag: &'static str, value: &str, problem: &str| ConfigError {
+            flag,
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let topics_text = self.kafka_topics.join(",");
+        let Some(brokers) = self.kafka_brokers.as_deref() else {
+            if !self.kafka_topics.is_empty() {
+                return Err(err("kafka-topics", &topics_text, "needs --kafka-brokers"));
+            }
+            if let Some(t) = &self.kafka_publish_topic {
+                return Err(err("kafka-publish-topic", t, "needs --kafka-brokers"));
+            }
+            return Ok(None);
+        };
+        if brokers.trim().is_empty()
+            || brokers.split(',').any(|b| {
+                let b = b.trim();
+                b.is_empty() || !b.contains(':') || b.contains(char::is_whitespace)
+            })
+        {
+            return Err(err(
+                "kafka-brokers",
+                brokers,
+                "expected host:port[,host:port...]",
+            ));
+        }
+        let mut topics: Vec<String> = Vec::new();
+        for t in &self.kafka_topics {
+            let t = t.trim();
+            if !crate::sse::id::is_kafka_topic(t) {
+                return Err(err(
+                    "kafka-topics",
+                    &topics_text,
+                    "each topic must be 1-249 characters of [A-Za-z0-9._-]",
+                ));
+            }
+            if !topics.iter().any(|x| x == t) {
+                topics.push(t.to_owned());
+            }
+        }
+        if topics.is_empty() {
+            return Err(err("kafka-topics", "", "is required with --kafka-brokers"));
+        }
+        let start = match self.kafka_start.as_str() {
+            "latest" => StartPosition::Latest,
+            "earliest" => StartPosition::Earliest,
+            "replay-window" => StartPosition::ReplayWindow,
+            other => {
+                return Err(err(
+                    "kafka-start",
+                    other,
+                    "expected latest, earliest or replay-window",
+                ))
+            }
+        };
+        let mut properties = Vec::new();
+        for p in &self.kafka_property {
+            match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    properties.push((k.trim().to_owned(), v.to_owned()));
+                }
+                _ => return Err(err("kafka-property", p, "expected key=value")),
+            }
+        }
+        let publish_topic = match &self.kafka_publish_topic {
+            Some(t) if topics.iter().any(|x| x == t) => t.clone(),
+            Some(t) => {
+                return Err(err(
+                    "kafka-publish-topic",
+                    t,
+                    "must be one of --kafka-topics (or published events would never come back)",
+                ))
+            }
+            None => topics[0].clone(),
+        };
+        let publish_timeout = parse_duration(&self.kafka_publish_timeout)
+            .map_err(|p| err("kafka-publish-timeout", &self.kafka_publish_timeout, p))?;
+        if publish_timeout < Duration::from_millis(100) {
+            return Err(err(
+                "kafka-publish-timeout",
+                &self.kafka_publish_timeout,
+                "must be at least 100ms",
+            ));
+        }
+        let metadata_interval = parse_duration(&self.kafka_metadata_interval)
+            .map_err(|p| err("kafka-metadata-interval", &self.kafka_metadata_interval, p))?;
+        if metadata_interval < Duration::from_millis(100) {
+            return Err(err(
+                "kafka-metadata-interval",
+                &self.kafka_metadata_interval,
+                "must be at least 100ms",
+            ));
+        }
+        Ok(Some(KafkaConfig {
+            brokers: brokers.to_owned(),
+            topics,
+            start,
+            properties,
+            publish_topic,
+            publish_timeout,
+            metadata_interval,
+        }))
     }
 }
 
@@ -290,6 +464,85 @@ mod tests {
         assert_eq!(e.flag, "shutdown-deadline");
         let e = cli(&["--queue-max-frames", "0"]).validate().unwrap_err();
         assert_eq!(e.flag, "queue-max-frames");
+    }
+
+    #[test]
+    fn kafka_flags() {
+        let c = cli(&[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-topics",
+            "a,b,a",
+        ])
+        .validate()
+        .unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.topics, ["a", "b"]);
+        assert_eq!(k.publish_topic, "a");
+        assert_eq!(k.start, StartPosition::Latest);
+        let c = cli(&[
+            "--kafka-brokers",
+            "h:1",
+            "--kafka-topics",
+            "t",
+            "--kafka-start",
+            "replay-window",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-property",
+            "x=a=b",
+        ])
+        .validate()
+        .unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.start, StartPosition::ReplayWindow);
+        assert_eq!(k.properties[1], ("x".to_owned(), "a=b".to_owned()));
+        assert!(cli(&[]).validate().unwrap().kafka.is_none());
+
+        let flag = |args: &[&str]| cli(args).validate().unwrap_err().flag;
+        assert_eq!(flag(&["--kafka-topics", "t"]), "kafka-topics");
+        assert_eq!(flag(&["--kafka-brokers", "h:1"]), "kafka-topics");
+        assert_eq!(
+            flag(&["--kafka-brokers", "nohostport", "--kafka-topics", "t"]),
+            "kafka-brokers"
+        );
+        assert_eq!(
+            flag(&["--kafka-brokers", "h:1", "--kafka-topics", "bad topic"]),
+            "kafka-topics"
+        );
+        assert_eq!(
+            flag(&[
+                "--kafka-brokers",
+                "h:1",
+                "--kafka-topics",
+                "t",
+                "--kafka-start",
+                "x"
+            ]),
+            "kafka-start"
+        );
+        assert_eq!(
+            flag(&[
+                "--kafka-brokers",
+                "h:1",
+                "--kafka-topics",
+                "t",
+                "--kafka-property",
+                "novalue"
+            ]),
+            "kafka-property"
+        );
+        assert_eq!(
+            flag(&[
+                "--kafka-brokers",
+                "h:1",
+                "--kafka-topics",
+                "t",
+                "--kafka-publish-topic",
+                "u"
+            ]),
+            "kafka-publish-topic"
+        );
     }
 
     #[test]

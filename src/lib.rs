@@ -30,6 +30,7 @@ pub mod config;
 pub mod event;
 pub mod fanout;
 pub mod http;
+pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod registry;

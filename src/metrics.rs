@@ -25,6 +25,9 @@ pub const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
 pub const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
+pub const KAFKA_SKIPPED: &str = "herald_kafka_records_skipped_total";
+pub const KAFKA_CONNECTED: &str = "herald_kafka_connected";
+pub const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
 
 /// Buckets for the fan-out time of one event: 1 µs .. 100 ms.
 const FANOUT_BUCKETS: &[f64] = &[
@@ -112,6 +115,17 @@ fn describe_all() {
         Unit::Bytes,
         "Frame bytes held in the replay buffer."
     );
+    describe_counter!(
+        KAFKA_SKIPPED,
+        Unit::Count,
+        "Kafka records skipped, by reason (value_not_utf8, no_value, bad_key, bad_topic_header, bad_event_header)."
+    );
+    describe_gauge!(
+        KAFKA_CONNECTED,
+        Unit::Count,
+        "1 while the last Kafka metadata refresh succeeded, else 0."
+    );
+    describe_gauge!(KAFKA_PARTITIONS, Unit::Count, "Kafka partitions assigned.");
     describe_counter!(
         PUBLISH_REJECTED,
         Unit::Count,

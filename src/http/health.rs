@@ -21,6 +21,11 @@ pub(super) fn readyz(state: &Arc<AppState>) -> Response<Body> {
         text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
     } else if !state.ready.load(Ordering::Relaxed) {
         text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n")
+    } else if state.ingest.as_ref().is_some_and(|i| !i.connected()) {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: Kafka is unreachable (open streams are still served)\n",
+        )
     } else {
         text(StatusCode::OK, "ready\n")
     }

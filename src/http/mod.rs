@@ -3,7 +3,7 @@
 //! | route | method | answers |
 //! |---|---|---|
 //! | `/api/sse/subscribe/{userId}` | GET | 200 event stream; 400 bad user id, topic or `Last-Event-ID`; 503 shutting down |
-//! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 413 body too large; 415 not JSON |
+//! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 413 body too large; 415 not JSON; 503 Kafka did not acknowledge |
 //! | `/healthz` | GET | 200 while the process runs |
 //! | `/readyz` | GET | 200 when serving; 503 while starting or draining |
 //! | `/metrics` | GET | 200 Prometheus text |
@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 use crate::abort::Abort;
 use crate::config::Config;
 use crate::fanout::Fanout;
+use crate::ingest::{Publisher, Status as IngestStatus};
 
 pub use body::{Body, BodyError, SseBody, Stream};
 
@@ -52,6 +53,10 @@ pub struct AppState {
     pub max_connections: u64,
     pub(crate) rejected: Counter,
     pub(crate) publish_rejected: Counter,
+    /// Kafka mode: publishes are produced here (None: embedded mode).
+    pub publisher: Option<Arc<Publisher>>,
+    /// Kafka mode: ingest health, for readiness.
+    pub ingest: Option<Arc<IngestStatus>>,
 }
 
 /// Which routes a listener serves.

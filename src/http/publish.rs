@@ -12,8 +12,15 @@
 //! the SSE `data`, so the page's `JSON.parse(event.data)` gives it back.
 //! Unknown fields are refused (ids are assigned by herald, not the caller).
 //!
-//! A batch is all-or-nothing: every item is validated before any is
-//! published. Answers `{"id": "..."}` or `{"ids": [...]}`.
+//! A batch is validated whole before any of it is published. Answers
+//! `{"id": "..."}` or `{"ids": [...]}`.
+//!
+//! Kafka mode: the events are produced to `--kafka-publish-topic` (key = user,
+//! header `sse-topic` / `sse-event` per the record mapping) and the answer
+//! waits for the broker's acknowledgement; the ids are the Kafka positions,
+//! and delivery to streams happens when the consumer reads them back, on
+//! every node. No acknowledgement within `--kafka-publish-timeout`: 503,
+//! with the ids of any events of a batch that did get through.
 
 use std::sync::Arc;
 
@@ -64,6 +71,32 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     };
     let batch = items.1;
     let items = items.0;
+    if let Some(publisher) = &state.publisher {
+        let events: Vec<_> = items
+            .iter()
+            .map(|v| (v.target.clone(), v.event.as_deref(), v.data.as_str()))
+            .collect();
+        return match publisher.publish(&events).await {
+            Ok(ids) => reply(&ids, batch),
+            Err(failure) => {
+                tracing::warn!(error = %failure, "publish to Kafka failed");
+                let ids: Vec<Option<String>> = failure
+                    .ids
+                    .iter()
+                    .map(|i| i.as_ref().map(ToString::to_string))
+                    .collect();
+                let body = serde_json::json!({
+                    "error": format!("{failure} (within --kafka-publish-timeout); retry later"),
+                    "ids": ids,
+                });
+                response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                )
+            }
+        };
+    }
     let outgoing: Vec<Outgoing<'_>> = items
         .iter()
         .map(|v| Outgoing {
@@ -74,6 +107,10 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         })
         .collect();
     let ids = state.fanout.publish(&outgoing, Source::Http);
+    reply(&ids, batch)
+}
+
+fn reply(ids: &[crate::sse::EventId], batch: bool) -> Response<Body> {
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     let body = if batch {
         serde_json::json!({ "ids": ids })

@@ -112,7 +112,10 @@ mod tests {
         let m = map(None, [], Some(b"x")).unwrap();
         assert_eq!(m.target, Target::Broadcast);
 
-        let h = [("sse-topic", Some(&b"news"[..])), ("sse-event", Some(&b"headline"[..]))];
+        let h = [
+            ("sse-topic", Some(&b"news"[..])),
+            ("sse-event", Some(&b"headline"[..])),
+        ];
         let m = map(Some(b"123"), h, Some(b"line1\nline2")).unwrap();
         assert_eq!(m.target, Target::Topic(name("news")), "topic wins over key");
         assert_eq!(m.event, Some("headline"));

@@ -1,0 +1,520 @@
+//! The Kafka consumer thread and the Kafka publisher.
+//!
+//! Consumer: a `BaseConsumer` polled by one dedicated OS thread. At start it
+//! reads each topic's metadata (a missing topic or an unreachable broker is
+//! an error before anything is served), picks start offsets (latest,
+//! earliest, or offsets-for-times `--replay-max-age` ago) and assigns itself
+//! every partition. Then it loops: poll a burst (up to [`MAX_BURST`] records
+//! already fetched), map each record (skipping, counting and logging bad
+//! ones with their position), dispatch the burst under one lock. Every
+//! `--kafka-metadata-interval` it re-reads metadata: new partitions are
+//! assigned from their beginning, and the result is the broker health that
+//! readiness reports. librdkafka reconnects by itself; after an outage the
+//! assigned partitions continue from where they stopped, so every retained
+//! record is delivered, in order, without a restart.
+//!
+//! The consumer's `group.id` exists only because librdkafka requires one for
+//! `assign`; nothing is ever committed.
+//!
+//! Publisher: a `FutureProducer`; a publish answers once the broker has
+//! acknowledged every event (or fails after `--kafka-publish-timeout`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, StartPosition};
+use crate::event::Target;
+use crate::fanout::{Fanout, Outgoing, Source};
+use crate::metrics as m;
+use crate::sse::EventId;
+
+use super::record::{self, EVENT_HEADER, TOPIC_HEADER};
+
+/// Most records dispatched under one lock. Larger bursts mean fewer lock
+/// round-trips and more frames per socket write; this bound keeps one burst
+/// from holding the dispatcher for long (~a few ms at 10k subscribers).
+pub const MAX_BURST: usize = 512;
+/// Longest wait in one poll; also how quickly a stop request is noticed.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Bound on startup metadata and offset lookups.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on the periodic metadata refresh (the health probe).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why Kafka ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(KafkaError),
+    #[error("cannot read metadata of Kafka topic {topic:?} from {brokers} within {STARTUP_TIMEOUT:?}: {source}")]
+    Metadata {
+        topic: String,
+        brokers: String,
+        source: KafkaError,
+    },
+    #[error("Kafka topic {0:?} does not exist (herald does not create topics)")]
+    UnknownTopic(String),
+    #[error("cannot look up start offsets (offsets for times): {0}")]
+    Offsets(KafkaError),
+    #[error("cannot assign partitions: {0}")]
+    Assign(KafkaError),
+    #[error("cannot start the ingest thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What readiness and metrics need to know about ingest.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The last metadata refresh succeeded.
+    connected: AtomicBool,
+    /// Partitions assigned.
+    partitions: AtomicUsize,
+}
+
+/// The running consumer thread.
+#[derive(Debug)]
+pub struct Ingest {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    status: Arc<Status>,
+}
+
+/// Produces published events to Kafka.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+}
+
+/// A publish the broker did not acknowledge.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka did not acknowledge {failed} of {total} events: {first}")]
+pub struct PublishFailure {
+    pub failed: usize,
+    pub total: usize,
+    pub first: String,
+    /// Ids of the events that were acknowledged (in request order, `None`
+    /// for failed ones).
+    pub ids: Vec<Option<EventId>>,
+}
+
+// === impl Status ===
+
+impl Status {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions.load(Ordering::Relaxed)
+    }
+}
+
+fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        // librdkafka's default backs off up to 10 s between reconnects; an
+        // SSE fan-out wants records flowing again soon after a broker returns.
+        .set("reconnect.backoff.max.ms", "1000");
+    c
+}
+
+fn apply_user_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+}
+
+// === impl Ingest ===
+
+impl Ingest {
+    /// Connects, checks the topics, assigns every partition at the start
+    /// position and starts the consumer thread. Blocking (up to about
+    /// [`STARTUP_TIMEOUT`]): call from a blocking context.
+    pub fn start(
+        cfg: &KafkaConfig,
+        replay_age: Duration,
+        fanout: Arc<Fanout>,
+    ) -> Result<Self, IngestError> {
+        let mut cc = client_config(cfg);
+        cc.set("group.id", format!("herald-{:x}", fanout.epoch()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false")
+            // An assigned offset that is gone (retention): start from the
+            // oldest record kept rather than skip to the end.
+            .set("auto.offset.reset", "earliest");
+        apply_user_properties(&mut cc, cfg);
+        let consumer: BaseConsumer = cc.create().map_err(IngestError::Client)?;
+
+        let mut partitions: HashMap<String, i32> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        let start_ms = SystemTime::now()
+            .checked_sub(replay_age)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        for topic in &cfg.topics {
+            let count =
+                partition_count(&consumer, topic, STARTUP_TIMEOUT).map_err(|e| match e {
+                    Lookup::Missing => IngestError::UnknownTopic(topic.clone()),
+                    Lookup::Failed(source) => IngestError::Metadata {
+                        topic: topic.clone(),
+                        brokers: cfg.brokers.clone(),
+                        source,
+                    },
+                })?;
+            partitions.insert(topic.clone(), count);
+            for p in 0..count {
+                let offset = match cfg.start {
+                    StartPosition::Latest => Offset::End,
+                    StartPosition::Earliest => Offset::Beginning,
+                    // A timestamp, resolved to an offset just below.
+                    StartPosition::ReplayWindow => Offset::Offset(start_ms),
+                };
+                tpl.add_partition_offset(topic, p, offset)
+                    .map_err(IngestError::Assign)?;
+            }
+        }
+        if cfg.start == StartPosition::ReplayWindow {
+            tpl = consumer
+                .offsets_for_times(tpl, STARTUP_TIMEOUT)
+                .map_err(IngestError::Offsets)?;
+            // No record at or after the time: start at the end.
+            for e in tpl.clone().elements() {
+                if matches!(e.offset(), Offset::Offset(o) if o < 0) || e.offset() == Offset::Invalid
+                {
+                    tpl.set_partition_offset(e.topic(), e.partition(), Offset::End)
+                        .map_err(IngestError::Assign)?;
+                }
+            }
+        }
+        consumer.assign(&tpl).map_err(IngestError::Assign)?;
+
+        let status = Arc::new(Status::default());
+        status.connected.store(true, Ordering::Relaxed);
+        status.partitions.store(tpl.count(), Ordering::Relaxed);
+        metrics::gauge!(m::KAFKA_PARTITIONS).set(tpl.count() as f64);
+        metrics::gauge!(m::KAFKA_CONNECTED).set(1.0);
+        tracing::info!(
+            brokers = %cfg.brokers,
+            topics = ?cfg.topics,
+            partitions = tpl.count(),
+            start = ?cfg.start,
+            "Kafka ingest assigned"
+        );
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            consumer,
+            fanout,
+            topics: cfg
+                .topics
+                .iter()
+                .map(|t| Arc::<str>::from(t.as_str()))
+                .collect(),
+            partitions,
+            status: status.clone(),
+            stop: stop.clone(),
+            metadata_interval: cfg.metadata_interval,
+        };
+        let thread = std::thread::Builder::new()
+            .name("herald-ingest".into())
+            .spawn(move || worker.run())
+            .map_err(IngestError::Thread)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Stops the thread and waits for it (it notices within [`POLL_WAIT`],
+    /// or after a metadata refresh in progress).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Lookup {
+    Missing,
+    Failed(KafkaError),
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<i32, Lookup> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(Lookup::Failed)?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(Lookup::Missing)?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(Lookup::Missing);
+    }
+    Ok(t.partitions().len() as i32)
+}
+
+/// State owned by the consumer thread.
+struct Worker {
+    consumer: BaseConsumer,
+    fanout: Arc<Fanout>,
+    /// Configured topics, shared into every event id.
+    topics: Vec<Arc<str>>,
+    /// Partitions assigned per topic.
+    partitions: HashMap<String, i32>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+    metadata_interval: Duration,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    fn run(mut self) {
+        let mut next_refresh = Instant::now() + self.metadata_interval;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut burst: Vec<BorrowedMessage<'_>> = Vec::new();
+            let mut wait = POLL_WAIT;
+            while burst.len() < MAX_BURST {
+                match self.consumer.poll(wait) {
+                    Some(Ok(msg)) => burst.push(msg),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "Kafka consumer error");
+                        break;
+                    }
+                    None => break,
+                }
+                // After the first record, take only what is already fetched.
+                wait = Duration::ZERO;
+            }
+            if !burst.is_empty() {
+                dispatch(&self.fanout, &self.topics, &burst);
+            }
+            drop(burst);
+            if Instant::now() >= next_refresh {
+                self.refresh();
+                next_refresh = Instant::now() + self.metadata_interval;
+            }
+        }
+        tracing::info!("Kafka ingest stopped");
+    }
+
+    /// Re-reads metadata: health, and partitions added since the last look.
+    fn refresh(&mut self) {
+        let mut healthy = true;
+        for topic in self.topics.clone() {
+            match partition_count(&self.consumer, &topic, REFRESH_TIMEOUT) {
+                Ok(count) => {
+                    let known = self.partitions.get(&*topic).copied().unwrap_or(0);
+                    if count > known {
+                        let mut tpl = TopicPartitionList::new();
+                        for p in known..count {
+                            let _ = tpl.add_partition_offset(&topic, p, Offset::Beginning);
+                        }
+                        match self.consumer.incremental_assign(&tpl) {
+                            Ok(()) => {
+                                tracing::info!(%topic, from = known, to = count, "Kafka partitions added; consuming them from the beginning");
+                                self.partitions.insert(topic.to_string(), count);
+                                let total: i32 = self.partitions.values().sum();
+                                self.status
+                                    .partitions
+                                    .store(total as usize, Ordering::Relaxed);
+                                metrics::gauge!(m::KAFKA_PARTITIONS).set(total as f64);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%topic, %error, "cannot assign new partitions")
+                            }
+                        }
+                    }
+                }
+                Err(Lookup::Missing) => {
+                    healthy = false;
+                    tracing::warn!(%topic, "Kafka topic no longer exists");
+                }
+                Err(Lookup::Failed(error)) => {
+                    healthy = false;
+                    if self.status.connected() {
+                        tracing::warn!(%topic, %error, "Kafka unreachable: serving open streams, not ready; retrying");
+                    }
+                }
+            }
+        }
+        let was = self.status.connected.swap(healthy, Ordering::Relaxed);
+        metrics::gauge!(m::KAFKA_CONNECTED).set(if healthy { 1.0 } else { 0.0 });
+        if healthy && !was {
+            tracing::info!("Kafka reachable again: ready");
+        }
+    }
+}
+
+/// Maps a burst and dispatches it under one lock. Bad records are counted
+/// and logged with their position, never dispatched, never fatal.
+fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>]) {
+    let mut out = Vec::with_capacity(burst.len());
+    for msg in burst {
+        let headers = msg
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        match record::map(msg.key(), headers, msg.payload()) {
+            Ok(mapped) => {
+                let topic = topics
+                    .iter()
+                    .find(|t| ***t == *msg.topic())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(msg.topic()));
+                out.push(Outgoing {
+                    target: mapped.target,
+                    event: mapped.event,
+                    data: mapped.data,
+                    id: Some(EventId::Kafka {
+                        topic,
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                    }),
+                });
+            }
+            Err(skip) => {
+                metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(1);
+                tracing::warn!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    reason = %skip,
+                    "skipping Kafka record"
+                );
+            }
+        }
+    }
+    if !out.is_empty() {
+        fanout.publish(&out, Source::Kafka);
+    }
+}
+
+// === impl Publisher ===
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Publisher {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, IngestError> {
+        let mut cc = client_config(cfg);
+        cc.set(
+            "message.timeout.ms",
+            cfg.publish_timeout.as_millis().to_string(),
+        )
+        // A publish is a request waiting for its answer: send at once.
+        .set("linger.ms", "1");
+        apply_user_properties(&mut cc, cfg);
+        Ok(Self {
+            producer: cc.create().map_err(IngestError::Client)?,
+            topic: Arc::from(cfg.publish_topic.as_str()),
+        })
+    }
+
+    /// Produces each event (keyed and headered per the record mapping) and
+    /// waits for every acknowledgement; returns their ids in order.
+    pub async fn publish(
+        &self,
+        events: &[(Target, Option<&str>, &str)],
+    ) -> Result<Vec<EventId>, PublishFailure> {
+        let mut pending = Vec::with_capacity(events.len());
+        for (target, event, data) in events {
+            // Ordering: Kafka keeps order within a partition, so events that
+            // must stay in order share one. A user's events are keyed by the
+            // user (the contract); a topic's events are keyed by the topic
+            // name (routing follows the `sse-topic` header, the key only
+            // picks the partition); broadcasts carry no key (that is what
+            // makes them broadcasts) and all go to partition 0.
+            let mut headers = OwnedHeaders::new();
+            let mut key = None;
+            let mut partition = None;
+            match target {
+                Target::User(u) => key = Some(u.as_str()),
+                Target::Topic(t) => {
+                    key = Some(t.as_str());
+                    headers = headers.insert(Header {
+                        key: TOPIC_HEADER,
+                        value: Some(t.as_str()),
+                    })
+                }
+                Target::Broadcast => partition = Some(0),
+            }
+            if let Some(e) = event {
+                headers = headers.insert(Header {
+                    key: EVENT_HEADER,
+                    value: Some(*e),
+                });
+            }
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(*data)
+                .headers(headers);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            pending.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e.to_string()),
+            );
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut first_error = None;
+        for p in pending {
+            let result = match p {
+                Ok(fut) => match fut.await {
+                    Ok(Ok(d)) => Ok(EventId::Kafka {
+                        topic: self.topic.clone(),
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("the producer was shut down".to_owned()),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(id) => ids.push(Some(id)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    ids.push(None);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(ids.into_iter().flatten().collect()),
+            Some(first) => Err(PublishFailure {
+                failed: ids.iter().filter(|i| i.is_none()).count(),
+                total: ids.len(),
+                first,
+                ids,
+            }),
+        }
+    }
+}
