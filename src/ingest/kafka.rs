@@ -54,19 +54,19 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("invalid Kafka client configuration: {0}")]
-    Client(KafkaError),
-    #[error("cannot read metadata of Kafka topic {topic:?} from {brokers} within {STARTUP_TIMEOUT:?}: {source}")]
+    Client(String),
+    #[error("cannot read metadata of Kafka topic {topic:?} from {brokers} within {STARTUP_TIMEOUT:?}: {error}")]
     Metadata {
         topic: String,
         brokers: String,
-        source: KafkaError,
+        error: String,
     },
     #[error("Kafka topic {0:?} does not exist (herald does not create topics)")]
     UnknownTopic(String),
     #[error("cannot look up start offsets (offsets for times): {0}")]
-    Offsets(KafkaError),
+    Offsets(String),
     #[error("cannot assign partitions: {0}")]
-    Assign(KafkaError),
+    Assign(String),
     #[error("cannot start the ingest thread: {0}")]
     Thread(std::io::Error),
 }
@@ -154,7 +154,7 @@ impl Ingest {
             // oldest record kept rather than skip to the end.
             .set("auto.offset.reset", "earliest");
         apply_user_properties(&mut cc, cfg);
-        let consumer: BaseConsumer = cc.create().map_err(IngestError::Client)?;
+        let consumer: BaseConsumer = cc.create().map_err(|e| IngestError::Client(e.to_string()))?;
 
         let mut partitions: HashMap<String, i32> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
@@ -181,23 +181,23 @@ impl Ingest {
                     StartPosition::ReplayWindow => Offset::Offset(start_ms),
                 };
                 tpl.add_partition_offset(topic, p, offset)
-                    .map_err(IngestError::Assign)?;
+                    .map_err(|e| IngestError::Assign(e.to_string()))?;
             }
         }
         if cfg.start == StartPosition::ReplayWindow {
             tpl = consumer
                 .offsets_for_times(tpl, STARTUP_TIMEOUT)
-                .map_err(IngestError::Offsets)?;
+                .map_err(|e| IngestError::Offsets(e.to_string()))?;
             // No record at or after the time: start at the end.
             for e in tpl.clone().elements() {
                 if matches!(e.offset(), Offset::Offset(o) if o < 0) || e.offset() == Offset::Invalid
                 {
                     tpl.set_partition_offset(e.topic(), e.partition(), Offset::End)
-                        .map_err(IngestError::Assign)?;
+                        .map_err(|e| IngestError::Assign(e.to_string()))?;
                 }
             }
         }
-        consumer.assign(&tpl).map_err(IngestError::Assign)?;
+        consumer.assign(&tpl).map_err(|e| IngestError::Assign(e.to_string()))?;
 
         let status = Arc::new(Status::default());
         status.connected.store(true, Ordering::Relaxed);
@@ -430,7 +430,7 @@ impl Publisher {
         .set("linger.ms", "1");
         apply_user_properties(&mut cc, cfg);
         Ok(Self {
-            producer: cc.create().map_err(IngestError::Client)?,
+            producer: cc.create().map_err(|e| IngestError::Client(e.to_string()))?,
             topic: Arc::from(cfg.publish_topic.as_str()),
         })
     }
