@@ -166,10 +166,10 @@ impl Ingest {
             let count =
                 partition_count(&consumer, topic, STARTUP_TIMEOUT).map_err(|e| match e {
                     Lookup::Missing => IngestError::UnknownTopic(topic.clone()),
-                    Lookup::Failed(source) => IngestError::Metadata {
+                    Lookup::Failed(error) => IngestError::Metadata {
                         topic: topic.clone(),
                         brokers: cfg.brokers.clone(),
-                        source,
+                        error: error.to_string(),
                     },
                 })?;
             partitions.insert(topic.clone(), count);
