@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `/api/sse/subscribe/{userId}` | GET | 200 event stream; 400 bad user id, topic or `Last-Event-ID`; 503 shutting down |
 //! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 413 body too large; 415 not JSON; 503 Kafka did not acknowledge |
+//! | `/` | GET | 200 the demo page (embedded) |
 //! | `/healthz` | GET | 200 while the process runs |
 //! | `/readyz` | GET | 200 when serving; 503 while starting or draining |
 //! | `/metrics` | GET | 200 Prometheus text |
@@ -59,6 +60,10 @@ pub struct AppState {
     pub ingest: Option<Arc<IngestStatus>>,
 }
 
+/// The demo page served at `/`: subscribes with the seed page's code,
+/// shows events, ids, types and reconnects, and publishes.
+const DEMO_PAGE: &str = include_str!("assets/demo.html");
+
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routes {
@@ -88,6 +93,16 @@ pub async fn handle(
             }
             let rest = rest.to_owned();
             return subscribe::handle(state, &req, &rest, peer, abort);
+        }
+        if path == "/" || path == "/index.html" {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return method_not_allowed(req.method(), "GET");
+            }
+            return response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from_static(DEMO_PAGE.as_bytes()),
+            );
         }
         if path == publish::PATH {
             if req.method() != Method::POST {

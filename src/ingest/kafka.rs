@@ -154,7 +154,9 @@ impl Ingest {
             // oldest record kept rather than skip to the end.
             .set("auto.offset.reset", "earliest");
         apply_user_properties(&mut cc, cfg);
-        let consumer: BaseConsumer = cc.create().map_err(|e| IngestError::Client(e.to_string()))?;
+        let consumer: BaseConsumer = cc
+            .create()
+            .map_err(|e| IngestError::Client(e.to_string()))?;
 
         let mut partitions: HashMap<String, i32> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
@@ -197,7 +199,9 @@ impl Ingest {
                 }
             }
         }
-        consumer.assign(&tpl).map_err(|e| IngestError::Assign(e.to_string()))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| IngestError::Assign(e.to_string()))?;
 
         let status = Arc::new(Status::default());
         status.connected.store(true, Ordering::Relaxed);
@@ -430,7 +434,9 @@ impl Publisher {
         .set("linger.ms", "1");
         apply_user_properties(&mut cc, cfg);
         Ok(Self {
-            producer: cc.create().map_err(|e| IngestError::Client(e.to_string()))?,
+            producer: cc
+                .create()
+                .map_err(|e| IngestError::Client(e.to_string()))?,
             topic: Arc::from(cfg.publish_topic.as_str()),
         })
     }
