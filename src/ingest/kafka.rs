@@ -138,7 +138,7 @@ fn apply_user_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
 impl Ingest {
     /// Connects, checks the topics, assigns every partition at the start
     /// position and starts the consumer thread. Blocking (up to about
-    /// [`STARTUP_TIMEOUT`]): call from a blocking context.
+    /// `STARTUP_TIMEOUT`): call from a blocking context.
     pub fn start(
         cfg: &KafkaConfig,
         replay_age: Duration,
@@ -245,7 +245,7 @@ impl Ingest {
         &self.status
     }
 
-    /// Stops the thread and waits for it (it notices within [`POLL_WAIT`],
+    /// Stops the thread and waits for it (it notices within `POLL_WAIT`,
     /// or after a metadata refresh in progress).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
