@@ -369,3 +369,26 @@ async fn broker_outage_keeps_streams_and_delivers_everything_after() {
     }
     p.flush(Duration::from_secs(1)).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_property_is_a_clear_startup_error() {
+    let cluster = cluster();
+    let mut config = Config::default_for_tests();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut k = kafka(&cluster, StartPosition::Latest);
+    k.properties = vec![("no.such.property".to_owned(), "1".to_owned())];
+    config.kafka = Some(k);
+    let err = tokio::time::timeout(Duration::from_secs(30), herald::app::start(config, 100))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("invalid Kafka client configuration") && msg.contains("no.such.property"),
+        "{msg}"
+    );
+}
+
+// `--kafka-start replay-window` is covered end to end against tansu
+// (e2e/kafka-browser.mjs, the restart check): librdkafka's mock cluster answers
+// every offsets-for-times lookup with the end offset, so it cannot be tested here.

@@ -327,10 +327,11 @@ impl Worker {
             match partition_count(&self.consumer, &topic, REFRESH_TIMEOUT) {
                 Ok(count) => {
                     let known = self.partitions.get(&*topic).copied().unwrap_or(0);
-                    if count > known {
+                    let added = added_partitions(known, count);
+                    if !added.is_empty() {
                         let mut tpl = TopicPartitionList::new();
-                        for p in known..count {
-                            let _ = tpl.add_partition_offset(&topic, p, Offset::Beginning);
+                        for (p, offset) in added {
+                            let _ = tpl.add_partition_offset(&topic, p, offset);
                         }
                         match self.consumer.incremental_assign(&tpl) {
                             Ok(()) => {
@@ -366,6 +367,16 @@ impl Worker {
             tracing::info!("Kafka reachable again: ready");
         }
     }
+}
+
+/// Partitions to assign when a topic grew from `known` to `observed`
+/// partitions, with where to start each: from the beginning, so nothing
+/// produced to a new partition before this node noticed it is missed.
+/// (Kafka never shrinks a topic; a smaller count is ignored.)
+fn added_partitions(known: i32, observed: i32) -> Vec<(i32, Offset)> {
+    (known..observed.max(known))
+        .map(|p| (p, Offset::Beginning))
+        .collect()
 }
 
 /// Maps a burst and dispatches it under one lock. Bad records are counted
@@ -522,5 +533,20 @@ impl Publisher {
                 ids,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_partitions_start_from_the_beginning() {
+        assert_eq!(
+            added_partitions(4, 6),
+            vec![(4, Offset::Beginning), (5, Offset::Beginning)]
+        );
+        assert!(added_partitions(4, 4).is_empty());
+        assert!(added_partitions(4, 2).is_empty());
     }
 }
