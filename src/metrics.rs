@@ -103,7 +103,7 @@ fn describe_all() {
     describe_histogram!(
         FANOUT_DURATION,
         Unit::Seconds,
-        "Time to route one event and queue it to every receiving connection."
+        "Time to route one event and queue it to every receiving connection (one sample per dispatched batch: the batch's time per event)."
     );
     describe_gauge!(
         REPLAY_EVENTS,

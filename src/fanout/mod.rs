@@ -160,20 +160,22 @@ impl Fanout {
         let mut ids = Vec::with_capacity(events.len());
         let mut st = self.state.lock();
         let st = &mut *st;
+        // One clock read per batch, not per event: reading the clock twice
+        // per event was a quarter of Kafka ingest's CPU (perf, 2026-11-23).
         let now = Instant::now();
         for ev in events {
-            let start = std::time::Instant::now();
             st.seq += 1;
             let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
             let bytes = frame::event(&id, ev.event, ev.data);
             st.replay
                 .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
             self.route(&ev.target, &bytes, &mut st.wakers);
-            self.counters
-                .fanout_seconds
-                .record(start.elapsed().as_secs_f64());
             st.latest = id.clone();
             ids.push(id);
+        }
+        if !events.is_empty() {
+            let per_event = now.elapsed().as_secs_f64() / events.len() as f64;
+            self.counters.fanout_seconds.record(per_event);
         }
         match source {
             Source::Http => self.counters.ingested_http.increment(events.len() as u64),
