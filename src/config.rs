@@ -232,14 +232,7 @@ impl Cli {
             }
         };
 
-        let heartbeat = dur("heartbeat-interval", &self.heartbeat_interval)?;
-        if heartbeat < Duration::from_millis(10) {
-            return Err(err(
-                "heartbeat-interval",
-                &self.heartbeat_interval,
-                "must be at least 10ms",
-            ));
-        }
+        let heartbeat = duration_at_least("heartbeat-interval", &self.heartbeat_interval, 10)?;
         let retry = dur("sse-retry", &self.sse_retry)?;
         let shutdown_drain = dur("shutdown-drain", &self.shutdown_drain)?;
         let shutdown_deadline = dur("shutdown-deadline", &self.shutdown_deadline)?;
@@ -369,24 +362,13 @@ impl Cli {
             }
             None => topics[0].clone(),
         };
-        let publish_timeout = parse_duration(&self.kafka_publish_timeout)
-            .map_err(|p| err("kafka-publish-timeout", &self.kafka_publish_timeout, p))?;
-        if publish_timeout < Duration::from_millis(100) {
-            return Err(err(
-                "kafka-publish-timeout",
-                &self.kafka_publish_timeout,
-                "must be at least 100ms",
-            ));
-        }
-        let metadata_interval = parse_duration(&self.kafka_metadata_interval)
-            .map_err(|p| err("kafka-metadata-interval", &self.kafka_metadata_interval, p))?;
-        if metadata_interval < Duration::from_millis(100) {
-            return Err(err(
-                "kafka-metadata-interval",
-                &self.kafka_metadata_interval,
-                "must be at least 100ms",
-            ));
-        }
+        let publish_timeout =
+            duration_at_least("kafka-publish-timeout", &self.kafka_publish_timeout, 100)?;
+        let metadata_interval = duration_at_least(
+            "kafka-metadata-interval",
+            &self.kafka_metadata_interval,
+            100,
+        )?;
         Ok(Some(KafkaConfig {
             brokers: brokers.to_owned(),
             topics,
@@ -409,6 +391,24 @@ impl Config {
             Err(e) => unreachable!("defaults are valid: {e}"),
         }
     }
+}
+
+/// Parses a duration flag that must be at least `min_ms` milliseconds.
+fn duration_at_least(
+    flag: &'static str,
+    value: &str,
+    min_ms: u64,
+) -> Result<Duration, ConfigError> {
+    let err = |problem: String| ConfigError {
+        flag,
+        value: value.to_owned(),
+        problem,
+    };
+    let d = parse_duration(value).map_err(|p| err(p.to_owned()))?;
+    if d < Duration::from_millis(min_ms) {
+        return Err(err(format!("must be at least {min_ms}ms")));
+    }
+    Ok(d)
 }
 
 /// Parses `500ms`, `15s`, `5m`, `1h` (a whole number and a unit).
