@@ -84,7 +84,7 @@ pub async fn start_on(
     admin: Option<TcpListener>,
     max_connections: u64,
 ) -> std::io::Result<Running> {
-    let handle = m::install();
+    let handle = config.metrics.then(m::install);
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(config.shards));
     let epoch = SystemTime::now()
@@ -115,7 +115,7 @@ pub async fn start_on(
         metrics: handle.clone(),
         permits: permits.clone(),
         max_connections,
-        rejected: metrics::counter!(m::HTTP_CONNECTIONS_REJECTED),
+        rejected: metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => "limit"),
         publish_rejected: metrics::counter!(m::PUBLISH_REJECTED),
         publisher,
         ingest: ingest.as_ref().map(|i| i.status().clone()),
@@ -168,7 +168,9 @@ pub async fn start_on(
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
                         fanout.heartbeat();
-                        handle.run_upkeep();
+                        if let Some(h) = &handle {
+                            h.run_upkeep();
+                        }
                     }
                 }
             }

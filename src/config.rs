@@ -150,6 +150,15 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. info or herald=debug.
     #[arg(long, env = "HERALD_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log format: text (human) or json (one object per line).
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Record metrics (and serve /metrics). Off only to measure what
+    /// metrics cost.
+    #[arg(long, env = "HERALD_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
 }
 
 /// A flag's value was refused.
@@ -180,6 +189,8 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub worker_threads: Option<usize>,
     pub log: String,
+    pub log_json: bool,
+    pub metrics: bool,
     /// `None`: embedded mode.
     pub kafka: Option<KafkaConfig>,
 }
@@ -280,7 +291,13 @@ impl Cli {
             shutdown_drain,
             shutdown_deadline,
             worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
+            log_json: match self.log_format.as_str() {
+                "text" => false,
+                "json" => true,
+                other => return Err(err("log-format", &other, "expected text or json")),
+            },
             log: self.log,
+            metrics: self.metrics,
             kafka,
         })
     }

@@ -25,7 +25,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
 
     let max_connections = match herald::limits::raise_nofile() {
         Ok(nofile) => {

@@ -15,9 +15,10 @@ pub const CONNECTIONS_OPENED: &str = "herald_sse_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "herald_sse_connections_closed_total";
 pub const CONNECTIONS_OPEN: &str = "herald_sse_connections";
 pub const HTTP_CONNECTIONS_OPEN: &str = "herald_http_connections";
-pub const HTTP_CONNECTIONS_REJECTED: &str = "herald_http_connections_rejected_total";
 pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
 pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub const EVENTS_QUEUED: &str = "herald_events_queued_total";
+pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
 pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
 pub const RESUMES: &str = "herald_resumes_total";
@@ -26,8 +27,20 @@ pub const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
 pub const KAFKA_SKIPPED: &str = "herald_kafka_records_skipped_total";
+pub const KAFKA_LAG: &str = "herald_kafka_consumer_lag_records";
+pub const KAFKA_ERRORS: &str = "herald_kafka_errors_total";
+pub const KAFKA_ASSIGNMENTS: &str = "herald_kafka_assignments_total";
+pub const PROCESS_RSS: &str = "herald_process_resident_memory_bytes";
+pub const PROCESS_FDS: &str = "herald_process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "herald_process_max_fds";
+pub const PROCESS_CPU: &str = "herald_process_cpu_seconds_total";
 pub const KAFKA_CONNECTED: &str = "herald_kafka_connected";
 pub const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
+
+/// Buckets for the delivery lag: 1 ms .. 60 s.
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Buckets for the fan-out time of one event: 1 µs .. 100 ms.
 const FANOUT_BUCKETS: &[f64] = &[
@@ -45,6 +58,12 @@ pub fn install() -> PrometheusHandle {
                     metrics_exporter_prometheus::Matcher::Full(FANOUT_DURATION.to_owned()),
                     FANOUT_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(DELIVERY_LAG.to_owned()),
+                        LAG_BUCKETS,
+                    )
+                })
                 .map(PrometheusBuilder::build_recorder);
             let recorder = match recorder {
                 Ok(r) => r,
@@ -66,7 +85,7 @@ fn describe_all() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "SSE streams closed, by reason: client (went away), slow (queue overflow), shutdown."
+        "Connections closed, by reason: client (went away), slow (queue overflow), shutdown, limit (refused with a 503 at the connection cap)."
     );
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Open SSE streams.");
     describe_gauge!(
@@ -74,16 +93,21 @@ fn describe_all() {
         Unit::Count,
         "Open HTTP connections (SSE and other)."
     );
-    describe_counter!(
-        HTTP_CONNECTIONS_REJECTED,
-        Unit::Count,
-        "Connections answered 503 because the connection cap was reached."
-    );
     describe_counter!(EVENTS_INGESTED, Unit::Count, "Events accepted, by source.");
     describe_counter!(
         EVENTS_DELIVERED,
         Unit::Count,
-        "Event frames queued to a connection (one per event per receiving connection)."
+        "Event frames written to connections (one per event per receiving connection)."
+    );
+    describe_counter!(
+        EVENTS_QUEUED,
+        Unit::Count,
+        "Event frames queued to connections by the dispatcher."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "From the event's timestamp (Kafka record time, or publish time) to its write to a connection; sampled (one write in 16 per connection)."
     );
     describe_counter!(
         EVENTS_DROPPED,
@@ -126,9 +150,67 @@ fn describe_all() {
         "1 while the last Kafka metadata refresh succeeded, else 0."
     );
     describe_gauge!(KAFKA_PARTITIONS, Unit::Count, "Kafka partitions assigned.");
+    describe_gauge!(
+        KAFKA_LAG,
+        Unit::Count,
+        "Records in each partition not yet consumed (high watermark - position), from librdkafka statistics."
+    );
+    describe_counter!(KAFKA_ERRORS, Unit::Count, "Kafka client errors, by kind.");
+    describe_counter!(
+        KAFKA_ASSIGNMENTS,
+        Unit::Count,
+        "Partition assignments made (at start and when partitions are added)."
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+    describe_gauge!(PROCESS_FDS, Unit::Count, "Open file descriptors.");
+    describe_gauge!(
+        PROCESS_MAX_FDS,
+        Unit::Count,
+        "The open-file limit (soft RLIMIT_NOFILE)."
+    );
+    describe_counter!(PROCESS_CPU, Unit::Seconds, "CPU time used (user + system).");
     describe_counter!(
         PUBLISH_REJECTED,
         Unit::Count,
         "Publish requests refused with a 4xx."
     );
+}
+
+/// Reads the process's memory, open fds, fd limit and CPU time from /proc
+/// into their gauges (at scrape time).
+pub fn sample_process() {
+    let page = 4096.0;
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            metrics::gauge!(PROCESS_RSS).set(rss * page);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_FDS).set(dir.count() as f64);
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(soft) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            metrics::gauge!(PROCESS_MAX_FDS).set(soft);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name: utime and stime are the 12th and
+        // 13th, in clock ticks (100 per second on Linux).
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        metrics::counter!(PROCESS_CPU).absolute(ticks / 100);
+    }
 }

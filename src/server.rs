@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::abort::{Abort, Abortable, Aborted};
 use crate::http::fast::{self, Route};
@@ -110,11 +111,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
             Ok(permit) => {
                 let serve = serve.clone();
                 let builder = builder.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    connection(&builder, stream, peer, &serve).await;
-                    drop(serve.tracker);
-                });
+                // A span per connection, at debug level: free unless enabled
+                // (`--log herald=debug`), since an enabled span costs memory
+                // for every open connection.
+                let span = tracing::debug_span!("conn", %peer);
+                tokio::spawn(
+                    async move {
+                        let _permit = permit;
+                        connection(&builder, stream, peer, &serve).await;
+                        drop(serve.tracker);
+                    }
+                    .instrument(span),
+                );
             }
             Err(_) => {
                 serve.state.rejected.increment(1);

@@ -62,6 +62,7 @@ fn multi_line_payloads_arrive_intact() {
                     event: event.as_deref(),
                     data: &data,
                     id: None,
+                    timestamp_us: 0,
                 }],
                 Source::Http,
             );

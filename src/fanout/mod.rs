@@ -49,6 +49,9 @@ pub struct Outgoing<'a> {
     pub event: Option<&'a str>,
     pub data: &'a str,
     pub id: Option<EventId>,
+    /// When the event happened (µs since the epoch: the Kafka record's
+    /// timestamp); 0 = now. The delivery-lag histogram measures from here.
+    pub timestamp_us: u64,
 }
 
 /// A new subscription and what to send before live events.
@@ -90,7 +93,7 @@ struct State {
 struct Counters {
     ingested_http: Counter,
     ingested_kafka: Counter,
-    delivered: Counter,
+    queued: Counter,
     dropped_slow: Counter,
     replayed: Counter,
     resume_clean: Counter,
@@ -101,6 +104,8 @@ struct Counters {
 /// Pushes one frame to each routed subscriber; collects wakers and outcomes.
 struct PushSink<'a> {
     frame: &'a Bytes,
+    /// The event's timestamp, 0 for frames that are not events.
+    ts_us: u64,
     limits: queue::Limits,
     wakers: &'a mut Vec<Waker>,
     queued: u64,
@@ -129,7 +134,7 @@ impl Fanout {
             counters: Counters {
                 ingested_http: counter!(m::EVENTS_INGESTED, "source" => "http"),
                 ingested_kafka: counter!(m::EVENTS_INGESTED, "source" => "kafka"),
-                delivered: counter!(m::EVENTS_DELIVERED),
+                queued: counter!(m::EVENTS_QUEUED),
                 dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow"),
                 replayed: counter!(m::EVENTS_REPLAYED),
                 resume_clean: counter!(m::RESUMES, "outcome" => "clean"),
@@ -163,13 +168,19 @@ impl Fanout {
         // One clock read per batch, not per event: reading the clock twice
         // per event was a quarter of Kafka ingest's CPU (perf, 2026-11-23).
         let now = Instant::now();
+        let now_us = unix_micros();
         for ev in events {
             st.seq += 1;
             let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
             let bytes = frame::event(&id, ev.event, ev.data);
             st.replay
                 .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
-            self.route(&ev.target, &bytes, &mut st.wakers);
+            let ts = if ev.timestamp_us == 0 {
+                now_us
+            } else {
+                ev.timestamp_us
+            };
+            self.route(&ev.target, &bytes, ts, &mut st.wakers);
             st.latest = id.clone();
             ids.push(id);
         }
@@ -184,16 +195,17 @@ impl Fanout {
         ids
     }
 
-    fn route(&self, target: &Target, frame: &Bytes, wakers: &mut Vec<Waker>) {
+    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, wakers: &mut Vec<Waker>) {
         let mut sink = PushSink {
             frame,
+            ts_us,
             limits: self.queue_limits,
             wakers,
             queued: 0,
             dropped: 0,
         };
         self.registry.route(target, &mut sink);
-        self.counters.delivered.increment(sink.queued);
+        self.counters.queued.increment(sink.queued);
         if sink.dropped > 0 {
             self.counters.dropped_slow.increment(sink.dropped);
         }
@@ -260,6 +272,7 @@ impl Fanout {
         let mut wakers = Vec::new();
         let mut sink = PushSink {
             frame: &frame::HEARTBEAT,
+            ts_us: 0,
             limits: self.queue_limits,
             wakers: &mut wakers,
             queued: 0,
@@ -288,7 +301,7 @@ impl Fanout {
 
 impl RouteSink for PushSink<'_> {
     fn push(&mut self, sub: &Arc<Subscriber>) {
-        let (outcome, waker) = sub.queue.try_push(self.frame, self.limits);
+        let (outcome, waker) = sub.queue.try_push(self.frame, self.ts_us, self.limits);
         match outcome {
             Push::Queued => self.queued += 1,
             Push::Overflow { dropped } => {
@@ -315,6 +328,13 @@ impl RouteSink for PushSink<'_> {
             w.wake();
         }
     }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Closes every connection for shutdown, spread over `spread` so a fleet's

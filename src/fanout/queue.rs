@@ -14,8 +14,9 @@
 //!   leaves in one write instead of one write per frame.
 //!
 //! Memory: an idle queue is one lock word, an empty `VecDeque` (no heap) and
-//! an `Option<Waker>`; under load it holds at most `max_frames` handles of 32
-//! bytes plus `max_bytes` of frames shared with every other subscriber.
+//! an `Option<Waker>`; under load it holds at most `max_frames` entries of 40
+//! bytes (a frame handle and its event's timestamp, for the delivery-lag
+//! histogram) plus `max_bytes` of frames shared with every other subscriber.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -60,6 +61,10 @@ pub enum Push {
 pub struct Batch {
     pub bytes: Bytes,
     pub frames: usize,
+    /// Event frames among them (heartbeats and hints excluded).
+    pub events: usize,
+    /// Timestamp (µs since the epoch) of the oldest event frame, 0 if none.
+    pub oldest_us: u64,
 }
 
 /// A bounded, drain-all queue of shared frames.
@@ -70,7 +75,9 @@ pub struct Queue {
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    /// Frames with their event's timestamp (µs since the epoch; 0 for
+    /// frames that are not events: heartbeats, hints).
+    frames: VecDeque<(Bytes, u64)>,
     /// Sum of `frames[i].len()`.
     bytes: usize,
     /// The body's waker, set while it waits on an empty queue.
@@ -88,7 +95,7 @@ impl Queue {
     /// Queues `frame` unless that would break `limits`. Returns the outcome
     /// and, when the body must be woken, its waker: wake it after releasing
     /// any outer lock.
-    pub fn try_push(&self, frame: &Bytes, limits: Limits) -> (Push, Option<Waker>) {
+    pub fn try_push(&self, frame: &Bytes, ts_us: u64, limits: Limits) -> (Push, Option<Waker>) {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return (Push::Closed, None);
@@ -102,7 +109,7 @@ impl Queue {
             st.bytes = 0;
             return (Push::Overflow { dropped }, st.waker.take());
         }
-        st.frames.push_back(frame.clone());
+        st.frames.push_back((frame.clone(), ts_us));
         st.bytes += frame.len();
         (Push::Queued, st.waker.take())
     }
@@ -117,7 +124,7 @@ impl Queue {
         }
         if let Some(last) = last {
             st.bytes += last.len();
-            st.frames.push_back(last);
+            st.frames.push_back((last, 0));
         }
         st.closed = Some(reason);
         st.waker.take()
@@ -145,8 +152,14 @@ impl Queue {
             }
             1 => {
                 st.bytes = 0;
-                let bytes = st.frames.pop_front().unwrap_or_default();
-                Poll::Ready(Ok(Batch { bytes, frames: 1 }))
+                let (bytes, ts) = st.frames.pop_front().unwrap_or_default();
+                let events = usize::from(ts != 0);
+                Poll::Ready(Ok(Batch {
+                    bytes,
+                    frames: 1,
+                    events,
+                    oldest_us: ts,
+                }))
             }
             n => {
                 let frames = std::mem::take(&mut st.frames);
@@ -156,12 +169,21 @@ impl Queue {
                 // HTTP layer n chunks (n chunk headers, n iovecs, and hyper
                 // flushes every 16 queued buffers).
                 let mut buf = BytesMut::with_capacity(len);
-                for f in &frames {
+                let (mut events, mut oldest_us) = (0, 0);
+                for (f, ts) in &frames {
                     buf.put_slice(f);
+                    if *ts != 0 {
+                        events += 1;
+                        if oldest_us == 0 {
+                            oldest_us = *ts;
+                        }
+                    }
                 }
                 Poll::Ready(Ok(Batch {
                     bytes: buf.freeze(),
                     frames: n,
+                    events,
+                    oldest_us,
                 }))
             }
         }
@@ -204,10 +226,10 @@ mod tests {
         let waker = Waker::from(count.clone());
         assert!(drain(&q, &waker).is_pending());
 
-        let (p, w) = q.try_push(&Bytes::from_static(b"ab"), LIMITS);
+        let (p, w) = q.try_push(&Bytes::from_static(b"ab"), 5, LIMITS);
         assert_eq!(p, Push::Queued);
         w.expect("first push wakes").wake();
-        let (p, w) = q.try_push(&Bytes::from_static(b"cd"), LIMITS);
+        let (p, w) = q.try_push(&Bytes::from_static(b"cd"), 7, LIMITS);
         assert_eq!(p, Push::Queued);
         assert!(w.is_none(), "second push must not wake again");
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
@@ -215,7 +237,7 @@ mod tests {
         match drain(&q, &waker) {
             Poll::Ready(Ok(b)) => {
                 assert_eq!(&b.bytes[..], b"abcd");
-                assert_eq!(b.frames, 2);
+                assert_eq!((b.frames, b.events, b.oldest_us), (2, 2, 5));
             }
             other => panic!("{other:?}"),
         }
@@ -228,11 +250,11 @@ mod tests {
         let q = Queue::new();
         let f = Bytes::from_static(b"x");
         for _ in 0..3 {
-            assert_eq!(q.try_push(&f, LIMITS).0, Push::Queued);
+            assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Queued);
         }
-        assert_eq!(q.try_push(&f, LIMITS).0, Push::Overflow { dropped: 4 });
+        assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Overflow { dropped: 4 });
         assert_eq!(q.len(), (0, 0));
-        assert_eq!(q.try_push(&f, LIMITS).0, Push::Closed);
+        assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Closed);
         let w = Waker::noop();
         assert!(matches!(drain(&q, w), Poll::Ready(Err(CloseReason::Slow))));
     }
@@ -241,9 +263,9 @@ mod tests {
     fn overflow_by_bytes_but_big_frame_fits_empty_queue() {
         let q = Queue::new();
         let big = Bytes::from(vec![b'x'; 50]);
-        assert_eq!(q.try_push(&big, LIMITS).0, Push::Queued);
+        assert_eq!(q.try_push(&big, 1, LIMITS).0, Push::Queued);
         assert_eq!(
-            q.try_push(&Bytes::from_static(b"y"), LIMITS).0,
+            q.try_push(&Bytes::from_static(b"y"), 1, LIMITS).0,
             Push::Overflow { dropped: 2 }
         );
     }
@@ -251,11 +273,18 @@ mod tests {
     #[test]
     fn shutdown_delivers_queued_then_ends() {
         let q = Queue::new();
-        q.try_push(&Bytes::from_static(b"a"), LIMITS);
+        q.try_push(&Bytes::from_static(b"a"), 9, LIMITS);
         q.close(CloseReason::Shutdown, Some(Bytes::from_static(b"r")));
         let w = Waker::noop();
         match drain(&q, w) {
-            Poll::Ready(Ok(b)) => assert_eq!(&b.bytes[..], b"ar"),
+            Poll::Ready(Ok(b)) => {
+                assert_eq!(&b.bytes[..], b"ar");
+                assert_eq!(
+                    (b.frames, b.events, b.oldest_us),
+                    (2, 1, 9),
+                    "the hint is not an event"
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(

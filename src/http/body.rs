@@ -14,6 +14,8 @@
 //! the queue by one task for all connections), no shutdown future.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -58,7 +60,16 @@ pub struct Stream {
     sub: Subscription,
     /// Set when the writer ended the stream itself.
     pub(crate) ended: Option<&'static str>,
+    /// Count deliveries and sample delivery lag (`--metrics`).
+    account: bool,
+    /// Batches written, for sampling the lag histogram.
+    batches: u32,
 }
+
+/// One delivery-lag sample per this many written batches per stream: the
+/// histogram's buckets are shared by every core, so sampling keeps them from
+/// becoming a per-write contention point.
+const LAG_SAMPLE_EVERY: u32 = 16;
 
 // === impl Body ===
 
@@ -112,10 +123,16 @@ impl SseBody {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.head.is_some() || self.replay.len() > 0 {
-            return Poll::Ready(Some(Ok(Frame::data(self.next_prefix_chunk()))));
+            let before = self.replay.len();
+            let chunk = self.next_prefix_chunk();
+            self.stream.account(before - self.replay.len(), 0);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         match self.stream.queue().poll_drain(cx) {
-            Poll::Ready(Ok(batch)) => Poll::Ready(Some(Ok(Frame::data(batch.bytes)))),
+            Poll::Ready(Ok(batch)) => {
+                self.stream.account(batch.events, batch.oldest_us);
+                Poll::Ready(Some(Ok(Frame::data(batch.bytes))))
+            }
             Poll::Ready(Err(CloseReason::Shutdown)) => {
                 self.stream.ended = Some("shutdown");
                 Poll::Ready(None)
@@ -154,9 +171,35 @@ impl SseBody {
 // === impl Stream ===
 
 impl Stream {
-    pub fn new(sub: Subscription) -> Self {
-        metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
-        Self { sub, ended: None }
+    pub fn new(sub: Subscription, account: bool) -> Self {
+        if account {
+            metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        }
+        Self {
+            sub,
+            ended: None,
+            account,
+            batches: 0,
+        }
+    }
+
+    /// Records that `events` event frames were written; `oldest_us` is the
+    /// oldest one's timestamp (0: none, e.g. replayed frames).
+    pub(crate) fn account(&mut self, events: usize, oldest_us: u64) {
+        if !self.account || events == 0 {
+            return;
+        }
+        self.sub
+            .subscriber()
+            .delivered
+            .fetch_add(events as u64, Ordering::Relaxed);
+        if oldest_us != 0 && self.batches % LAG_SAMPLE_EVERY == 0 {
+            static LAG: OnceLock<metrics::Histogram> = OnceLock::new();
+            let lag_us = crate::fanout::unix_micros().saturating_sub(oldest_us);
+            LAG.get_or_init(|| metrics::histogram!(m::DELIVERY_LAG))
+                .record(lag_us as f64 / 1e6);
+        }
+        self.batches = self.batches.wrapping_add(1);
     }
 
     pub fn queue(&self) -> &Queue {
@@ -166,6 +209,9 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        if !self.account {
+            return;
+        }
         // An aborted (stalled) connection drops the body without polling it
         // again, so the queue is the authority on why it closed.
         let reason = match self.queue().closed() {

@@ -39,7 +39,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::abort::Abort;
-use crate::fanout::queue::CloseReason;
+use crate::fanout::queue::{Batch, CloseReason};
 
 use super::subscribe::{self, Params};
 use super::AppState;
@@ -143,14 +143,19 @@ pub(crate) async fn serve(
     );
     write_all(&stream, &[response.as_bytes()]).await?;
     write_chunk(&stream, &opened.head).await?;
+    let replayed = opened.replay.len();
     for f in opened.replay {
         write_chunk(&stream, &f).await?;
     }
+    s.account(replayed, 0);
 
     let mut scratch = [0u8; 64];
     loop {
         match poll_fn(|cx| poll_next(&stream, &s, &mut scratch, cx)).await {
-            Next::Batch(bytes) => write_chunk(&stream, &bytes).await?,
+            Next::Batch(batch) => {
+                write_chunk(&stream, &batch.bytes).await?;
+                s.account(batch.events, batch.oldest_us);
+            }
             Next::Closed(CloseReason::Shutdown) => {
                 s.ended = Some("shutdown");
                 write_all(&stream, &[b"0\r\n\r\n"]).await?;
@@ -168,7 +173,7 @@ pub(crate) async fn serve(
 
 /// What woke the stream.
 enum Next {
-    Batch(Bytes),
+    Batch(Batch),
     Closed(CloseReason),
     ClientGone,
 }
@@ -183,7 +188,7 @@ fn poll_next(
     cx: &mut Context<'_>,
 ) -> Poll<Next> {
     match s.queue().poll_drain(cx) {
-        Poll::Ready(Ok(batch)) => return Poll::Ready(Next::Batch(batch.bytes)),
+        Poll::Ready(Ok(batch)) => return Poll::Ready(Next::Batch(batch)),
         Poll::Ready(Err(reason)) => return Poll::Ready(Next::Closed(reason)),
         Poll::Pending => {}
     }

@@ -32,14 +32,22 @@ pub(super) fn readyz(state: &Arc<AppState>) -> Response<Body> {
 }
 
 pub(super) fn metrics(state: &Arc<AppState>) -> Response<Body> {
+    let Some(handle) = &state.metrics else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "metrics are disabled (--metrics false)\n",
+        );
+    };
     let registry = state.fanout.registry();
+    metrics::counter!(m::EVENTS_DELIVERED).absolute(registry.delivered());
+    m::sample_process();
     metrics::gauge!(m::CONNECTIONS_OPEN).set(registry.connections() as f64);
     let in_use = state.max_connections as usize - state.permits.available_permits();
     metrics::gauge!(m::HTTP_CONNECTIONS_OPEN).set(in_use as f64);
     let (events, bytes) = state.fanout.replay_len();
     metrics::gauge!(m::REPLAY_EVENTS).set(events as f64);
     metrics::gauge!(m::REPLAY_BYTES).set(bytes as f64);
-    let body = state.metrics.render();
+    let body = handle.render();
     response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

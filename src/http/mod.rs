@@ -48,7 +48,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Set when draining starts: no new streams.
     pub draining: AtomicBool,
-    pub metrics: PrometheusHandle,
+    /// `None` with `--metrics false`.
+    pub metrics: Option<PrometheusHandle>,
     /// Connection-cap semaphore (available permits = free slots).
     pub permits: Arc<Semaphore>,
     pub max_connections: u64,

@@ -104,6 +104,7 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
             event: v.event.as_deref(),
             data: &v.data,
             id: None,
+            timestamp_us: 0,
         })
         .collect();
     let ids = state.fanout.publish(&outgoing, Source::Http);

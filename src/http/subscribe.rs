@@ -150,7 +150,7 @@ pub(crate) fn open(
         after: sub.after,
         head,
         replay: sub.replay,
-        stream: Stream::new(sub.subscription),
+        stream: Stream::new(sub.subscription, state.config.metrics),
     }
 }
 

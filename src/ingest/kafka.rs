@@ -25,10 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, StartPosition};
@@ -79,6 +81,46 @@ pub struct Status {
     /// Partitions assigned.
     partitions: AtomicUsize,
 }
+
+/// How often librdkafka reports statistics (consumer lag per partition).
+const STATS_INTERVAL_MS: &str = "1000";
+
+/// Receives librdkafka's statistics and errors on the consumer thread (they
+/// are served by `poll`): lag gauges per partition, error counts by kind.
+struct IngestContext;
+
+impl ClientContext for IngestContext {
+    fn stats(&self, stats: Statistics) {
+        for (name, topic) in &stats.topics {
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's "internal" pseudo-partition.
+                if *id < 0 || p.hi_offset < 0 {
+                    continue;
+                }
+                let position = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.next_offset
+                };
+                if position < 0 {
+                    continue;
+                }
+                metrics::gauge!(m::KAFKA_LAG, "topic" => name.clone(), "partition" => id.to_string())
+                    .set((p.hi_offset - position).max(0) as f64);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(1);
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for IngestContext {}
 
 /// The running consumer thread.
 #[derive(Debug)]
@@ -157,10 +199,11 @@ impl Ingest {
             // passes a threshold (default 1 s). herald drains that queue as
             // fast as it fills, so a long pause only idles the consumer:
             // measured 0.18M -> 0.92M records/s on the mock cluster.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            .set("statistics.interval.ms", STATS_INTERVAL_MS);
         apply_user_properties(&mut cc, cfg);
-        let consumer: BaseConsumer = cc
-            .create()
+        let consumer: BaseConsumer<IngestContext> = cc
+            .create_with_context(IngestContext)
             .map_err(|e| IngestError::Client(e.to_string()))?;
 
         let mut partitions: HashMap<String, i32> = HashMap::new();
@@ -213,6 +256,7 @@ impl Ingest {
         status.partitions.store(tpl.count(), Ordering::Relaxed);
         metrics::gauge!(m::KAFKA_PARTITIONS).set(tpl.count() as f64);
         metrics::gauge!(m::KAFKA_CONNECTED).set(1.0);
+        metrics::counter!(m::KAFKA_ASSIGNMENTS).increment(1);
         tracing::info!(
             brokers = %cfg.brokers,
             topics = ?cfg.topics,
@@ -265,7 +309,11 @@ enum Lookup {
     Failed(KafkaError),
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<i32, Lookup> {
+fn partition_count(
+    consumer: &BaseConsumer<IngestContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, Lookup> {
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(Lookup::Failed)?;
@@ -282,7 +330,7 @@ fn partition_count(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> R
 
 /// State owned by the consumer thread.
 struct Worker {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<IngestContext>,
     fanout: Arc<Fanout>,
     /// Configured topics, shared into every event id.
     topics: Vec<Arc<str>>,
@@ -305,6 +353,10 @@ impl Worker {
                 match self.consumer.poll(wait) {
                     Some(Ok(msg)) => burst.push(msg),
                     Some(Err(error)) => {
+                        let kind = error
+                            .rdkafka_error_code()
+                            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+                        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(1);
                         tracing::warn!(%error, "Kafka consumer error");
                         break;
                     }
@@ -347,6 +399,7 @@ impl Worker {
                                     .partitions
                                     .store(total as usize, Ordering::Relaxed);
                                 metrics::gauge!(m::KAFKA_PARTITIONS).set(total as f64);
+                                metrics::counter!(m::KAFKA_ASSIGNMENTS).increment(1);
                             }
                             Err(error) => {
                                 tracing::warn!(%topic, %error, "cannot assign new partitions")
@@ -410,6 +463,13 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
                         partition: msg.partition(),
                         offset: msg.offset(),
                     }),
+                    // The record's timestamp (create or log-append time):
+                    // delivery lag is measured from when it entered Kafka.
+                    timestamp_us: msg
+                        .timestamp()
+                        .to_millis()
+                        .filter(|ms| *ms > 0)
+                        .map_or(0, |ms| ms as u64 * 1000),
                 });
             }
             Err(skip) => {

@@ -41,6 +41,8 @@ pub struct Registry {
     mask: usize,
     hasher: RandomState,
     next_id: AtomicU64,
+    /// Event frames written to connections that have since closed.
+    retired_delivered: AtomicU64,
 }
 
 // === impl Registry ===
@@ -54,6 +56,7 @@ impl Registry {
             mask: n - 1,
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
+            retired_delivered: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +83,7 @@ impl Registry {
             peer,
             queue: Queue::new(),
             abort,
+            delivered: AtomicU64::new(0),
         });
         {
             let mut maps = self.shard(&sub.user).inner.lock();
@@ -93,6 +97,8 @@ impl Registry {
     }
 
     pub(crate) fn remove(&self, sub: &Subscriber) {
+        self.retired_delivered
+            .fetch_add(sub.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
         {
             let mut maps = self.shard(&sub.user).inner.lock();
             if Maps::remove(&mut maps.users, &sub.user, sub) {
@@ -141,6 +147,24 @@ impl Registry {
             }
             sink.shard_done();
         }
+    }
+
+    /// Event frames written to connections so far, open and closed: summed
+    /// here, at scrape time, instead of counted on a shared counter per write.
+    pub fn delivered(&self) -> u64 {
+        let live: u64 = self
+            .shards
+            .iter()
+            .map(|s| {
+                let m = s.inner.lock();
+                m.users
+                    .values()
+                    .flatten()
+                    .map(|sub| sub.delivered.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            })
+            .sum();
+        live + self.retired_delivered.load(Ordering::Relaxed)
     }
 
     /// Open connections (sums shard-local counts).

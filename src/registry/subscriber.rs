@@ -4,6 +4,7 @@
 //! any reason (client gone, slow, shutdown, error) leaves no trace.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::abort::Abort;
@@ -24,6 +25,10 @@ pub struct Subscriber {
     pub queue: Queue,
     /// Kills the connection when the queue overflows (see `abort.rs`).
     pub abort: Option<Arc<Abort>>,
+    /// Event frames written to this connection. Only its writer adds (once
+    /// per batch), so no cache line is shared between cores; `/metrics` sums
+    /// these at scrape time (see `Registry::delivered`).
+    pub delivered: AtomicU64,
 }
 
 /// Owns a registration; dropping it unregisters.
