@@ -193,7 +193,7 @@ impl Stream {
             .subscriber()
             .delivered
             .fetch_add(events as u64, Ordering::Relaxed);
-        if oldest_us != 0 && self.batches % LAG_SAMPLE_EVERY == 0 {
+        if oldest_us != 0 && self.batches.is_multiple_of(LAG_SAMPLE_EVERY) {
             static LAG: OnceLock<metrics::Histogram> = OnceLock::new();
             let lag_us = crate::fanout::unix_micros().saturating_sub(oldest_us);
             LAG.get_or_init(|| metrics::histogram!(m::DELIVERY_LAG))
