@@ -155,7 +155,11 @@ fn describe_all() {
         Unit::Count,
         "Records in each partition not yet consumed (high watermark - position), from librdkafka statistics."
     );
-    describe_counter!(KAFKA_ERRORS, Unit::Count, "Kafka client errors, by kind.");
+    describe_counter!(
+        KAFKA_ERRORS,
+        Unit::Count,
+        "Kafka client errors, by kind (transport, consume, other)."
+    );
     describe_counter!(
         KAFKA_ASSIGNMENTS,
         Unit::Count,

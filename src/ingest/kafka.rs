@@ -112,15 +112,37 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let kind = error
-            .rdkafka_error_code()
-            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
-        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(1);
+        metrics::counter!(m::KAFKA_ERRORS, "kind" => error_kind(&error)).increment(1);
         tracing::warn!(%error, reason, "Kafka client error");
     }
 }
 
 impl ConsumerContext for IngestContext {}
+
+/// Kafka error kinds, a closed set for the `kind` label.
+const ERROR_KINDS: [&str; 3] = ["transport", "consume", "other"];
+
+fn error_kind(error: &KafkaError) -> &'static str {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::Resolve | C::OperationTimedOut) => {
+            "transport"
+        }
+        _ if matches!(error, KafkaError::MessageConsumption(_)) => "consume",
+        _ => "other",
+    }
+}
+
+/// Registers every label value of the ingest counters at 0, so dashboards
+/// and alerts see the series before the first error or skip.
+fn register_counters() {
+    for kind in ERROR_KINDS {
+        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(0);
+    }
+    for skip in record::Skip::ALL {
+        metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(0);
+    }
+}
 
 /// The running consumer thread.
 #[derive(Debug)]
@@ -257,6 +279,7 @@ impl Ingest {
         metrics::gauge!(m::KAFKA_PARTITIONS).set(tpl.count() as f64);
         metrics::gauge!(m::KAFKA_CONNECTED).set(1.0);
         metrics::counter!(m::KAFKA_ASSIGNMENTS).increment(1);
+        register_counters();
         tracing::info!(
             brokers = %cfg.brokers,
             topics = ?cfg.topics,
@@ -353,10 +376,8 @@ impl Worker {
                 match self.consumer.poll(wait) {
                     Some(Ok(msg)) => burst.push(msg),
                     Some(Err(error)) => {
-                        let kind = error
-                            .rdkafka_error_code()
-                            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
-                        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(1);
+                        metrics::counter!(m::KAFKA_ERRORS, "kind" => error_kind(&error))
+                            .increment(1);
                         tracing::warn!(%error, "Kafka consumer error");
                         break;
                     }

@@ -41,6 +41,15 @@ pub enum Skip {
 // === impl Skip ===
 
 impl Skip {
+    /// Every reason, for registering the metric's label values.
+    pub const ALL: [Skip; 5] = [
+        Skip::ValueNotUtf8,
+        Skip::NoValue,
+        Skip::BadKey,
+        Skip::BadTopicHeader,
+        Skip::BadEventHeader,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Skip::ValueNotUtf8 => "value_not_utf8",
