@@ -302,3 +302,48 @@ fn survives_running_out_of_file_descriptors() {
         .status();
     let _ = child.wait();
 }
+
+/// `--log-format json` writes one JSON object per line; `--metrics false`
+/// turns /metrics off with a message.
+#[test]
+fn json_logs_and_metrics_off() {
+    let bin = env!("CARGO_BIN_EXE_herald");
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--metrics",
+            "false",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("herald logged").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+        if v["message"] == "herald serving" {
+            break v["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(reply.contains("metrics are disabled"), "{reply}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
