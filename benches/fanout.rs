@@ -1,0 +1,106 @@
+//! Fan-out: dispatching one event through `Fanout::publish` to N in-memory
+//! subscribers (no sockets), broadcast and targeted, N = 10,000 and 100,000.
+//! Reports time per publish; divide by N for ns per subscriber (broadcast).
+//! Each subscriber's queue is drained after every publish, outside the
+//! timing, and holds a waker, so each push also takes and wakes it (a no-op
+//! waker here: the scheduler's share of a real wake-up is not included).
+//!
+//! Run: `cargo bench --bench fanout`. Results: BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use herald::event::{Name, Target};
+use herald::fanout::{queue, Fanout, Outgoing, Source};
+use herald::registry::{Registry, Subscription};
+use herald::replay;
+
+fn setup(n: usize) -> (Arc<Fanout>, Vec<Subscription>) {
+    let registry = Arc::new(Registry::new(64));
+    let fanout = Arc::new(Fanout::new(
+        registry.clone(),
+        1,
+        queue::Limits {
+            max_frames: 1024,
+            max_bytes: 1 << 20,
+        },
+        replay::Limits {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(300),
+        },
+    ));
+    let subs = (0..n)
+        .map(|i| registry.insert(Name::new(&format!("user-{i}")).unwrap(), vec![], None, None))
+        .collect();
+    (fanout, subs)
+}
+
+/// Drains every queue and leaves a waker in it, as an idle connection would.
+fn drain(subs: &[Subscription]) {
+    let mut cx = Context::from_waker(Waker::noop());
+    for s in subs {
+        while s.subscriber().queue.poll_drain(&mut cx).is_ready() {}
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let data = r#"{"from":"alice","text":"hello"}"#;
+    let mut g = c.benchmark_group("fanout");
+    g.sample_size(20);
+    for n in [10_000usize, 100_000] {
+        let (fanout, subs) = setup(n);
+        drain(&subs);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("broadcast", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    fanout.publish(
+                        &[Outgoing {
+                            target: Target::Broadcast,
+                            event: None,
+                            data,
+                            id: None,
+                            timestamp_us: 0,
+                        }],
+                        Source::Http,
+                    );
+                    total += t.elapsed();
+                    drain(&subs);
+                }
+                total
+            })
+        });
+        g.throughput(Throughput::Elements(1));
+        let user = Target::User(Name::new(&format!("user-{}", n / 2)).unwrap());
+        g.bench_function(BenchmarkId::new("targeted", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    fanout.publish(
+                        &[Outgoing {
+                            target: user.clone(),
+                            event: None,
+                            data,
+                            id: None,
+                            timestamp_us: 0,
+                        }],
+                        Source::Http,
+                    );
+                    total += t.elapsed();
+                    drain(&subs[n / 2..n / 2 + 1]);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
