@@ -7,6 +7,8 @@
 //!
 //! Run: `cargo bench --bench fanout`. Results: BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench frame_encode`. Results: BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::sse::{frame, EventId};
 

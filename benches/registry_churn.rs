@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench registry_churn`. Results: BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
