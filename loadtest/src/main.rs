@@ -182,7 +182,16 @@ async fn run(args: Args) {
         }
     }
     if args.hold_seconds > 0 {
+        // Passive mode: count what arrives while holding (events published
+        // by someone else, e.g. straight into Kafka).
+        let frames0 = totals.frames.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
+        let received = totals.frames.load(Ordering::Relaxed) - frames0;
+        println!(
+            "held={}s frames_received_while_holding={received} open={}",
+            args.hold_seconds,
+            connected - totals.closed.load(Ordering::Relaxed)
+        );
     }
     println!("closed_by_server={}", totals.closed.load(Ordering::Relaxed));
 }

@@ -47,7 +47,9 @@ async fn subscribe(
         };
         let event = m.ok().filter(|_| keep).map(|m| {
             // Formatted per subscriber, as tutorials do.
-            Ok(Event::default().id(m.id.to_string()).data(m.data.to_string()))
+            Ok(Event::default()
+                .id(m.id.to_string())
+                .data(m.data.to_string()))
         });
         async move { event }
     });
@@ -55,7 +57,10 @@ async fn subscribe(
     Sse::new(hello.chain(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(3600)))
 }
 
-async fn publish(State(app): State<App>, Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
+async fn publish(
+    State(app): State<App>,
+    Json(body): Json<serde_json::Value>,
+) -> Json<serde_json::Value> {
     let items = match body {
         serde_json::Value::Array(v) => v,
         one => vec![one],
