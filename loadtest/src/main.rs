@@ -47,6 +47,13 @@ struct Args {
     /// the previous one is answered.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// Events per second over all publishers (0 = as fast as answered).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Publish each event to one random user (the streams are users
+    /// load-0..N-1) instead of broadcasting.
+    #[arg(long, default_value_t = false)]
+    targeted: bool,
     /// Max wait for deliveries to finish after publishing.
     #[arg(long, default_value_t = 30)]
     settle_seconds: u64,
@@ -59,12 +66,58 @@ struct Args {
 }
 
 /// Counters shared by all connections (one relaxed add per read, not per frame).
-#[derive(Default)]
 struct Totals {
     frames: AtomicU64,
     bytes: AtomicU64,
     connected: AtomicU64,
     closed: AtomicU64,
+    /// Broadcast mode: events skipped / seen twice, per connection, summed.
+    gaps: AtomicU64,
+    dups: AtomicU64,
+    /// Publish-to-receive latency in µs, sharded to keep the locks cold.
+    latency: Vec<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+}
+
+const LATENCY_SHARDS: usize = 32;
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            latency: (0..LATENCY_SHARDS)
+                .map(|_| {
+                    std::sync::Mutex::new(
+                        hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+                            .expect("histogram"),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The number after `key` (e.g. `"n":`) in `frame`, if any.
+fn field(frame: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, key)? + key.len();
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn main() {
@@ -88,6 +141,7 @@ async fn run(args: Args) {
     // Connect.
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let check_order = !args.targeted && args.publishers <= 1;
     for i in 0..args.connections {
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         let totals = totals.clone();
@@ -98,7 +152,7 @@ async fn run(args: Args) {
                 Ok(stream) => {
                     totals.connected.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
-                    read_stream(stream, &totals).await;
+                    read_stream(stream, &totals, i, check_order).await;
                 }
                 Err(e) => {
                     drop(permit);
@@ -132,17 +186,28 @@ async fn run(args: Args) {
         let cpu0 = pid.map(read_proc);
         let t = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..args.publishers.max(1) {
-            let (target, secs, payload, batch) =
-                (args.target, args.publish_seconds, args.payload, args.batch);
-            tasks.push(tokio::spawn(publish(target, secs, payload, batch)));
+        let pubs = args.publishers.max(1);
+        for _ in 0..pubs {
+            let plan = Plan {
+                target: args.target,
+                seconds: args.publish_seconds,
+                payload: args.payload,
+                batch: args.batch,
+                rate: args.rate / pubs as f64,
+                users: if args.targeted { args.connections } else { 0 },
+            };
+            tasks.push(tokio::spawn(publish(plan)));
         }
         let mut published = 0;
         for t in tasks {
             published += t.await.expect("publisher");
         }
         let publish_secs = t.elapsed().as_secs_f64();
-        let expected = published * connected;
+        let expected = if args.targeted {
+            published
+        } else {
+            published * connected
+        };
         let settle = Instant::now() + Duration::from_secs(args.settle_seconds);
         let mut last = 0;
         let mut last_change = Instant::now();
@@ -170,6 +235,25 @@ async fn run(args: Args) {
         println!(
             "delivered_per_second={:.0} (over {wall:.2}s incl. settle)",
             received as f64 / wall
+        );
+        let mut all =
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+        for h in &totals.latency {
+            if let Ok(h) = h.lock() {
+                let _ = all.add(&*h);
+            }
+        }
+        let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2} samples={} gaps={} dups={}",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            all.max() as f64 / 1000.0,
+            all.len(),
+            totals.gaps.load(Ordering::Relaxed),
+            totals.dups.load(Ordering::Relaxed)
         );
         if let (Some(a), Some(b)) = (cpu0, cpu1) {
             let cpu_ns = (b.cpu_ticks - a.cpu_ticks) as f64 * 1e9 / ticks_per_second();
@@ -207,56 +291,117 @@ async fn connect(target: SocketAddr, src: Ipv4Addr, i: usize) -> std::io::Result
     Ok(s)
 }
 
-/// Reads until EOF, counting frame ends (a blank line: `\n\n`).
-async fn read_stream(mut s: TcpStream, totals: &Totals) {
+/// Reads until EOF: counts frame ends (a blank line, `\n\n`; herald and the
+/// baseline end lines with LF only, so the chunked framing's CRLFs never form
+/// one), and for event frames carrying `"n":` and `"t":` (published by this
+/// tool) records latency and, for broadcasts, gaps and duplicates.
+async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_order: bool) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut prev_nl = false;
+    let mut carry: Vec<u8> = Vec::new();
     let mut head_done = false;
+    let mut last_n: Option<u64> = None;
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut data = &buf[..n];
+        totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        carry.extend_from_slice(&buf[..n]);
         if !head_done {
-            match memchr::memmem::find(data, b"\r\n\r\n") {
+            match memchr::memmem::find(&carry, b"\r\n\r\n") {
                 Some(p) => {
                     head_done = true;
-                    data = &data[p + 4..];
+                    carry.drain(..p + 4);
                 }
                 None => continue,
             }
         }
-        // herald ends lines with LF only, so a frame ends at "\n\n"; the
-        // chunked framing's CRLFs never form that pair.
         let mut frames = 0u64;
-        for &b in data {
-            let nl = b == b'\n';
-            if nl && prev_nl {
-                frames += 1;
+        let mut start = 0;
+        let now = now_us();
+        let mut lat = Vec::new();
+        while let Some(end) = memchr::memmem::find(&carry[start..], b"\n\n") {
+            let frame = &carry[start..start + end];
+            frames += 1;
+            if let (Some(seq), Some(t)) = (field(frame, b"\"n\":"), field(frame, b"\"t\":")) {
+                lat.push(now.saturating_sub(t).max(1));
+                if check_order {
+                    match last_n {
+                        Some(l) if seq <= l => {
+                            totals.dups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(l) if seq > l + 1 => {
+                            totals.gaps.fetch_add(seq - l - 1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                    last_n = Some(last_n.map_or(seq, |l| l.max(seq)));
+                }
             }
-            prev_nl = nl;
+            start += end + 2;
         }
-        totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        carry.drain(..start);
+        if !lat.is_empty() {
+            if let Ok(mut h) = totals.latency[shard % LATENCY_SHARDS].lock() {
+                for l in lat {
+                    let _ = h.record(l);
+                }
+            }
+        }
         if frames > 0 {
             totals.frames.fetch_add(frames, Ordering::Relaxed);
         }
     }
 }
 
-/// Publishes broadcast events over one keep-alive connection, each request
-/// sent when the previous one is answered. Returns events published.
-async fn publish(target: SocketAddr, seconds: u64, payload: usize, batch: usize) -> u64 {
+/// What one publisher sends.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    target: SocketAddr,
+    seconds: u64,
+    payload: usize,
+    batch: usize,
+    /// Events per second for this publisher; 0 = as fast as answered.
+    rate: f64,
+    /// 0: broadcast; else a random user among load-0..users-1.
+    users: usize,
+}
+
+/// Publishes over one keep-alive connection, each request sent when the
+/// previous one is answered (and, with a rate, not before its time). Each
+/// event carries a sequence number `n` and its send time `t` (µs).
+/// Returns events published.
+async fn publish(plan: Plan) -> u64 {
+    let target = plan.target;
     let mut s = TcpStream::connect(target).await.expect("publisher connect");
     s.set_nodelay(true).ok();
-    let pad = "x".repeat(payload);
-    let end = Instant::now() + Duration::from_secs(seconds);
+    let pad = "x".repeat(plan.payload);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(plan.seconds);
     let mut n = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
-    // Each publisher numbers its own events; only counts matter here.
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ now_us();
+    let batch = plan.batch.max(1);
     while Instant::now() < end {
-        let one = |k: u64| format!(r#"{{"broadcast":true,"data":{{"n":{k},"p":"{pad}"}}}}"#);
-        let body = if batch <= 1 {
+        if plan.rate > 0.0 {
+            let due = start + Duration::from_secs_f64(n as f64 / plan.rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let mut one = |k: u64| {
+            let t = now_us();
+            if plan.users > 0 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let u = rng % plan.users as u64;
+                format!(r#"{{"user":"load-{u}","data":{{"n":{k},"t":{t},"p":"{pad}"}}}}"#)
+            } else {
+                format!(r#"{{"broadcast":true,"data":{{"n":{k},"t":{t},"p":"{pad}"}}}}"#)
+            }
+        };
+        let body = if batch == 1 {
             one(n)
         } else {
             let items: Vec<String> = (0..batch as u64).map(|k| one(n + k)).collect();
@@ -286,7 +431,7 @@ async fn publish(target: SocketAddr, seconds: u64, payload: usize, batch: usize)
                 }
             }
         }
-        n += batch.max(1) as u64;
+        n += batch as u64;
     }
     n
 }
