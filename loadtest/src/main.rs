@@ -75,7 +75,7 @@ struct Totals {
     gaps: AtomicU64,
     dups: AtomicU64,
     /// Publish-to-receive latency in µs, sharded to keep the locks cold.
-    latency: Vec<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+    latency: Vec<parking_lot::Mutex<hdrhistogram::Histogram<u64>>>,
 }
 
 const LATENCY_SHARDS: usize = 32;
@@ -91,7 +91,7 @@ impl Default for Totals {
             dups: AtomicU64::new(0),
             latency: (0..LATENCY_SHARDS)
                 .map(|_| {
-                    std::sync::Mutex::new(
+                    parking_lot::Mutex::new(
                         hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
                             .expect("histogram"),
                     )
@@ -239,9 +239,7 @@ async fn run(args: Args) {
         let mut all =
             hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
         for h in &totals.latency {
-            if let Ok(h) = h.lock() {
-                let _ = all.add(&*h);
-            }
+            let _ = all.add(&*h.lock());
         }
         let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
         println!(
@@ -342,10 +340,9 @@ async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_orde
         }
         carry.drain(..start);
         if !lat.is_empty() {
-            if let Ok(mut h) = totals.latency[shard % LATENCY_SHARDS].lock() {
-                for l in lat {
-                    let _ = h.record(l);
-                }
+            let mut h = totals.latency[shard % LATENCY_SHARDS].lock();
+            for l in lat {
+                let _ = h.record(l);
             }
         }
         if frames > 0 {
