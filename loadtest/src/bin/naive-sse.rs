@@ -6,7 +6,7 @@
 //!   GET  /api/sse/subscribe/{user}   (sends one comment first, like herald's
 //!                                     preamble, so the generator sees it open)
 //!   POST /api/publish                {"user"|"broadcast", "data"} or an array
-//! Usage: naive-sse [ADDR]   (default 127.0.0.1:8081; loopback only)
+//! Usage: `naive-sse [ADDR]` (default 127.0.0.1:8081; loopback only)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
