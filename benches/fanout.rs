@@ -48,8 +48,33 @@ fn drain(subs: &[Subscription]) {
     }
 }
 
-fn bench(c: &mut Criterion) {
+/// Publishes `iters` events to `target`, timing only the publishes; drains
+/// `receivers` (the subscribers the target reaches) after each, untimed.
+fn timed_publishes(
+    fanout: &Fanout,
+    target: &Target,
+    iters: u64,
+    receivers: &[Subscription],
+) -> Duration {
     let data = r#"{"from":"alice","text":"hello"}"#;
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let event = Outgoing {
+            target: target.clone(),
+            event: None,
+            data,
+            id: None,
+            timestamp_us: 0,
+        };
+        let t = Instant::now();
+        fanout.publish(&[event], Source::Http);
+        total += t.elapsed();
+        drain(receivers);
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.sample_size(20);
     for n in [10_000usize, 100_000] {
@@ -57,48 +82,12 @@ fn bench(c: &mut Criterion) {
         drain(&subs);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("broadcast", n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    fanout.publish(
-                        &[Outgoing {
-                            target: Target::Broadcast,
-                            event: None,
-                            data,
-                            id: None,
-                            timestamp_us: 0,
-                        }],
-                        Source::Http,
-                    );
-                    total += t.elapsed();
-                    drain(&subs);
-                }
-                total
-            })
+            b.iter_custom(|iters| timed_publishes(&fanout, &Target::Broadcast, iters, &subs))
         });
         g.throughput(Throughput::Elements(1));
         let user = Target::User(Name::new(&format!("user-{}", n / 2)).unwrap());
         g.bench_function(BenchmarkId::new("targeted", n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    fanout.publish(
-                        &[Outgoing {
-                            target: user.clone(),
-                            event: None,
-                            data,
-                            id: None,
-                            timestamp_us: 0,
-                        }],
-                        Source::Http,
-                    );
-                    total += t.elapsed();
-                    drain(&subs[n / 2..n / 2 + 1]);
-                }
-                total
-            })
+            b.iter_custom(|iters| timed_publishes(&fanout, &user, iters, &subs[n / 2..n / 2 + 1]))
         });
     }
     g.finish();

@@ -15,6 +15,91 @@ use support::{raw_stream, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A running herald binary: the child, the address it logged, the log lines
+/// read so far, and the rest as they come.
+struct Spawned {
+    child: std::process::Child,
+    addr: String,
+    seen: Vec<String>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+/// Spawns the binary with `args` (under `ulimit -n` when `nofile` is given)
+/// and waits for the log line naming its address, text or JSON format.
+fn spawn_herald(args: &[&str], nofile: Option<u32>) -> Spawned {
+    let bin = env!("CARGO_BIN_EXE_herald");
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args([
+                "-c",
+                &format!("ulimit -n {n} && exec {bin} \"$@\""),
+                "herald",
+            ]);
+            c.args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(bin);
+            c.args(args);
+            c
+        }
+    };
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("herald logged its address");
+        let plain = strip_ansi(&line);
+        seen.push(line);
+        if let Some(at) = plain.find("addr") {
+            let rest = plain[at + 4..].trim_start_matches(['=', '"', ':']);
+            let addr: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            if !addr.is_empty() {
+                break addr;
+            }
+        }
+    };
+    Spawned {
+        child,
+        addr,
+        seen,
+        lines,
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_streams_get_heartbeat_comments() {
     let server = TestServer::with(|c| c.heartbeat = Duration::from_millis(50)).await;
@@ -142,36 +227,19 @@ fn binary_rejects_bad_flags_and_drains_on_sigterm() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 
-    let mut child = Command::new(bin)
-        .args([
+    let Spawned {
+        mut child, addr, ..
+    } = spawn_herald(
+        &[
             "--listen",
             "127.0.0.1:0",
             "--shutdown-drain",
             "200ms",
             "--shutdown-deadline",
             "2s",
-        ])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG_STYLE", "never")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("herald printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_matches('\u{1b}')
-                .to_owned();
-        }
-    };
-    let addr: String = addr
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
+        ],
+        None,
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stream_ended = rt.block_on(async {
@@ -225,38 +293,15 @@ fn binary_rejects_bad_flags_and_drains_on_sigterm() {
 /// serves again once the flood is gone.
 #[test]
 fn survives_running_out_of_file_descriptors() {
-    let bin = env!("CARGO_BIN_EXE_herald");
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("ulimit -n 100 && exec {bin} --listen 127.0.0.1:0 --log herald=debug"),
-        ])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("herald started");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            let a: String = rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .chars()
-                .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect();
-            break a;
-        }
-    };
+    let Spawned {
+        mut child,
+        addr,
+        lines: rx,
+        ..
+    } = spawn_herald(
+        &["--listen", "127.0.0.1:0", "--log", "herald=debug"],
+        Some(100),
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -307,29 +352,31 @@ fn survives_running_out_of_file_descriptors() {
 /// turns /metrics off with a message.
 #[test]
 fn json_logs_and_metrics_off() {
-    let bin = env!("CARGO_BIN_EXE_herald");
-    let mut child = Command::new(bin)
-        .args([
+    let Spawned {
+        mut child,
+        addr,
+        seen,
+        ..
+    } = spawn_herald(
+        &[
             "--listen",
             "127.0.0.1:0",
             "--log-format",
             "json",
             "--metrics",
             "false",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("herald logged").unwrap();
+        ],
+        None,
+    );
+    for line in &seen {
         let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
-        if v["message"] == "herald serving" {
-            break v["addr"].as_str().unwrap().to_owned();
-        }
-    };
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("\"herald serving\"")),
+        "{seen:?}"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reply = rt.block_on(async {
         let mut s = TcpStream::connect(&addr).await.unwrap();
