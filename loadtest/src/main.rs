@@ -54,6 +54,11 @@ struct Args {
     /// load-0..N-1) instead of broadcasting.
     #[arg(long, default_value_t = false)]
     targeted: bool,
+    /// Reconnect storm: this many seconds into publishing, every stream
+    /// drops its connection and reconnects at once with `Last-Event-ID`
+    /// (0 = no storm). Gaps and duplicates are counted across the seam.
+    #[arg(long, default_value_t = 0)]
+    storm_after: u64,
     /// Max wait for deliveries to finish after publishing.
     #[arg(long, default_value_t = 30)]
     settle_seconds: u64,
@@ -68,6 +73,9 @@ struct Args {
 /// Counters shared by all connections (one relaxed add per read, not per frame).
 struct Totals {
     frames: AtomicU64,
+    /// Event frames published by this tool (carrying `"n":` and `"t":`).
+    events: AtomicU64,
+    reconnected: AtomicU64,
     bytes: AtomicU64,
     connected: AtomicU64,
     closed: AtomicU64,
@@ -84,6 +92,8 @@ impl Default for Totals {
     fn default() -> Self {
         Self {
             frames: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            reconnected: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             closed: AtomicU64::new(0),
@@ -142,17 +152,40 @@ async fn run(args: Args) {
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let check_order = !args.targeted && args.publishers <= 1;
+    let (storm_tx, storm_rx) = tokio::sync::watch::channel(false);
     for i in 0..args.connections {
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         let totals = totals.clone();
         let target = args.target;
         let src = Ipv4Addr::new(127, 0, 0, 2 + (i % args.sources.max(1) as usize) as u8);
+        let mut storm = storm_rx.clone();
         tokio::spawn(async move {
-            match connect(target, src, i).await {
+            let mut state = StreamState::default();
+            match connect(target, src, i, None).await {
                 Ok(stream) => {
                     totals.connected.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
-                    read_stream(stream, &totals, i, check_order).await;
+                    let stormed =
+                        read_stream(stream, &totals, i, check_order, &mut state, &mut storm).await;
+                    if stormed {
+                        // Reconnect at once, resuming after the last id seen.
+                        match connect(target, src, i, state.last_id.clone()).await {
+                            Ok(stream) => {
+                                totals.reconnected.fetch_add(1, Ordering::Relaxed);
+                                let mut never = tokio::sync::watch::channel(false).1;
+                                read_stream(
+                                    stream,
+                                    &totals,
+                                    i,
+                                    check_order,
+                                    &mut state,
+                                    &mut never,
+                                )
+                                .await;
+                            }
+                            Err(e) => eprintln!("reconnect {i}: {e}"),
+                        }
+                    }
                 }
                 Err(e) => {
                     drop(permit);
@@ -182,7 +215,7 @@ async fn run(args: Args) {
     }
 
     if args.publish_seconds > 0 {
-        let frames0 = totals.frames.load(Ordering::Relaxed);
+        let frames0 = totals.events.load(Ordering::Relaxed);
         let cpu0 = pid.map(read_proc);
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -198,6 +231,13 @@ async fn run(args: Args) {
             };
             tasks.push(tokio::spawn(publish(plan)));
         }
+        if args.storm_after > 0 {
+            let delay = Duration::from_secs(args.storm_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = storm_tx.send(true);
+            });
+        }
         let mut published = 0;
         for t in tasks {
             published += t.await.expect("publisher");
@@ -212,7 +252,7 @@ async fn run(args: Args) {
         let mut last = 0;
         let mut last_change = Instant::now();
         while Instant::now() < settle {
-            let got = totals.frames.load(Ordering::Relaxed) - frames0;
+            let got = totals.events.load(Ordering::Relaxed) - frames0;
             if got >= expected {
                 break;
             }
@@ -225,12 +265,13 @@ async fn run(args: Args) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let wall = t.elapsed().as_secs_f64();
-        let received = totals.frames.load(Ordering::Relaxed) - frames0;
+        let received = totals.events.load(Ordering::Relaxed) - frames0;
         let cpu1 = pid.map(read_proc);
         println!(
-            "published={published} in {publish_secs:.2}s ({:.0}/s) expected_deliveries={expected} received={received} lost={}",
+            "published={published} in {publish_secs:.2}s ({:.0}/s) expected_deliveries={expected} received={received} lost={} reconnected={}",
             published as f64 / publish_secs,
-            expected.saturating_sub(received)
+            expected.saturating_sub(received),
+            totals.reconnected.load(Ordering::Relaxed)
         );
         println!(
             "delivered_per_second={:.0} (over {wall:.2}s incl. settle)",
@@ -278,12 +319,18 @@ async fn run(args: Args) {
     println!("closed_by_server={}", totals.closed.load(Ordering::Relaxed));
 }
 
-async fn connect(target: SocketAddr, src: Ipv4Addr, i: usize) -> std::io::Result<TcpStream> {
+async fn connect(
+    target: SocketAddr,
+    src: Ipv4Addr,
+    i: usize,
+    last_id: Option<String>,
+) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
     let mut s = sock.connect(target).await?;
+    let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
     let req = format!(
-        "GET /api/sse/subscribe/load-{i} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n\r\n"
+        "GET /api/sse/subscribe/load-{i} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n{resume}\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     Ok(s)
@@ -293,15 +340,29 @@ async fn connect(target: SocketAddr, src: Ipv4Addr, i: usize) -> std::io::Result
 /// baseline end lines with LF only, so the chunked framing's CRLFs never form
 /// one), and for event frames carrying `"n":` and `"t":` (published by this
 /// tool) records latency and, for broadcasts, gaps and duplicates.
-async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_order: bool) {
+async fn read_stream(
+    mut s: TcpStream,
+    totals: &Totals,
+    shard: usize,
+    check_order: bool,
+    state: &mut StreamState,
+    storm: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
     let mut buf = vec![0u8; 16 * 1024];
     let mut carry: Vec<u8> = Vec::new();
     let mut head_done = false;
-    let mut last_n: Option<u64> = None;
     loop {
-        let n = match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let n = tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            },
+            changed = storm.changed() => {
+                if changed.is_ok() && *storm.borrow() {
+                    return true;
+                }
+                continue;
+            }
         };
         totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
         carry.extend_from_slice(&buf[..n]);
@@ -315,16 +376,28 @@ async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_orde
             }
         }
         let mut frames = 0u64;
+        let mut events = 0u64;
         let mut start = 0;
         let now = now_us();
         let mut lat = Vec::new();
         while let Some(end) = memchr::memmem::find(&carry[start..], b"\n\n") {
             let frame = &carry[start..start + end];
             frames += 1;
+            let id_at = if frame.starts_with(b"id: ") {
+                Some(4)
+            } else {
+                memchr::memmem::find(frame, b"\nid: ").map(|p| p + 5)
+            };
+            if let Some(id) = id_at.map(|p| &frame[p..]) {
+                let len = memchr::memchr(b'\n', id).unwrap_or(id.len());
+                state.last_id = std::str::from_utf8(&id[..len]).ok().map(str::to_owned);
+            }
             if let (Some(seq), Some(t)) = (field(frame, b"\"n\":"), field(frame, b"\"t\":")) {
                 lat.push(now.saturating_sub(t).max(1));
+                events += 1;
+                let last_n = &mut state.last_n;
                 if check_order {
-                    match last_n {
+                    match *last_n {
                         Some(l) if seq <= l => {
                             totals.dups.fetch_add(1, Ordering::Relaxed);
                         }
@@ -333,7 +406,7 @@ async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_orde
                         }
                         _ => {}
                     }
-                    last_n = Some(last_n.map_or(seq, |l| l.max(seq)));
+                    *last_n = Some(last_n.map_or(seq, |l| l.max(seq)));
                 }
             }
             start += end + 2;
@@ -348,7 +421,19 @@ async fn read_stream(mut s: TcpStream, totals: &Totals, shard: usize, check_orde
         if frames > 0 {
             totals.frames.fetch_add(frames, Ordering::Relaxed);
         }
+        if events > 0 {
+            totals.events.fetch_add(events, Ordering::Relaxed);
+        }
     }
+}
+
+/// What a stream remembers across a reconnect.
+#[derive(Default)]
+struct StreamState {
+    /// The last `id:` seen (sent back as `Last-Event-ID`).
+    last_id: Option<String>,
+    /// Highest sequence number seen (gap and duplicate detection).
+    last_n: Option<u64>,
 }
 
 /// What one publisher sends.
