@@ -516,50 +516,31 @@ mod tests {
         assert_eq!(k.properties[1], ("x".to_owned(), "a=b".to_owned()));
         assert!(cli(&[]).validate().unwrap().kafka.is_none());
 
-        let flag = |args: &[&str]| cli(args).validate().unwrap_err().flag;
-        assert_eq!(flag(&["--kafka-topics", "t"]), "kafka-topics");
-        assert_eq!(flag(&["--kafka-brokers", "h:1"]), "kafka-topics");
-        assert_eq!(
-            flag(&["--kafka-brokers", "nohostport", "--kafka-topics", "t"]),
-            "kafka-brokers"
-        );
-        assert_eq!(
-            flag(&["--kafka-brokers", "h:1", "--kafka-topics", "bad topic"]),
-            "kafka-topics"
-        );
-        assert_eq!(
-            flag(&[
-                "--kafka-brokers",
-                "h:1",
-                "--kafka-topics",
-                "t",
-                "--kafka-start",
-                "x"
-            ]),
-            "kafka-start"
-        );
-        assert_eq!(
-            flag(&[
-                "--kafka-brokers",
-                "h:1",
-                "--kafka-topics",
-                "t",
-                "--kafka-property",
-                "novalue"
-            ]),
-            "kafka-property"
-        );
-        assert_eq!(
-            flag(&[
-                "--kafka-brokers",
-                "h:1",
-                "--kafka-topics",
-                "t",
-                "--kafka-publish-topic",
-                "u"
-            ]),
-            "kafka-publish-topic"
-        );
+        let k = ["--kafka-brokers", "h:1", "--kafka-topics", "t"];
+        let cases: [(Vec<&str>, &str); 7] = [
+            (vec!["--kafka-topics", "t"], "kafka-topics"),
+            (vec!["--kafka-brokers", "h:1"], "kafka-topics"),
+            (
+                vec!["--kafka-brokers", "nohostport", "--kafka-topics", "t"],
+                "kafka-brokers",
+            ),
+            (
+                vec!["--kafka-brokers", "h:1", "--kafka-topics", "bad topic"],
+                "kafka-topics",
+            ),
+            ([&k[..], &["--kafka-start", "x"]].concat(), "kafka-start"),
+            (
+                [&k[..], &["--kafka-property", "novalue"]].concat(),
+                "kafka-property",
+            ),
+            (
+                [&k[..], &["--kafka-publish-topic", "u"]].concat(),
+                "kafka-publish-topic",
+            ),
+        ];
+        for (args, flag) in cases {
+            assert_eq!(cli(&args).validate().unwrap_err().flag, flag, "{args:?}");
+        }
     }
 
     #[test]
