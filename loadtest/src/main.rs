@@ -204,6 +204,10 @@ async fn run(args: Args) {
     }
     let connected = totals.connected.load(Ordering::Relaxed);
     println!("connected={connected} in {:.2}s", t.elapsed().as_secs_f64());
+    // Everything measured, for the JSON line at the end.
+    let mut summary = serde_json::Map::new();
+    summary.insert("connections".into(), connected.into());
+    summary.insert("connect_seconds".into(), t.elapsed().as_secs_f64().into());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = pid.map(read_proc);
     if let (Some(p0), Some(p1)) = (proc0, idle) {
@@ -211,6 +215,10 @@ async fn run(args: Args) {
         println!(
             "server_rss_before_kib={} server_rss_idle_kib={} rss_per_connection_bytes={per:.0}",
             p0.rss_kib, p1.rss_kib
+        );
+        summary.insert(
+            "rss_per_connection_bytes".into(),
+            (per.round() as i64).into(),
         );
     }
 
@@ -238,10 +246,32 @@ async fn run(args: Args) {
                 let _ = storm_tx.send(true);
             });
         }
+        // Progress once a second while publishing (stderr; bounded by the
+        // publishers' own duration).
+        let progress = {
+            let totals = totals.clone();
+            tokio::spawn(async move {
+                let mut last = totals.events.load(Ordering::Relaxed);
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = totals.events.load(Ordering::Relaxed);
+                    let open = totals.connected.load(Ordering::Relaxed)
+                        + totals.reconnected.load(Ordering::Relaxed)
+                        - totals.closed.load(Ordering::Relaxed);
+                    eprintln!(
+                        "progress: {} events received ({}/s), {open} streams open",
+                        now - frames0,
+                        now - last
+                    );
+                    last = now;
+                }
+            })
+        };
         let mut published = 0;
         for t in tasks {
             published += t.await.expect("publisher");
         }
+        progress.abort();
         let publish_secs = t.elapsed().as_secs_f64();
         let expected = if args.targeted {
             published
@@ -283,6 +313,21 @@ async fn run(args: Args) {
             let _ = all.add(&*h.lock());
         }
         let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+        for (k, v) in [
+            ("published", published),
+            ("expected", expected),
+            ("received", received),
+            ("lost", expected.saturating_sub(received)),
+            ("gaps", totals.gaps.load(Ordering::Relaxed)),
+            ("dups", totals.dups.load(Ordering::Relaxed)),
+            ("reconnected", totals.reconnected.load(Ordering::Relaxed)),
+        ] {
+            summary.insert(k.into(), v.into());
+        }
+        for (k, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            summary.insert(format!("latency_{k}_ms"), ms(q).into());
+        }
+        summary.insert("latency_max_ms".into(), (all.max() as f64 / 1000.0).into());
         println!(
             "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2} samples={} gaps={} dups={}",
             ms(0.5),
@@ -296,6 +341,10 @@ async fn run(args: Args) {
         );
         if let (Some(a), Some(b)) = (cpu0, cpu1) {
             let cpu_ns = (b.cpu_ticks - a.cpu_ticks) as f64 * 1e9 / ticks_per_second();
+            summary.insert(
+                "cpu_ns_per_delivered_event".into(),
+                ((cpu_ns / received.max(1) as f64).round() as i64).into(),
+            );
             println!(
                 "server_cpu_seconds={:.2} cpu_ns_per_delivered_event={:.0} server_rss_after_kib={}",
                 cpu_ns / 1e9,
@@ -317,6 +366,11 @@ async fn run(args: Args) {
         );
     }
     println!("closed_by_server={}", totals.closed.load(Ordering::Relaxed));
+    summary.insert(
+        "closed".into(),
+        totals.closed.load(Ordering::Relaxed).into(),
+    );
+    println!("json {}", serde_json::Value::Object(summary));
 }
 
 async fn connect(
