@@ -42,15 +42,6 @@ pub struct Running {
     task: JoinHandle<()>,
 }
 
-/// How the drain went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
-    /// Streams ended by the drain.
-    pub streams: usize,
-    /// All connections closed before the deadline.
-    pub clean: bool,
-}
-
 // === impl Running ===
 
 impl Running {
@@ -212,7 +203,6 @@ pub async fn start_on(
             if let Some(ingest) = ingest {
                 let _ = tokio::task::spawn_blocking(move || ingest.stop()).await;
             }
-            let drained = Drained { streams, clean };
             if clean {
                 tracing::info!(streams, "drained: all connections closed");
             } else {
@@ -222,7 +212,6 @@ pub async fn start_on(
                     "drain deadline reached with connections still open"
                 );
             }
-            let _ = drained;
         })
     };
 

@@ -1,7 +1,8 @@
 //! herald: a Server-Sent Events fan-out server.
 //!
 //! ```text
-//!  POST /api/publish ──► fanout::Fanout::publish ── id, encode ONCE (sse::frame)
+//!  Kafka (ingest thread) ─┐
+//!  POST /api/publish ─────┴─► fanout::Fanout::publish ── id, encode ONCE (sse::frame)
 //!                              │        └─► replay::Replay (bounded: count/bytes/age)
 //!                              ▼
 //!                   registry::Registry: 2^k shards, parking_lot locks,
@@ -11,7 +12,7 @@
 //!                   fanout::queue::Queue (bounded frames+bytes; overflow closes "slow")
 //!                              │  drained whole per wake-up
 //!                              ▼
-//!                   http::SseBody ──► hyper (HTTP/1.1 chunked or h2c) ──► socket
+//!         http::fast (HTTP/1.1 streams) or http::SseBody via hyper (h2c) ──► socket
 //! ```
 //!
 //! Where things live:
@@ -22,6 +23,7 @@
 //! - `http`: router and handlers (subscribe, publish, health, metrics) and bodies.
 //! - `event`, `sse`: what an event is; the SSE wire format and ids.
 //! - `registry`, `fanout`, `replay`: who is connected, dispatch, history.
+//! - `ingest`: Kafka consumer thread, record mapping, publisher for Kafka mode.
 //! - `limits`, `shutdown`, `metrics`: process limits, signals, metric names.
 
 pub mod abort;

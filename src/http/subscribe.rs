@@ -118,10 +118,11 @@ pub(crate) fn open(
         Some(abort.clone()),
         params.resume,
     );
+    let retry = state.config.retry.as_millis() as u64;
     // A stream registered after the drain took its snapshot of open streams
     // would be missed by it: end it here instead (it still gets its preamble).
     if state.draining.load(Ordering::SeqCst) {
-        let hint = frame::FrameBuilder::new(0).retry(state.config.retry.as_millis() as u64);
+        let hint = frame::FrameBuilder::new(0).retry(retry);
         if let Some(w) = sub
             .subscription
             .subscriber()
@@ -131,7 +132,6 @@ pub(crate) fn open(
             w.wake();
         }
     }
-    let retry = state.config.retry.as_millis() as u64;
     let head = frame::FrameBuilder::new(0).comment("herald").retry(retry);
     let head = if sub.gap {
         let data = serde_json::json!({
