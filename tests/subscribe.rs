@@ -200,3 +200,30 @@ async fn health_ready_and_metrics() {
     assert!(m("herald_process_open_fds", None) >= 3.0);
     assert!(m("herald_process_max_fds", None) >= 64.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_holds_a_busy_stream_for_the_window() {
+    let window = Duration::from_millis(400);
+    let server = TestServer::with(|c| c.write_coalesce = window).await;
+    let mut s = server.subscribe("c").await;
+
+    // A quiet stream writes at once.
+    let t = std::time::Instant::now();
+    server.publish_ok(json!({"user": "c", "data": 0})).await;
+    assert_eq!(s.next().await.data, "0");
+    let first = t.elapsed();
+    assert!(
+        first < Duration::from_millis(300),
+        "first event took {first:?}"
+    );
+
+    // Events right after a write wait out the window, then leave together,
+    // in order and complete.
+    for i in 1..=3 {
+        server.publish_ok(json!({"user": "c", "data": i})).await;
+    }
+    let got: Vec<String> = s.next_n(3).await.into_iter().map(|e| e.data).collect();
+    let held = t.elapsed();
+    assert_eq!(got, ["1", "2", "3"]);
+    assert!(held >= window, "held only {held:?}");
+}

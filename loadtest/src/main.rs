@@ -225,6 +225,7 @@ async fn run(args: Args) {
     if args.publish_seconds > 0 {
         let frames0 = totals.events.load(Ordering::Relaxed);
         let cpu0 = pid.map(read_proc);
+        let me0 = read_proc(std::process::id());
         let t = Instant::now();
         let mut tasks = Vec::new();
         let pubs = args.publishers.max(1);
@@ -297,6 +298,9 @@ async fn run(args: Args) {
         let wall = t.elapsed().as_secs_f64();
         let received = totals.events.load(Ordering::Relaxed) - frames0;
         let cpu1 = pid.map(read_proc);
+        let me1 = read_proc(std::process::id());
+        let gen_cpu = (me1.cpu_ticks - me0.cpu_ticks) as f64 / ticks_per_second();
+        summary.insert("generator_cpu_seconds".into(), gen_cpu.into());
         println!(
             "published={published} in {publish_secs:.2}s ({:.0}/s) expected_deliveries={expected} received={received} lost={} reconnected={}",
             published as f64 / publish_secs,
@@ -345,8 +349,9 @@ async fn run(args: Args) {
                 "cpu_ns_per_delivered_event".into(),
                 ((cpu_ns / received.max(1) as f64).round() as i64).into(),
             );
+            summary.insert("server_cpu_seconds".into(), (cpu_ns / 1e9).into());
             println!(
-                "server_cpu_seconds={:.2} cpu_ns_per_delivered_event={:.0} server_rss_after_kib={}",
+                "server_cpu_seconds={:.2} generator_cpu_seconds={gen_cpu:.2} cpu_ns_per_delivered_event={:.0} server_rss_after_kib={}",
                 cpu_ns / 1e9,
                 cpu_ns / received.max(1) as f64,
                 b.rss_kib

@@ -24,6 +24,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 
+/// Deque capacity a stream keeps between drains (40 bytes per entry).
+const KEEP_CAPACITY: usize = 16;
+
 /// Bounds of one connection's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -135,6 +138,20 @@ impl Queue {
         self.state.lock().closed
     }
 
+    /// `Ready` once there is something to drain (or the queue is closed);
+    /// `Pending` (waker stored) while it is empty. Takes nothing.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        if !st.frames.is_empty() || st.closed.is_some() {
+            return Poll::Ready(());
+        }
+        match &mut st.waker {
+            Some(w) => w.clone_from(cx.waker()),
+            None => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Takes everything queued as one batch; `Ready(Err)` once closed and
     /// empty; `Pending` (waker stored) when there is nothing yet.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Result<Batch, CloseReason>> {
@@ -162,23 +179,29 @@ impl Queue {
                 }))
             }
             n => {
-                let frames = std::mem::take(&mut st.frames);
                 let len = std::mem::replace(&mut st.bytes, 0);
-                drop(st);
                 // Copying a burst into one buffer is cheaper than handing the
                 // HTTP layer n chunks (n chunk headers, n iovecs, and hyper
-                // flushes every 16 queued buffers).
+                // flushes every 16 queued buffers). The copy is made under
+                // the lock so the deque keeps its capacity: a stream under
+                // steady load then never reallocates it.
                 let mut buf = BytesMut::with_capacity(len);
                 let (mut events, mut oldest_us) = (0, 0);
-                for (f, ts) in &frames {
-                    buf.put_slice(f);
-                    if *ts != 0 {
+                for (f, ts) in st.frames.drain(..) {
+                    buf.put_slice(&f);
+                    if ts != 0 {
                         events += 1;
                         if oldest_us == 0 {
-                            oldest_us = *ts;
+                            oldest_us = ts;
                         }
                     }
                 }
+                // A burst's worth of capacity is given back, so a stream
+                // that once absorbed a burst does not keep its deque.
+                if st.frames.capacity() > KEEP_CAPACITY {
+                    st.frames.shrink_to(KEEP_CAPACITY);
+                }
+                drop(st);
                 Poll::Ready(Ok(Batch {
                     bytes: buf.freeze(),
                     frames: n,

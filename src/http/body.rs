@@ -13,10 +13,12 @@
 //! a (usually empty) replay iterator: no timer (heartbeats are pushed through
 //! the queue by one task for all connections), no shutdown future.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -50,6 +52,12 @@ pub struct SseBody {
     head: Option<Bytes>,
     replay: std::vec::IntoIter<Bytes>,
     stream: Stream,
+    /// `--write-coalesce` (zero: none).
+    window: Duration,
+    /// Set after a write when there is a window: the next batch is not
+    /// taken before it fires. Allocated on the first write, then reused.
+    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    holding: bool,
 }
 
 /// An open stream's registration, whichever engine writes it (this body or
@@ -113,11 +121,14 @@ impl http_body::Body for Body {
 // === impl SseBody ===
 
 impl SseBody {
-    pub fn new(head: Bytes, replay: Vec<Bytes>, stream: Stream) -> Self {
+    pub fn new(head: Bytes, replay: Vec<Bytes>, stream: Stream, window: Duration) -> Self {
         Self {
             head: Some(head),
             replay: replay.into_iter(),
             stream,
+            window,
+            hold: None,
+            holding: false,
         }
     }
 
@@ -128,9 +139,30 @@ impl SseBody {
             self.stream.account(before - self.replay.len(), 0);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if self.holding {
+            // Something to send within the window since the last write:
+            // let the window pass so what arrives meanwhile joins it.
+            if self.stream.queue().poll_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(sleep) = &mut self.hold {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.holding = false;
+        }
         match self.stream.queue().poll_drain(cx) {
             Poll::Ready(Ok(batch)) => {
                 self.stream.account(batch.events, batch.oldest_us);
+                if !self.window.is_zero() {
+                    let at = tokio::time::Instant::now() + self.window;
+                    match &mut self.hold {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => self.hold = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                    self.holding = true;
+                }
                 Poll::Ready(Some(Ok(Frame::data(batch.bytes))))
             }
             Poll::Ready(Err(CloseReason::Shutdown)) => {

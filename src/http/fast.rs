@@ -150,11 +150,28 @@ pub(crate) async fn serve(
     s.account(replayed, 0);
 
     let mut scratch = [0u8; 64];
+    let window = state.config.write_coalesce;
+    // With a coalescing window: when the next write may happen.
+    let mut hold_until: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(at) = hold_until.take() {
+            // Wait for something to send; if it came within the window
+            // since the last write, let the window pass first so what
+            // arrives meanwhile leaves in the same write.
+            if poll_fn(|cx| poll_wait(&stream, &s, &mut scratch, cx)).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() < at {
+                tokio::time::sleep_until(at).await;
+            }
+        }
         match poll_fn(|cx| poll_next(&stream, &s, &mut scratch, cx)).await {
             Next::Batch(batch) => {
                 write_chunk(&stream, &batch.bytes).await?;
                 s.account(batch.events, batch.oldest_us);
+                if !window.is_zero() {
+                    hold_until = Some(tokio::time::Instant::now() + window);
+                }
             }
             Next::Closed(CloseReason::Shutdown) => {
                 s.ended = Some("shutdown");
@@ -192,17 +209,38 @@ fn poll_next(
         Poll::Ready(Err(reason)) => return Poll::Ready(Next::Closed(reason)),
         Poll::Pending => {}
     }
+    poll_client_gone(stream, scratch, cx).map(|()| Next::ClientGone)
+}
+
+/// Like [`poll_next`] but takes nothing from the queue: `Ready(false)` when
+/// there is something to drain (or the queue closed), `Ready(true)` when the
+/// client went away.
+fn poll_wait(
+    stream: &TcpStream,
+    s: &super::Stream,
+    scratch: &mut [u8],
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    if s.queue().poll_ready(cx).is_ready() {
+        return Poll::Ready(false);
+    }
+    poll_client_gone(stream, scratch, cx).map(|()| true)
+}
+
+/// `Ready` once the client has closed its side (or the socket failed);
+/// anything it sends meanwhile is read and discarded.
+fn poll_client_gone(stream: &TcpStream, scratch: &mut [u8], cx: &mut Context<'_>) -> Poll<()> {
     loop {
         match stream.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
             Poll::Ready(Ok(())) => match stream.try_read(scratch) {
-                Ok(0) => return Poll::Ready(Next::ClientGone),
+                Ok(0) => return Poll::Ready(()),
                 // Anything a client sends on a stream is ignored.
                 Ok(_) => {}
                 // Readiness cleared: poll again to register the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Next::ClientGone),
+                Err(_) => return Poll::Ready(()),
             },
         }
     }

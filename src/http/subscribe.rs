@@ -86,6 +86,7 @@ pub(super) fn handle<B>(
         opened.head,
         opened.replay,
         opened.stream,
+        state.config.write_coalesce,
     )));
     resp
 }
