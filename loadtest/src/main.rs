@@ -1041,3 +1041,46 @@ fn ticks_per_second() -> f64 {
     // USER_HZ is 100 on Linux for every architecture herald targets.
     100.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("sse-load").chain(extra.iter().copied()))
+    }
+
+    #[test]
+    fn streams_per_user_add_up() {
+        let a = args(&["--connections", "10", "--users", "3"]);
+        let per: Vec<u64> = (0..3).map(|u| a.streams_of(u)).collect();
+        assert_eq!(per, [4, 3, 3]);
+        // A child counts users over all processes, not its share.
+        let c = args(&[
+            "--connections",
+            "5",
+            "--total-connections",
+            "10",
+            "--users",
+            "3",
+        ]);
+        assert_eq!(c.streams_of(0), 4);
+        assert_eq!(args(&["--connections", "7"]).streams_of(6), 1);
+    }
+
+    #[test]
+    fn reads_numbers_after_keys() {
+        let f = br#"id: 1-2
+data: {"n":42,"t":1700000000123456,"p":"x"}"#;
+        assert_eq!(field(f, b"\"n\":"), Some(42));
+        assert_eq!(field(f, b"\"t\":"), Some(1_700_000_000_123_456));
+        assert_eq!(field(f, b"\"q\":"), None);
+    }
+
+    #[test]
+    fn only_loopback_targets_parse_as_several() {
+        let a = args(&["--target", "127.0.0.1:1,127.0.0.1:2"]);
+        assert_eq!(a.target.len(), 2);
+        assert!(a.target.iter().all(|t| t.ip().is_loopback()));
+    }
+}
