@@ -110,6 +110,7 @@ pub async fn start_on(
         publish_rejected: metrics::counter!(m::PUBLISH_REJECTED),
         publisher,
         ingest: ingest.as_ref().map(|i| i.status().clone()),
+        expiries: crate::expiry::Expiries::default(),
     });
 
     let stop = CancellationToken::new();
@@ -168,6 +169,26 @@ pub async fn start_on(
         })
     };
 
+    // Streams whose token expired are ended once a second.
+    let expirer = config.auth.streams_protected().then(|| {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let ended = state.expiries.expire_due(crate::auth::now_secs());
+                        if ended > 0 {
+                            tracing::debug!(ended, "streams ended at their token's expiry");
+                        }
+                    }
+                }
+            }
+        })
+    });
+
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(%addr, admin = ?admin_addr, max_connections, epoch = format_args!("{epoch:x}"), "herald serving");
 
@@ -185,6 +206,9 @@ pub async fn start_on(
                 let _ = a.await;
             }
             ticker.abort();
+            if let Some(e) = expirer {
+                e.abort();
+            }
             // 2. End every stream, spread over the drain period.
             let registry = state.fanout.registry().clone();
             let retry_ms = config.retry.as_millis() as u64;

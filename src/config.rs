@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::auth::Auth;
 use crate::{fanout::queue, replay};
 
 /// Default per-connection queue depth. At most this many frames wait for a
@@ -97,6 +98,53 @@ pub struct Cli {
     #[arg(long, env = "HERALD_WRITE_COALESCE", default_value = "0ms")]
     pub write_coalesce: String,
 
+    /// HS256 shared secret for subscriber (and publisher) JWTs. With it or
+    /// --jwt-public-key, streams and publishing need a token.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Path of a PEM public key (RSA for RS256, EC P-256 for ES256) for JWTs.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+
+    /// Required `aud` claim (optional).
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim (optional).
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Cookie that may carry a subscriber's token.
+    #[arg(long, env = "HERALD_JWT_COOKIE", default_value = "herald_token")]
+    pub jwt_cookie: String,
+
+    /// Accept a subscriber's token in the `access_token` query parameter
+    /// (what a page without cookies needs; it can end up in access logs).
+    #[arg(long, env = "HERALD_JWT_QUERY_PARAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jwt_query_param: bool,
+
+    /// Static secret a publisher may send as its Bearer token instead of a
+    /// JWT with `"publish": true`.
+    #[arg(long, env = "HERALD_PUBLISH_SECRET", hide_env_values = true)]
+    pub publish_secret: Option<String>,
+
+    /// Serve without auth on a non-loopback address (otherwise herald refuses
+    /// to start there without --jwt-secret or --jwt-public-key).
+    #[arg(long, env = "HERALD_INSECURE_NO_AUTH", default_value_t = false)]
+    pub insecure_no_auth: bool,
+
+    /// Origins allowed to call herald from a browser (CORS), comma-separated,
+    /// e.g. https://app.example.com; `*` for any (only without
+    /// --cors-credentials). Empty: no CORS headers.
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Allow credentials (cookies) on cross-origin requests
+    /// (`EventSource(url, {withCredentials: true})`).
+    #[arg(long, env = "HERALD_CORS_CREDENTIALS", default_value_t = false)]
+    pub cors_credentials: bool,
+
     /// Registry shards (a power of two).
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 64)]
     pub shards: usize,
@@ -178,6 +226,14 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// CORS settings (`--cors-origins`, `--cors-credentials`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins, `*` for any; empty: no CORS headers.
+    pub origins: Vec<String>,
+    pub credentials: bool,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -195,6 +251,8 @@ pub struct Config {
     pub sse_fast_path: bool,
     /// Least time between two writes to one stream (zero: none).
     pub write_coalesce: Duration,
+    pub auth: Auth,
+    pub cors: Cors,
     pub shutdown_drain: Duration,
     pub shutdown_deadline: Duration,
     pub worker_threads: Option<usize>,
@@ -283,8 +341,18 @@ impl Cli {
             return Err(err("log", &self.log, "must not be empty"));
         }
         let kafka = self.kafka_config()?;
+        let listen = addr("listen", &self.listen)?;
+        let auth = self.auth_config()?;
+        if !auth.streams_protected() && !listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(err(
+                "listen",
+                &self.listen,
+                "is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could read any user's stream and publish. Configure a key, or pass --insecure-no-auth to serve open anyway",
+            ));
+        }
+        let cors = self.cors_config()?;
         Ok(Config {
-            listen: addr("listen", &self.listen)?,
+            listen,
             admin_listen: self
                 .admin_listen
                 .as_deref()
@@ -307,6 +375,8 @@ impl Cli {
             shards: self.shards,
             sse_fast_path: self.sse_fast_path,
             write_coalesce,
+            auth,
+            cors,
             shutdown_drain,
             shutdown_deadline,
             worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
@@ -318,6 +388,87 @@ impl Cli {
             log: self.log,
             metrics: self.metrics,
             kafka,
+        })
+    }
+
+    fn auth_config(&self) -> Result<Auth, ConfigError> {
+        let err = |flag: &'static str, value: &str, problem: String| ConfigError {
+            flag,
+            value: value.to_owned(),
+            problem,
+        };
+        let mut auth = Auth::open();
+        if self.jwt_cookie.is_empty()
+            || !self
+                .jwt_cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(err(
+                "jwt-cookie",
+                &self.jwt_cookie,
+                "must be a cookie name: letters, digits, _ - .".into(),
+            ));
+        }
+        auth.cookie = self.jwt_cookie.clone();
+        auth.query_param = self.jwt_query_param;
+        if let Some(secret) = &self.jwt_secret {
+            // Never echo a secret back.
+            auth = auth
+                .with_secret(secret.as_bytes())
+                .map_err(|e| err("jwt-secret", "(hidden)", e.0))?;
+        }
+        if let Some(path) = &self.jwt_public_key {
+            let pem = std::fs::read(path)
+                .map_err(|e| err("jwt-public-key", path, format!("cannot be read: {e}")))?;
+            auth = auth
+                .with_public_key_pem(&pem)
+                .map_err(|e| err("jwt-public-key", path, e.0))?;
+        }
+        if let Some(s) = &self.publish_secret {
+            if s.len() < 16 {
+                return Err(err(
+                    "publish-secret",
+                    "(hidden)",
+                    "must be at least 16 bytes".into(),
+                ));
+            }
+        }
+        Ok(auth
+            .with_audience(self.jwt_audience.clone())
+            .with_issuer(self.jwt_issuer.clone())
+            .with_publish_secret(self.publish_secret.as_ref().map(|s| s.as_bytes().to_vec())))
+    }
+
+    fn cors_config(&self) -> Result<Cors, ConfigError> {
+        let origins: Vec<String> = self
+            .cors_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &origins {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.contains(|c: char| c.is_whitespace() || c.is_control()));
+            if !ok {
+                return Err(ConfigError {
+                    flag: "cors-origins",
+                    value: o.clone(),
+                    problem: "expected * or an origin like https://app.example.com".into(),
+                });
+            }
+        }
+        if self.cors_credentials && origins.iter().any(|o| o == "*") {
+            return Err(ConfigError {
+                flag: "cors-origins",
+                value: "*".into(),
+                problem: "* cannot be combined with --cors-credentials (browsers refuse it); list the origins".into(),
+            });
+        }
+        Ok(Cors {
+            origins,
+            credentials: self.cors_credentials,
         })
     }
 
@@ -496,6 +647,43 @@ mod tests {
         assert_eq!(e.flag, "heartbeat-interval");
         let e = cli(&["--shards", "3"]).validate().unwrap_err();
         assert_eq!(e.flag, "shards");
+        let e = cli(&["--listen", "0.0.0.0:8080"]).validate().unwrap_err();
+        assert_eq!(e.flag, "listen");
+        assert!(e.problem.contains("--insecure-no-auth"), "{e}");
+        assert!(cli(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"])
+            .validate()
+            .is_ok());
+        let keyed = cli(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--jwt-secret",
+            "0123456789abcdef0123",
+        ])
+        .validate()
+        .unwrap();
+        assert!(keyed.auth.streams_protected() && keyed.auth.publish_protected());
+        let e = cli(&["--jwt-public-key", "/nonexistent.pem"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "jwt-public-key");
+        let e = cli(&["--jwt-public-key", "Cargo.toml"])
+            .validate()
+            .unwrap_err();
+        assert!(e.problem.contains("PEM"), "{e}");
+        let e = cli(&["--publish-secret", "short"]).validate().unwrap_err();
+        assert_eq!((e.flag, e.value.as_str()), ("publish-secret", "(hidden)"));
+        let e = cli(&["--cors-origins", "*", "--cors-credentials"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "cors-origins");
+        let e = cli(&["--cors-origins", "app.example"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "cors-origins");
+        let c = cli(&["--cors-origins", "https://a.example/, http://b.example"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.cors.origins, ["https://a.example", "http://b.example"]);
         let e = cli(&["--write-coalesce", "2s"]).validate().unwrap_err();
         assert_eq!(e.flag, "write-coalesce");
         let c = cli(&["--write-coalesce", "25ms"]).validate().unwrap();

@@ -28,8 +28,10 @@
 
 pub mod abort;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod event;
+pub mod expiry;
 pub mod fanout;
 pub mod http;
 pub mod ingest;

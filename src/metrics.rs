@@ -36,6 +36,8 @@ pub const PROCESS_MAX_FDS: &str = "herald_process_max_fds";
 pub const PROCESS_CPU: &str = "herald_process_cpu_seconds_total";
 pub const KAFKA_CONNECTED: &str = "herald_kafka_connected";
 pub const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
+pub const AUTH_DENIED: &str = "herald_auth_denied_total";
+pub const LIMITED: &str = "herald_limited_total";
 
 /// Buckets for the delivery lag: 1 ms .. 60 s.
 const LAG_BUCKETS: &[f64] = &[
@@ -85,7 +87,17 @@ fn describe_all() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: client (went away), slow (queue overflow), shutdown, limit (refused with a 503 at the connection cap)."
+        "Connections closed, by reason: client (went away), slow (queue overflow), shutdown, expired (token expired), limit (refused with a 503 at the connection cap)."
+    );
+    describe_counter!(
+        AUTH_DENIED,
+        Unit::Count,
+        "Requests refused by auth, by endpoint (subscribe, publish) and reason (missing, invalid: 401; forbidden: 403)."
+    );
+    describe_counter!(
+        LIMITED,
+        Unit::Count,
+        "Requests refused by a limit, by reason (per_user, per_ip, connect_rate, publish_rate, publish_bytes, header_timeout, write_timeout)."
     );
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Open SSE streams.");
     describe_gauge!(

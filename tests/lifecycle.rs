@@ -216,6 +216,30 @@ fn binary_rejects_bad_flags_and_drains_on_sigterm() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");
 
+    // Open (no key) on a non-loopback address: refused, saying why.
+    let out = Command::new(bin)
+        .args(["--listen", "0.0.0.0:0"])
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+    // A secret is never echoed back, even when refused.
+    let out = Command::new(bin)
+        .args(["--jwt-secret", "short-secret"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--jwt-secret") && !err.contains("short-secret"),
+        "{err}"
+    );
+
     let out = Command::new(bin).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [

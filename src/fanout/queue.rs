@@ -45,6 +45,25 @@ pub enum CloseReason {
     Slow,
     /// The server is shutting down: deliver what is queued, then end.
     Shutdown,
+    /// The stream's token expired: deliver what is queued (ending with the
+    /// `herald-token-expired` event), then end.
+    Expired,
+}
+
+impl CloseReason {
+    /// Whether queued frames are still delivered before the end.
+    pub fn delivers_queued(self) -> bool {
+        matches!(self, CloseReason::Shutdown | CloseReason::Expired)
+    }
+
+    /// Metric label for the close.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Slow => "slow",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Expired => "expired",
+        }
+    }
 }
 
 /// Outcome of a push. Not an error: a full queue is an expected event.
@@ -117,9 +136,9 @@ impl Queue {
         (Push::Queued, st.waker.take())
     }
 
-    /// Closes the queue. With [`CloseReason::Shutdown`], `last` (e.g. a
-    /// `retry:` hint) is queued first, ignoring the limits, and what is
-    /// queued is still delivered. Returns the waker to wake.
+    /// Closes the queue. With [`CloseReason::Shutdown`] or `Expired`, `last`
+    /// (e.g. a `retry:` hint) is queued first, ignoring the limits, and what
+    /// is queued is still delivered. Returns the waker to wake.
     pub fn close(&self, reason: CloseReason, last: Option<Bytes>) -> Option<Waker> {
         let mut st = self.state.lock();
         if st.closed.is_some() {

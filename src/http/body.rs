@@ -165,8 +165,8 @@ impl SseBody {
                 }
                 Poll::Ready(Some(Ok(Frame::data(batch.bytes))))
             }
-            Poll::Ready(Err(CloseReason::Shutdown)) => {
-                self.stream.ended = Some("shutdown");
+            Poll::Ready(Err(r @ (CloseReason::Shutdown | CloseReason::Expired))) => {
+                self.stream.ended = Some(r.label());
                 Poll::Ready(None)
             }
             Poll::Ready(Err(CloseReason::Slow)) => {
@@ -247,8 +247,7 @@ impl Drop for Stream {
         // An aborted (stalled) connection drops the body without polling it
         // again, so the queue is the authority on why it closed.
         let reason = match self.queue().closed() {
-            Some(CloseReason::Slow) => "slow",
-            Some(CloseReason::Shutdown) => "shutdown",
+            Some(r) => r.label(),
             None => self.ended.unwrap_or("client"),
         };
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);

@@ -55,6 +55,9 @@ pub(crate) struct Accepted {
     /// Bytes of the request head, to consume.
     head_len: usize,
     params: Params,
+    grant: crate::auth::Grant,
+    /// CORS response headers for an allowed origin.
+    cors_lines: Option<String>,
 }
 
 /// What to do with a new connection.
@@ -98,6 +101,7 @@ fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
         None => (rest, None),
     };
     let mut last_event_id = None;
+    let (mut authorization, mut cookie, mut origin) = (None, None, None);
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length")
@@ -109,6 +113,15 @@ fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
         if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = Some(h.value);
         }
+        if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value);
+        }
+        if name.eq_ignore_ascii_case("cookie") {
+            cookie = Some(h.value);
+        }
+        if name.eq_ignore_ascii_case("origin") {
+            origin = Some(h.value);
+        }
         if name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"upgrade") {
             return None;
         }
@@ -117,7 +130,31 @@ fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
         return None;
     }
     let params = subscribe::parse(rest, query, last_event_id).ok()?;
-    Some(Accepted { head_len, params })
+    // A refusal is answered (and counted) by hyper's handler.
+    let grant = state
+        .config
+        .auth
+        .subscribe(
+            params.user.as_str(),
+            &params.topics.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            crate::auth::Sources {
+                authorization,
+                cookie,
+                query: params.token.as_deref(),
+            },
+        )
+        .ok()?;
+    let cors = &state.config.cors;
+    let cors_lines = (!cors.origins.is_empty())
+        .then(|| super::cors::allowed_origin(cors, origin))
+        .flatten()
+        .map(|allow| super::cors::header_lines(cors, &allow));
+    Some(Accepted {
+        head_len,
+        params,
+        grant,
+        cors_lines,
+    })
 }
 
 /// Serves an accepted subscribe request until the stream ends.
@@ -133,12 +170,13 @@ pub(crate) async fn serve(
     stream.read_exact(&mut head).await?;
     drop(head);
 
-    let opened = subscribe::open(state, accepted.params, peer, abort);
+    let opened = subscribe::open(state, accepted.params, accepted.grant, peer, abort);
     let mut s = opened.stream;
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n{}: {}\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n{}: {}\r\n{}transfer-encoding: chunked\r\ndate: {}\r\n\r\n",
         subscribe::RESUMED_AFTER_HEADER,
         opened.after,
+        accepted.cors_lines.as_deref().unwrap_or(""),
         httpdate::fmt_http_date(SystemTime::now()),
     );
     write_all(&stream, &[response.as_bytes()]).await?;
@@ -173,8 +211,8 @@ pub(crate) async fn serve(
                     hold_until = Some(tokio::time::Instant::now() + window);
                 }
             }
-            Next::Closed(CloseReason::Shutdown) => {
-                s.ended = Some("shutdown");
+            Next::Closed(r @ (CloseReason::Shutdown | CloseReason::Expired)) => {
+                s.ended = Some(r.label());
                 write_all(&stream, &[b"0\r\n\r\n"]).await?;
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 return Ok(());

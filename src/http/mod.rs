@@ -16,6 +16,7 @@
 //! listener only health and metrics ([`Routes`]).
 
 mod body;
+pub(crate) mod cors;
 pub(crate) mod fast;
 mod health;
 pub mod publish;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub publisher: Option<Arc<Publisher>>,
     /// Kafka mode: ingest health, for readiness.
     pub ingest: Option<Arc<IngestStatus>>,
+    /// Streams to end when their token expires.
+    pub expiries: crate::expiry::Expiries,
 }
 
 /// The demo page served at `/`: subscribes with the seed page's code,
@@ -76,8 +79,30 @@ pub enum Routes {
     Admin,
 }
 
-/// Routes one request.
+/// Routes one request; adds CORS headers for allowed origins.
 pub async fn handle(
+    state: &Arc<AppState>,
+    routes: Routes,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    abort: &Arc<Abort>,
+) -> Response<Body> {
+    let cors = &state.config.cors;
+    let origin = (!cors.origins.is_empty())
+        .then(|| req.headers().get(header::ORIGIN).cloned())
+        .flatten();
+    let mut resp = route(state, routes, req, peer, abort).await;
+    if origin.is_some()
+        && !resp
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        cors::apply(cors, origin.as_ref().map(|v| v.as_bytes()), &mut resp);
+    }
+    resp
+}
+
+async fn route(
     state: &Arc<AppState>,
     routes: Routes,
     req: Request<Incoming>,
@@ -86,6 +111,15 @@ pub async fn handle(
 ) -> Response<Body> {
     let path = req.uri().path();
     let api = routes != Routes::Admin;
+    if api && cors::is_options(req.method()) {
+        let origin = req.headers().get(header::ORIGIN).map(|v| v.as_bytes());
+        if path.starts_with(subscribe::PREFIX) {
+            return cors::preflight(&state.config.cors, origin, "GET, HEAD, OPTIONS");
+        }
+        if path == publish::PATH {
+            return cors::preflight(&state.config.cors, origin, "POST, OPTIONS");
+        }
+    }
     let admin = routes != Routes::Api;
     if api {
         if let Some(rest) = path.strip_prefix(subscribe::PREFIX) {

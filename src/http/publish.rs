@@ -61,6 +61,16 @@ struct Valid {
 }
 
 pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    if let Err(denied) = state
+        .config
+        .auth
+        .publish(authorization.map(header::HeaderValue::as_bytes))
+    {
+        metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "publish", "reason" => denied.reason())
+            .increment(1);
+        return super::subscribe::denied_response(&denied);
+    }
     let result = read_and_validate(state, req).await;
     let items = match result {
         Ok(items) => items,

@@ -27,6 +27,7 @@ use percent_encoding::percent_decode_str;
 use bytes::{Bytes, BytesMut};
 
 use crate::abort::Abort;
+use crate::auth::{self, Denied, Grant, Sources};
 use crate::event::Name;
 use crate::fanout::queue::CloseReason;
 use crate::sse::{frame, EventId};
@@ -44,6 +45,8 @@ pub(crate) struct Params {
     pub(crate) user: Name,
     pub(crate) topics: Vec<Name>,
     pub(crate) resume: Option<EventId>,
+    /// The `access_token` query parameter, if any.
+    pub(crate) token: Option<String>,
 }
 
 pub(super) fn handle<B>(
@@ -75,10 +78,21 @@ pub(super) fn handle<B>(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let grant = match authorize(
+        state,
+        &params,
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        req.headers().get(header::COOKIE).map(HeaderValue::as_bytes),
+    ) {
+        Ok(g) => g,
+        Err(denied) => return denied_response(&denied),
+    };
     if req.method() == Method::HEAD {
         return resp;
     }
-    let opened = open(state, params, peer, abort);
+    let opened = open(state, params, grant, peer, abort);
     if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
         resp.headers_mut().insert(RESUMED_AFTER_HEADER, v);
     }
@@ -108,6 +122,7 @@ pub(crate) struct Opened {
 pub(crate) fn open(
     state: &Arc<AppState>,
     params: Params,
+    grant: Grant,
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Opened {
@@ -119,6 +134,9 @@ pub(crate) fn open(
         Some(abort.clone()),
         params.resume,
     );
+    if let Some(at) = grant.expires_at {
+        state.expiries.add(at, sub.subscription.subscriber());
+    }
     let retry = state.config.retry.as_millis() as u64;
     // A stream registered after the drain took its snapshot of open streams
     // would be missed by it: end it here instead (it still gets its preamble).
@@ -155,6 +173,42 @@ pub(crate) fn open(
     }
 }
 
+/// Decides whether the request may open this stream (see `auth`); counts
+/// refusals by reason.
+pub(crate) fn authorize(
+    state: &AppState,
+    params: &Params,
+    authorization: Option<&[u8]>,
+    cookie: Option<&[u8]>,
+) -> Result<Grant, Denied> {
+    let sources = Sources {
+        authorization,
+        cookie,
+        query: params.token.as_deref(),
+    };
+    let topics: Vec<&str> = params.topics.iter().map(Name::as_str).collect();
+    state
+        .config
+        .auth
+        .subscribe(params.user.as_str(), &topics, sources)
+        .inspect_err(|d| {
+            metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "subscribe", "reason" => d.reason())
+                .increment(1);
+        })
+}
+
+/// 401 (with `WWW-Authenticate`) or 403, with the reason as JSON.
+pub(crate) fn denied_response(denied: &Denied) -> Response<Body> {
+    let mut resp = json_error(denied.status(), &denied.to_string());
+    if denied.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"herald\""),
+        );
+    }
+    resp
+}
+
 /// Validates the path rest, query and headers of a subscribe request.
 pub(crate) fn parse(
     rest: &str,
@@ -171,6 +225,7 @@ pub(crate) fn parse(
 
     let mut topics = Vec::new();
     let mut query_resume = None;
+    let mut token = None;
     for (key, value) in query_pairs(query.unwrap_or("")) {
         match key.as_str() {
             "topic" => {
@@ -184,6 +239,9 @@ pub(crate) fn parse(
             "lastEventId" => {
                 let v = value.map_err(|_| "lastEventId is not valid UTF-8".to_owned())?;
                 query_resume = Some(v);
+            }
+            auth::QUERY_PARAM => {
+                token = Some(value.map_err(|_| "access_token is not valid UTF-8".to_owned())?);
             }
             _ => {}
         }
@@ -212,6 +270,7 @@ pub(crate) fn parse(
         user,
         topics,
         resume,
+        token,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct TestServer {
     pub state: Arc<AppState>,
     running: Option<Running>,
     pub http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` by the publish helpers.
+    pub publish_token: Option<String>,
 }
 
 impl TestServer {
@@ -52,6 +54,7 @@ impl TestServer {
             state: running.state.clone(),
             running: Some(running),
             http: client(),
+            publish_token: None,
         }
     }
 
@@ -94,14 +97,15 @@ impl TestServer {
     }
 
     pub async fn publish_raw(&self, body: Vec<u8>, ct: &str) -> (u16, serde_json::Value) {
-        let resp = self
+        let mut req = self
             .http
             .post(self.url("/api/publish"))
             .header("content-type", ct)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .body(body);
+        if let Some(t) = &self.publish_token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));

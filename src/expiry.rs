@@ -1,0 +1,69 @@
+//! Ends streams when their token expires.
+//!
+//! A stream opened with a JWT is entered here under its `exp`. A once-a-second
+//! task ([`Expiries::expire_due`]) queues a `herald-token-expired` event on
+//! each stream whose time has come and ends it, so the page can fetch a fresh
+//! token and reconnect. One ordered map for all streams: no timer per
+//! connection. Entries of streams that closed earlier are dropped when their
+//! time comes (they hold only a weak reference).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::fanout::queue::CloseReason;
+use crate::registry::Subscriber;
+use crate::sse::frame;
+
+/// Event type sent just before a stream is ended at its token's `exp`.
+pub const EXPIRED_EVENT: &str = "herald-token-expired";
+
+/// Streams by expiry time.
+#[derive(Debug, Default)]
+pub struct Expiries {
+    next: AtomicU64,
+    due: Mutex<BTreeMap<(u64, u64), Weak<Subscriber>>>,
+}
+
+impl Expiries {
+    /// Ends `sub` at `at` (seconds since the epoch).
+    pub fn add(&self, at: u64, sub: &Arc<Subscriber>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.due.lock().insert((at, n), Arc::downgrade(sub));
+    }
+
+    /// Ends every stream whose token expired at or before `now`; returns how
+    /// many were still open.
+    pub fn expire_due(&self, now: u64) -> usize {
+        let due = {
+            let mut map = self.due.lock();
+            let later = map.split_off(&(now + 1, 0));
+            std::mem::replace(&mut *map, later)
+        };
+        let mut ended = 0;
+        for ((exp, _), sub) in due {
+            let Some(sub) = sub.upgrade() else { continue };
+            let data = serde_json::json!({ "reason": "token-expired", "exp": exp }).to_string();
+            let last = frame::FrameBuilder::new(data.len())
+                .event(Some(EXPIRED_EVENT))
+                .data(&data)
+                .finish();
+            if let Some(w) = sub.queue.close(CloseReason::Expired, Some(last)) {
+                w.wake();
+            }
+            ended += 1;
+        }
+        ended
+    }
+
+    /// Streams waiting for their expiry (including closed ones not yet due).
+    pub fn len(&self) -> usize {
+        self.due.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
