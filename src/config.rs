@@ -145,6 +145,15 @@ pub struct Cli {
     #[arg(long, env = "HERALD_CORS_CREDENTIALS", default_value_t = false)]
     pub cors_credentials: bool,
 
+    /// PEM certificate chain: serve HTTPS (ALPN h2 and http/1.1). Needs
+    /// --tls-key.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<String>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<String>,
+
     /// Registry shards (a power of two).
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 64)]
     pub shards: usize,
@@ -253,6 +262,8 @@ pub struct Config {
     pub write_coalesce: Duration,
     pub auth: Auth,
     pub cors: Cors,
+    /// `--tls-cert`/`--tls-key` loaded (None: plain TCP).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub shutdown_drain: Duration,
     pub shutdown_deadline: Duration,
     pub worker_threads: Option<usize>,
@@ -351,6 +362,13 @@ impl Cli {
             ));
         }
         let cors = self.cors_config()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::load(c, k).map_err(|(flag, problem)| {
+                let value = if flag == "tls-cert" { c } else { k };
+                err(flag, value, &problem)
+            })?),
+            _ => None,
+        };
         Ok(Config {
             listen,
             admin_listen: self
@@ -377,6 +395,7 @@ impl Cli {
             write_coalesce,
             auth,
             cors,
+            tls,
             shutdown_drain,
             shutdown_deadline,
             worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
@@ -684,6 +703,29 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(c.cors.origins, ["https://a.example", "http://b.example"]);
+        let e = cli(&["--tls-cert", "Cargo.toml", "--tls-key", "Cargo.toml"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "tls-cert");
+        let e = cli(&[
+            "--tls-cert",
+            "tests/keys/tls-cert.pem",
+            "--tls-key",
+            "tests/keys/ec-private.pem",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.flag, "tls-key");
+        assert!(cli(&[
+            "--tls-cert",
+            "tests/keys/tls-cert.pem",
+            "--tls-key",
+            "tests/keys/tls-key.pem"
+        ])
+        .validate()
+        .unwrap()
+        .tls
+        .is_some());
         let e = cli(&["--write-coalesce", "2s"]).validate().unwrap_err();
         assert_eq!(e.flag, "write-coalesce");
         let c = cli(&["--write-coalesce", "25ms"]).validate().unwrap();

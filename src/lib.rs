@@ -42,6 +42,7 @@ pub mod replay;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+pub mod tls;
 
 pub use app::{run, start, Running};
 pub use config::{Cli, Config, ConfigError};

@@ -147,6 +147,29 @@ async fn connection(
     serve: &Serve,
 ) {
     let abort = Abort::new();
+    if let Some(tls) = serve
+        .state
+        .config
+        .tls
+        .as_ref()
+        .filter(|_| serve.routes != Routes::Admin)
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+        let handshake = tokio::time::timeout(FIRST_BYTES_TIMEOUT, acceptor.accept(stream));
+        let tls_stream = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            },
+            _ = serve.graceful.cancelled() => return,
+        };
+        Box::pin(serve_connection(builder, tls_stream, peer, serve, abort)).await;
+        return;
+    }
     let route = if serve.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
             r = fast::classify(&stream, &serve.state, FIRST_BYTES_TIMEOUT) => r,
@@ -170,13 +193,15 @@ async fn connection(
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: I,
     peer: SocketAddr,
     serve: &Serve,
     abort: Arc<Abort>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let state = serve.state.clone();
     let routes = serve.routes;
     let conn_abort = abort.clone();

@@ -1,0 +1,34 @@
+//! TLS (`--tls-cert`, `--tls-key`): rustls with the ring provider, ALPN
+//! offering h2 then http/1.1, so a browser multiplexes its `EventSource`s
+//! over one HTTP/2 connection instead of hitting the six-per-origin limit of
+//! HTTP/1.1. TLS connections are served by hyper (the HTTP/1.1 fast path is
+//! for plain TCP).
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Loads a certificate chain and its private key (PEM files) into a server
+/// configuration. The error names what is wrong, not the key's contents.
+pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| ("tls-cert", format!("cannot be read as PEM: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("tls-cert", format!("holds an invalid certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(("tls-cert", "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| ("tls-key", format!("holds no usable private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("tls-cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ("tls-key", format!("does not match the certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
