@@ -111,6 +111,15 @@ pub async fn start_on(
         publisher,
         ingest: ingest.as_ref().map(|i| i.status().clone()),
         expiries: crate::expiry::Expiries::default(),
+        per_ip: Arc::new(crate::guard::PerIp::new(config.limits.connections_per_ip)),
+        connect_rate: (config.limits.connect_rate > 0.0).then(|| {
+            let r = config.limits.connect_rate;
+            crate::guard::Bucket::new(r, r.max(1.0))
+        }),
+        publishers: crate::guard::Publishers::new(
+            config.limits.publish_rate,
+            config.limits.publish_bytes_rate,
+        ),
     });
 
     let stop = CancellationToken::new();

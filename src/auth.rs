@@ -220,17 +220,19 @@ impl Auth {
         })
     }
 
-    /// Decides a publish request from its `Authorization` header.
-    pub fn publish(&self, authorization: Option<&[u8]>) -> Result<(), Denied> {
+    /// Decides a publish request from its `Authorization` header. Returns
+    /// who is publishing (the token's `sub`, or `publisher-secret`) for the
+    /// per-publisher limits; `None` when publishing is open.
+    pub fn publish(&self, authorization: Option<&[u8]>) -> Result<Option<String>, Denied> {
         if !self.publish_protected() {
-            return Ok(());
+            return Ok(None);
         }
         let token = bearer(authorization).ok_or(Denied::Missing(
             "publishing needs Authorization: Bearer <token>",
         ))?;
         if let Some(secret) = &self.publish_secret {
             if constant_time_eq(token.as_bytes(), secret) {
-                return Ok(());
+                return Ok(Some("publisher-secret".into()));
             }
             if self.keys.is_empty() {
                 return Err(Denied::Invalid("not the publisher secret".into()));
@@ -238,7 +240,10 @@ impl Auth {
         }
         let claims = self.decode(token)?;
         if claims.publish == Some(true) {
-            Ok(())
+            Ok(Some(format!(
+                "sub:{}",
+                claims.sub.as_deref().unwrap_or("(none)")
+            )))
         } else {
             Err(Denied::Forbidden(
                 "the token does not carry \"publish\": true".into(),

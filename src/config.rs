@@ -154,6 +154,44 @@ pub struct Cli {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<String>,
 
+    /// Most open streams per user (0 = no limit); past it a 429.
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_USER", default_value_t = 0)]
+    pub max_streams_per_user: usize,
+
+    /// Most open connections per client address (0 = no limit); past it a
+    /// 429. Behind a proxy every client shares its address.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Most new connections per second for the node (0 = no limit); past it
+    /// a 503 with Retry-After. Smooths reconnect storms.
+    #[arg(long, env = "HERALD_MAX_CONNECT_RATE", default_value_t = 0.0)]
+    pub max_connect_rate: f64,
+
+    /// Most publish requests per second per publisher (token subject, the
+    /// publisher secret, or the client address when publishing is open);
+    /// 0 = no limit. Past it a 429 with Retry-After.
+    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value_t = 0.0)]
+    pub publish_rate: f64,
+
+    /// Most publish body bytes per second per publisher (0 = no limit).
+    #[arg(long, env = "HERALD_PUBLISH_BYTES_RATE", default_value_t = 0.0)]
+    pub publish_bytes_rate: f64,
+
+    /// Longest wait for a request's head (slowloris): the connection is
+    /// closed after it.
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+
+    /// Largest request head in bytes (at least 8192); past it a 431.
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// A write that waits this long on a peer that reads nothing closes the
+    /// connection (0ms = never).
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s")]
+    pub write_timeout: String,
+
     /// Registry shards (a power of two).
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 64)]
     pub shards: usize,
@@ -262,6 +300,7 @@ pub struct Config {
     pub write_coalesce: Duration,
     pub auth: Auth,
     pub cors: Cors,
+    pub limits: crate::guard::Limits,
     /// `--tls-cert`/`--tls-key` loaded (None: plain TCP).
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub shutdown_drain: Duration,
@@ -362,6 +401,34 @@ impl Cli {
             ));
         }
         let cors = self.cors_config()?;
+        let rate = |flag: &'static str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(err(flag, &v, "must be a number, 0 or more"))
+            }
+        };
+        if self.max_header_bytes < 8192 || self.max_header_bytes > 1 << 20 {
+            return Err(err(
+                "max-header-bytes",
+                &self.max_header_bytes,
+                "must be between 8192 and 1048576",
+            ));
+        }
+        let limits = crate::guard::Limits {
+            streams_per_user: self.max_streams_per_user,
+            connections_per_ip: self.max_connections_per_ip,
+            connect_rate: rate("max-connect-rate", self.max_connect_rate)?,
+            publish_rate: rate("publish-rate", self.publish_rate)?,
+            publish_bytes_rate: rate("publish-bytes-rate", self.publish_bytes_rate)?,
+            header_read_timeout: duration_at_least(
+                "header-read-timeout",
+                &self.header_read_timeout,
+                100,
+            )?,
+            max_header_bytes: self.max_header_bytes,
+            write_timeout: dur("write-timeout", &self.write_timeout)?,
+        };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => Some(crate::tls::load(c, k).map_err(|(flag, problem)| {
                 let value = if flag == "tls-cert" { c } else { k };
@@ -395,6 +462,7 @@ impl Cli {
             write_coalesce,
             auth,
             cors,
+            limits,
             tls,
             shutdown_drain,
             shutdown_deadline,

@@ -33,6 +33,7 @@ pub mod config;
 pub mod event;
 pub mod expiry;
 pub mod fanout;
+pub mod guard;
 pub mod http;
 pub mod ingest;
 pub mod limits;
@@ -42,6 +43,7 @@ pub mod replay;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+pub mod timed_io;
 pub mod tls;
 
 pub use app::{run, start, Running};

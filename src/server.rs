@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::abort::{Abort, Abortable, Aborted};
+use crate::guard;
 use crate::http::fast::{self, Route};
 use crate::http::{self, AppState, Routes};
 
@@ -76,9 +77,18 @@ pub(crate) struct Serve {
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
+    let limits = serve.state.config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     let mut backoff = BACKOFF_MIN;
@@ -107,6 +117,27 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Admission limits (API listeners only): connect rate, then per
+        // client address.
+        let mut ip_slot = None;
+        if serve.routes != Routes::Admin {
+            if let Some(bucket) = &serve.state.connect_rate {
+                if let Err(wait) = bucket.take(1.0) {
+                    guard::count("connect_rate");
+                    refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
+                    continue;
+                }
+            }
+            match serve.state.per_ip.acquire(peer.ip()) {
+                Some(slot) => ip_slot = slot,
+                None => {
+                    guard::count("per_ip");
+                    let max = serve.state.config.limits.connections_per_ip;
+                    refuse_later(&rejecting, stream, Refusal::per_ip(max));
+                    continue;
+                }
+            }
+        }
         match serve.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let serve = serve.clone();
@@ -118,6 +149,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
                 tokio::spawn(
                     async move {
                         let _permit = permit;
+                        let _ip_slot = ip_slot;
                         connection(&builder, stream, peer, &serve).await;
                         drop(serve.tracker);
                     }
@@ -126,13 +158,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
             }
             Err(_) => {
                 serve.state.rejected.increment(1);
-                if let Ok(p) = rejecting.clone().try_acquire_owned() {
-                    let cap = serve.max_connections;
-                    tokio::spawn(async move {
-                        let _p = p;
-                        reject(stream, cap).await;
-                    });
-                }
+                refuse_later(&rejecting, stream, Refusal::cap(serve.max_connections));
             }
         }
     }
@@ -172,7 +198,7 @@ async fn connection(
     }
     let route = if serve.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
-            r = fast::classify(&stream, &serve.state, FIRST_BYTES_TIMEOUT) => r,
+            r = fast::classify(&stream, &serve.state, serve.state.config.limits.header_read_timeout) => r,
             _ = serve.graceful.cancelled() => Route::Close,
         }
     } else {
@@ -210,7 +236,8 @@ async fn serve_connection<I>(
         let abort = conn_abort.clone();
         async move { Ok::<_, Infallible>(http::handle(&state, routes, req, peer, &abort).await) }
     });
-    let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(stream), svc), abort);
+    let io = crate::timed_io::TimedIo::new(stream, serve.state.config.limits.write_timeout);
+    let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(io), svc), abort);
     let result = tokio::select! {
         r = &mut conn => r,
         _ = serve.graceful.cancelled() => {
@@ -220,19 +247,76 @@ async fn serve_connection<I>(
     };
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+        Ok(Err(error)) => {
+            if let Some(e) = error.downcast_ref::<hyper::Error>() {
+                if e.is_timeout() {
+                    guard::count("header_timeout");
+                } else if e.is_parse_too_large() {
+                    guard::count("header_too_large");
+                }
+            }
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
         Err(Aborted) => tracing::debug!(%peer, "connection aborted (slow client)"),
     }
 }
 
-/// Answers an over-cap connection with a 503 and closes it. Reads the request
-/// first (briefly) so the close does not reset the response away.
-async fn reject(mut stream: TcpStream, cap: u64) {
-    let body = format!(
-        "herald is at its connection limit ({cap} connections); retry shortly or connect to another node\n"
-    );
+/// A connection refused before HTTP: its status line, message and
+/// `Retry-After`.
+#[derive(Debug)]
+struct Refusal {
+    status: &'static str,
+    body: String,
+    retry_after: u64,
+}
+
+impl Refusal {
+    fn cap(cap: u64) -> Self {
+        Self {
+            status: "503 Service Unavailable",
+            body: format!("herald is at its connection limit ({cap} connections); retry shortly or connect to another node\n"),
+            retry_after: 1,
+        }
+    }
+
+    fn connect_rate(wait: Duration) -> Self {
+        Self {
+            status: "503 Service Unavailable",
+            body: "herald is accepting new connections at its limited rate (--max-connect-rate); retry shortly\n".into(),
+            retry_after: guard::retry_after_secs(wait),
+        }
+    }
+
+    fn per_ip(max: usize) -> Self {
+        Self {
+            status: "429 Too Many Requests",
+            body: format!("this address already holds {max} connections (--max-connections-per-ip); close some first\n"),
+            retry_after: 5,
+        }
+    }
+}
+
+/// Answers a refused connection in its own task, at most `MAX_REJECTING` at
+/// once (beyond that it is just closed).
+fn refuse_later(rejecting: &Arc<Semaphore>, stream: TcpStream, why: Refusal) {
+    if let Ok(p) = rejecting.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            let _p = p;
+            refuse(stream, why).await;
+        });
+    }
+}
+
+/// Answers a refused connection and closes it. Reads the request first
+/// (briefly) so the close does not reset the response away.
+async fn refuse(mut stream: TcpStream, why: Refusal) {
+    let Refusal {
+        status,
+        body,
+        retry_after,
+    } = why;
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let mut buf = [0u8; 2048];

@@ -138,6 +138,14 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
             "/api/sse/subscribe/u?lastEventId=%27%3B%20DROP",
             "Last-Event-ID",
         ),
+        // CRLF and NUL injection into the id, the user and topics.
+        (
+            "/api/sse/subscribe/u?lastEventId=1-1%0D%0Adata:%20x",
+            "Last-Event-ID",
+        ),
+        ("/api/sse/subscribe/a%0D%0Aevent:%20x", "control character"),
+        ("/api/sse/subscribe/a%00b", "control character"),
+        ("/api/sse/subscribe/u?topic=a%0D%0Ab", "control character"),
     ] {
         let (s, _, body) = server.get(path).await;
         assert_eq!(s, 400, "{path}: {body}");
@@ -162,6 +170,36 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
         .raw(b"GET /api/sse/subscribe/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Overlong user id, thousands of topic= parameters, an overlong path.
+    let (st, _, body) = server
+        .get(&format!("/api/sse/subscribe/{}", "u".repeat(2000)))
+        .await;
+    assert_eq!(st, 400, "{body}");
+    let many = vec!["topic=t"; 1500].join("&");
+    let (st, _, body) = server.get(&format!("/api/sse/subscribe/u?{many}")).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("at most"), "{body}");
+    // Past --max-header-bytes the head itself is refused.
+    let many = vec!["topic=t"; 5000].join("&");
+    let (st, _, _) = server.get(&format!("/api/sse/subscribe/u?{many}")).await;
+    assert_eq!(st, 431);
+    let long_path = format!(
+        "GET /{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "p".repeat(60_000)
+    );
+    let reply = server.raw(long_path.as_bytes()).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 431")
+            || reply.starts_with("HTTP/1.1 414")
+            || reply.starts_with("HTTP/1.1 400"),
+        "{}",
+        &reply[..reply.len().min(100)]
+    );
+    // A response-splitting attempt in a published event name and id field.
+    let (st, reply) = server
+        .publish(json!({"user": "w", "event": "x\r\nid: 9", "data": 1}))
+        .await;
+    assert_eq!(st, 400, "{reply}");
     // Garbage instead of HTTP.
     let reply = server.raw(b"\x16\x03\x01\x00\xa5hello\r\n\r\n").await;
     assert!(

@@ -130,6 +130,9 @@ fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
         return None;
     }
     let params = subscribe::parse(rest, query, last_event_id).ok()?;
+    if subscribe::over_user_limit(state, &params.user) {
+        return None;
+    }
     // A refusal is answered (and counted) by hyper's handler.
     let grant = state
         .config
@@ -179,11 +182,12 @@ pub(crate) async fn serve(
         accepted.cors_lines.as_deref().unwrap_or(""),
         httpdate::fmt_http_date(SystemTime::now()),
     );
-    write_all(&stream, &[response.as_bytes()]).await?;
-    write_chunk(&stream, &opened.head).await?;
+    let wt = state.config.limits.write_timeout;
+    write_all(&stream, &[response.as_bytes()], wt).await?;
+    write_chunk(&stream, &opened.head, wt).await?;
     let replayed = opened.replay.len();
     for f in opened.replay {
-        write_chunk(&stream, &f).await?;
+        write_chunk(&stream, &f, wt).await?;
     }
     s.account(replayed, 0);
 
@@ -205,7 +209,7 @@ pub(crate) async fn serve(
         }
         match poll_fn(|cx| poll_next(&stream, &s, &mut scratch, cx)).await {
             Next::Batch(batch) => {
-                write_chunk(&stream, &batch.bytes).await?;
+                write_chunk(&stream, &batch.bytes, wt).await?;
                 s.account(batch.events, batch.oldest_us);
                 if !window.is_zero() {
                     hold_until = Some(tokio::time::Instant::now() + window);
@@ -213,7 +217,7 @@ pub(crate) async fn serve(
             }
             Next::Closed(r @ (CloseReason::Shutdown | CloseReason::Expired)) => {
                 s.ended = Some(r.label());
-                write_all(&stream, &[b"0\r\n\r\n"]).await?;
+                write_all(&stream, &[b"0\r\n\r\n"], wt).await?;
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 return Ok(());
             }
@@ -285,13 +289,13 @@ fn poll_client_gone(stream: &TcpStream, scratch: &mut [u8], cx: &mut Context<'_>
 }
 
 /// Writes one chunk of the chunked encoding: size line, data, CRLF.
-async fn write_chunk(stream: &TcpStream, data: &Bytes) -> io::Result<()> {
+async fn write_chunk(stream: &TcpStream, data: &Bytes, wt: Duration) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
     let mut size = [0u8; 18];
     let len = chunk_size_line(data.len(), &mut size);
-    write_all(stream, &[&size[..len], data, b"\r\n"]).await
+    write_all(stream, &[&size[..len], data, b"\r\n"], wt).await
 }
 
 /// `{len:x}\r\n` into `out`; returns its length.
@@ -307,7 +311,9 @@ fn chunk_size_line(n: usize, out: &mut [u8; 18]) -> usize {
 }
 
 /// Writes all of `parts` with vectored writes, resuming after short writes.
-async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+/// Waiting longer than `wt` (non-zero) for the socket to take more fails with
+/// `TimedOut` (`--write-timeout`).
+async fn write_all(stream: &TcpStream, parts: &[&[u8]], wt: Duration) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
@@ -332,7 +338,19 @@ async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
         match stream.try_write_vectored(&slices[..k]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if wt.is_zero() {
+                    stream.writable().await?;
+                } else if tokio::time::timeout(wt, stream.writable()).await.is_err() {
+                    crate::guard::count("write_timeout");
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "write timed out: the peer is not reading (--write-timeout)",
+                    ));
+                } else {
+                    // Writable again (or an error the next write reports).
+                }
+            }
             Err(e) => return Err(e),
         }
     }

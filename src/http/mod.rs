@@ -62,6 +62,12 @@ pub struct AppState {
     pub ingest: Option<Arc<IngestStatus>>,
     /// Streams to end when their token expires.
     pub expiries: crate::expiry::Expiries,
+    /// Open connections per client address (`--max-connections-per-ip`).
+    pub per_ip: Arc<crate::guard::PerIp>,
+    /// New connections per second (`--max-connect-rate`).
+    pub connect_rate: Option<crate::guard::Bucket>,
+    /// Per-publisher request and byte rates.
+    pub publishers: crate::guard::Publishers,
 }
 
 /// The demo page served at `/`: subscribes with the seed page's code,
@@ -143,7 +149,7 @@ async fn route(
             if req.method() != Method::POST {
                 return method_not_allowed(req.method(), "POST");
             }
-            return publish::handle(state, req).await;
+            return publish::handle(state, req, peer).await;
         }
     }
     if admin {

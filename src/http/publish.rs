@@ -60,16 +60,32 @@ struct Valid {
     data: String,
 }
 
-pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn handle(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let authorization = req.headers().get(header::AUTHORIZATION);
-    if let Err(denied) = state
+    let who = match state
         .config
         .auth
         .publish(authorization.map(header::HeaderValue::as_bytes))
     {
-        metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "publish", "reason" => denied.reason())
-            .increment(1);
-        return super::subscribe::denied_response(&denied);
+        Ok(who) => who,
+        Err(denied) => {
+            metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "publish", "reason" => denied.reason())
+                .increment(1);
+            return super::subscribe::denied_response(&denied);
+        }
+    };
+    let publishers = &state.publishers;
+    let who = who.unwrap_or_else(|| format!("ip:{}", peer.ip()));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Err(refused) = publishers.charge(&who, declared.unwrap_or(0)) {
+        return limited(refused);
     }
     let result = read_and_validate(state, req).await;
     let items = match result {
@@ -79,6 +95,12 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
             return json_error(status, &msg);
         }
     };
+    if declared.is_none() && publishers.enabled() {
+        // No content-length: charge the bytes that came (no request).
+        if let Err(refused) = publishers.charge_bytes(&who, items.2) {
+            return limited(refused);
+        }
+    }
     let batch = items.1;
     let items = items.0;
     if let Some(publisher) = &state.publisher {
@@ -121,6 +143,24 @@ pub(super) async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     reply(&ids, batch)
 }
 
+/// 429 with `Retry-After`, counted by reason.
+fn limited(refused: crate::guard::Refused) -> Response<Body> {
+    crate::guard::count(refused.reason);
+    let secs = crate::guard::retry_after_secs(refused.retry_after);
+    let what = if refused.reason == "publish_rate" {
+        "publish requests per second (--publish-rate)"
+    } else {
+        "publish bytes per second (--publish-bytes-rate)"
+    };
+    let mut resp = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("this publisher is over its limit of {what}; retry in {secs} s"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    resp
+}
+
 fn reply(ids: &[crate::sse::EventId], batch: bool) -> Response<Body> {
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     let body = if batch {
@@ -140,7 +180,7 @@ type Reject = (StatusCode, String);
 async fn read_and_validate(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<(Vec<Valid>, bool), Reject> {
+) -> Result<(Vec<Valid>, bool, usize), Reject> {
     let max = state.config.publish_max_body;
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
@@ -177,7 +217,8 @@ async fn read_and_validate(
             ));
         }
     };
-    parse(&body).map_err(|m| (StatusCode::BAD_REQUEST, m))
+    let (items, batch) = parse(&body).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    Ok((items, batch, body.len()))
 }
 
 /// Parses and validates a publish body; `bool` is whether it was a batch.

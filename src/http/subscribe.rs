@@ -89,6 +89,17 @@ pub(super) fn handle<B>(
         Ok(g) => g,
         Err(denied) => return denied_response(&denied),
     };
+    if over_user_limit(state, &params.user) {
+        crate::guard::count("per_user");
+        let max = state.config.limits.streams_per_user;
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
     if req.method() == Method::HEAD {
         return resp;
     }
@@ -195,6 +206,12 @@ pub(crate) fn authorize(
             metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "subscribe", "reason" => d.reason())
                 .increment(1);
         })
+}
+
+/// Whether `user` already holds `--max-streams-per-user` streams.
+pub(crate) fn over_user_limit(state: &AppState, user: &Name) -> bool {
+    let max = state.config.limits.streams_per_user;
+    max > 0 && state.fanout.registry().user_streams(user) >= max
 }
 
 /// 401 (with `WWW-Authenticate`) or 403, with the reason as JSON.

@@ -96,6 +96,16 @@ impl Registry {
         Subscription::new(sub, self.clone())
     }
 
+    /// Open streams of `user`.
+    pub fn user_streams(&self, user: &Name) -> usize {
+        self.shard(user)
+            .inner
+            .lock()
+            .users
+            .get(user)
+            .map_or(0, Vec::len)
+    }
+
     pub(crate) fn remove(&self, sub: &Subscriber) {
         self.retired_delivered
             .fetch_add(sub.delivered.load(Ordering::Relaxed), Ordering::Relaxed);

@@ -1,0 +1,285 @@
+//! Admission limits: per client address, per user, new connections per
+//! second, publish requests and bytes per second per publisher. Each refusal
+//! answers 429 or 503 with `Retry-After` and is counted in
+//! `herald_limited_total{reason}`. All are off (0) unless configured, except
+//! the header and write timeouts (see `config`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::metrics as m;
+
+/// Configured limits (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub streams_per_user: usize,
+    pub connections_per_ip: usize,
+    /// New connections per second, whole node.
+    pub connect_rate: f64,
+    /// Publish requests per second per publisher.
+    pub publish_rate: f64,
+    /// Publish body bytes per second per publisher.
+    pub publish_bytes_rate: f64,
+    /// Longest wait for a request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Longest a write may wait on a peer that does not read (0: none).
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_user: 0,
+            connections_per_ip: 0,
+            connect_rate: 0.0,
+            publish_rate: 0.0,
+            publish_bytes_rate: 0.0,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counts a refusal.
+pub fn count(reason: &'static str) {
+    metrics::counter!(m::LIMITED, "reason" => reason).increment(1);
+}
+
+/// A token bucket: `rate` per second, bursts up to `burst`.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until they would be there.
+    pub fn take(&self, n: f64) -> Result<(), Duration> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let (tokens, last) = *st;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        // A request larger than the burst may go once the bucket is full.
+        let need = n.min(self.burst);
+        if tokens >= need {
+            *st = (tokens - n, now);
+            Ok(())
+        } else {
+            *st = (tokens, now);
+            Err(Duration::from_secs_f64((need - tokens) / self.rate))
+        }
+    }
+}
+
+/// Open connections per client address.
+#[derive(Debug, Default)]
+pub struct PerIp {
+    max: usize,
+    shards: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+}
+
+/// Held by a connection; gives its slot back on drop.
+#[derive(Debug)]
+pub struct IpSlot {
+    owner: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+        let h = match ip {
+            IpAddr::V4(v) => u32::from(*v) as usize,
+            IpAddr::V6(v) => u128::from(*v) as usize,
+        };
+        &self.shards[h.wrapping_mul(0x9E37_79B9) >> 7 & 15]
+    }
+
+    /// A slot for `ip`, or `None` when it holds `max` connections already.
+    /// Always a slot when there is no limit.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
+        if self.max == 0 {
+            return Some(None);
+        }
+        let mut map = self.shard(&ip).lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Some(IpSlot {
+            owner: self.clone(),
+            ip,
+        }))
+    }
+
+    /// Connections open from `ip`.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.shard(&ip).lock().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.owner.shard(&self.ip).lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Request and byte buckets per publisher (token subject, the secret, or
+/// the client address).
+#[derive(Debug, Default)]
+pub struct Publishers {
+    limits: Option<(f64, f64)>,
+    map: Mutex<HashMap<String, Arc<PublisherBuckets>>>,
+}
+
+/// One publisher's request and byte buckets (each when configured).
+type PublisherBuckets = (Option<Bucket>, Option<Bucket>);
+
+/// Why a publish was refused, and when to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub retry_after: Duration,
+}
+
+/// Most publishers tracked before idle ones are forgotten.
+const MAX_PUBLISHERS: usize = 10_000;
+
+impl Publishers {
+    pub fn new(requests_per_s: f64, bytes_per_s: f64) -> Self {
+        let on = requests_per_s > 0.0 || bytes_per_s > 0.0;
+        Self {
+            limits: on.then_some((requests_per_s, bytes_per_s)),
+            map: Mutex::default(),
+        }
+    }
+
+    /// Whether any publish limit is set.
+    pub fn enabled(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    /// Charges one request of `bytes` to `who`.
+    pub fn charge(&self, who: &str, bytes: usize) -> Result<(), Refused> {
+        self.charge_parts(who, 1.0, bytes)
+    }
+
+    /// Charges `bytes` only (a body whose length was not declared).
+    pub fn charge_bytes(&self, who: &str, bytes: usize) -> Result<(), Refused> {
+        self.charge_parts(who, 0.0, bytes)
+    }
+
+    fn charge_parts(&self, who: &str, requests: f64, bytes: usize) -> Result<(), Refused> {
+        let Some((rps, bps)) = self.limits else {
+            return Ok(());
+        };
+        let buckets = {
+            let mut map = self.map.lock();
+            if map.len() >= MAX_PUBLISHERS && !map.contains_key(who) {
+                // Forget publishers nobody else holds (they start afresh,
+                // with a full burst: a bounded leniency, not a bypass of the
+                // per-second rate).
+                map.retain(|_, b| Arc::strong_count(b) > 1);
+                if map.len() >= MAX_PUBLISHERS {
+                    map.clear();
+                }
+            }
+            map.entry(who.to_owned())
+                .or_insert_with(|| {
+                    Arc::new((
+                        (rps > 0.0).then(|| Bucket::new(rps, rps.max(1.0))),
+                        (bps > 0.0).then(|| Bucket::new(bps, bps.max(1.0))),
+                    ))
+                })
+                .clone()
+        };
+        if let Some(b) = buckets.0.as_ref().filter(|_| requests > 0.0) {
+            b.take(requests).map_err(|wait| Refused {
+                reason: "publish_rate",
+                retry_after: wait,
+            })?;
+        }
+        if let Some(b) = buckets.1.as_ref().filter(|_| bytes > 0) {
+            b.take(bytes as f64).map_err(|wait| Refused {
+                reason: "publish_bytes",
+                retry_after: wait,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whole seconds for `Retry-After` (at least 1).
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refuses_past_the_burst_and_says_when() {
+        let b = Bucket::new(10.0, 2.0);
+        assert!(b.take(1.0).is_ok());
+        assert!(b.take(1.0).is_ok());
+        let wait = b.take(1.0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn per_ip_slots_are_returned() {
+        let p = Arc::new(PerIp::new(2));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let a = p.acquire(ip).unwrap();
+        let _b = p.acquire(ip).unwrap();
+        assert!(p.acquire(ip).is_none());
+        drop(a);
+        assert_eq!(p.open(ip), 1);
+        assert!(p.acquire(ip).is_some());
+        assert!(Arc::new(PerIp::new(0)).acquire(ip).unwrap().is_none());
+    }
+
+    #[test]
+    fn publishers_are_charged_separately() {
+        let p = Publishers::new(1.0, 0.0);
+        assert!(p.charge("a", 10).is_ok());
+        assert_eq!(p.charge("a", 10).unwrap_err().reason, "publish_rate");
+        assert!(p.charge("b", 10).is_ok());
+        let bytes = Publishers::new(0.0, 100.0);
+        assert!(bytes.charge("a", 100).is_ok());
+        assert_eq!(bytes.charge("a", 50).unwrap_err().reason, "publish_bytes");
+    }
+}

@@ -1,0 +1,141 @@
+//! A write timeout for connections served by hyper (`--write-timeout`).
+//!
+//! hyper has no write timeout, so a stream to a peer that stopped reading
+//! (gone without a FIN, or stalled) would hold its socket until TCP gives up,
+//! which can take many minutes. [`TimedIo`] arms a timer when a write cannot
+//! proceed and fails the write with `TimedOut` if nothing moved before it
+//! fires; any progress disarms it. Reads are passed through. The timer is
+//! allocated on the first stalled write only.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// `I` with a write timeout.
+#[derive(Debug)]
+pub struct TimedIo<I> {
+    inner: I,
+    timeout: Duration,
+    /// Armed while a write is stalled.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<I> TimedIo<I> {
+    /// `timeout` zero: no timeout.
+    pub fn new(inner: I, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Called when a write made no progress: arms the timer if needed and
+    /// tells whether it has fired.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        if !self.armed {
+            let at = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        crate::guard::count("write_timeout");
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "write timed out: the peer is not reading (--write-timeout)",
+        )
+    }
+}
+
+use std::future::Future;
+
+impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    return Poll::Ready(Err(Self::timed_out()));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    return Poll::Ready(Err(Self::timed_out()));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    return Poll::Ready(Err(Self::timed_out()));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

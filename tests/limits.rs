@@ -1,0 +1,258 @@
+//! Each admission limit tripped: the status code and `Retry-After` the
+//! client sees, the `herald_limited_total{reason}` counter, and the server
+//! still serving everyone else afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{metric, SseClient, TestServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Counters are process-wide; tests compare before and after. Read from the
+/// recorder directly: a scrape would itself be a (limited) connection.
+async fn limited(s: &TestServer, reason: &str) -> f64 {
+    let page = s.state.metrics.as_ref().unwrap().render();
+    metric(
+        &page,
+        "herald_limited_total",
+        Some(&format!("reason=\"{reason}\"")),
+    )
+}
+
+/// Reads what the server sends until it closes (or `WAIT`).
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn still_serves(s: &TestServer) {
+    let mut c = s.subscribe("someone-else").await;
+    s.publish_ok(json!({"user": "someone-else", "data": "ok"}))
+        .await;
+    assert_eq!(c.next().await.data, r#""ok""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_user() {
+    let s = TestServer::with(|c| c.limits.streams_per_user = 2).await;
+    let before = limited(&s, "per_user").await;
+    let a = s.subscribe("u").await;
+    let _b = s.subscribe("u").await;
+    let third = s
+        .http
+        .get(s.url("/api/sse/subscribe/u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "5");
+    assert!(third
+        .text()
+        .await
+        .unwrap()
+        .contains("--max-streams-per-user"));
+    assert!(limited(&s, "per_user").await > before);
+    drop(a);
+    s.wait_connections(1).await;
+    let _c = s.subscribe("u").await;
+    still_serves(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip() {
+    let s = TestServer::with(|c| c.limits.connections_per_ip = 3).await;
+    let before = limited(&s, "per_ip").await;
+    let src = "127.0.0.7".parse().unwrap();
+    let connect = || async move {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        let mut c = sock.connect(s.addr).await.unwrap();
+        c.write_all(b"GET /api/sse/subscribe/ip HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        c
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect().await);
+    }
+    s.wait_connections(3).await;
+    let mut fourth = connect().await;
+    let reply = read_to_close(&mut fourth).await;
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    assert!(reply.contains("retry-after: 5") && reply.contains("--max-connections-per-ip"));
+    assert!(limited(&s, "per_ip").await > before);
+    // Other addresses are not affected.
+    still_serves(&s).await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_second() {
+    let s = TestServer::with(|c| c.limits.connect_rate = 5.0).await;
+    let before = limited(&s, "connect_rate").await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_to_close(&mut c).await;
+        if reply.starts_with("HTTP/1.1 503") {
+            assert!(reply.contains("retry-after: 1") && reply.contains("--max-connect-rate"));
+            refused += 1;
+        } else {
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 refused at 5/s");
+    assert!(limited(&s, "connect_rate").await - before >= refused as f64);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    still_serves(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_requests_and_bytes_per_publisher() {
+    let s = TestServer::with(|c| c.limits.publish_rate = 2.0).await;
+    let before = limited(&s, "publish_rate").await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(s.publish(json!({"broadcast": true, "data": i})).await.0);
+        }
+        v
+    };
+    assert_eq!(&statuses[..2], [200, 200]);
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    let resp = s
+        .http
+        .post(s.url("/api/publish"))
+        .header("content-type", "application/json")
+        .body(json!({"broadcast": true, "data": 9}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.text().await.unwrap().contains("--publish-rate"));
+    assert!(limited(&s, "publish_rate").await > before);
+
+    let s = TestServer::with(|c| c.limits.publish_bytes_rate = 1000.0).await;
+    let before = limited(&s, "publish_bytes").await;
+    let big = "x".repeat(700);
+    assert_eq!(
+        s.publish(json!({"broadcast": true, "data": big})).await.0,
+        200
+    );
+    let (status, reply) = s.publish(json!({"broadcast": true, "data": big})).await;
+    assert_eq!(status, 429, "{reply}");
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .contains("--publish-bytes-rate"));
+    assert!(limited(&s, "publish_bytes").await > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let s = TestServer::with(|c| c.limits.header_read_timeout = Duration::from_millis(500)).await;
+    let before = limited(&s, "header_timeout").await;
+    // One byte every 100 ms: never a complete head before the timeout.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let t = std::time::Instant::now();
+    let request = b"GET /api/sse/subscribe/trickle HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut closed = false;
+    for b in request {
+        if c.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "a trickled head was served");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(limited(&s, "header_timeout").await > before);
+
+    // A head past --max-header-bytes gets a 431.
+    let huge = format!(
+        "GET /api/sse/subscribe/u HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let reply = s.raw(huge.as_bytes()).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 431"),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
+    still_serves(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout() {
+    let s = TestServer::with(|c| {
+        c.limits.write_timeout = Duration::from_millis(300);
+        // Big enough queues that the write timeout, not the overflow, acts.
+        c.queue.max_frames = 100_000;
+        c.queue.max_bytes = 256 << 20;
+        c.replay.max_bytes = 1 << 20;
+    })
+    .await;
+    let before = limited(&s, "write_timeout").await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = sock.connect(s.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /api/sse/subscribe/stalled HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    let _ = stalled.read(&mut head).await.unwrap();
+    s.wait_connections(1).await;
+    let chunk = "y".repeat(64 * 1024);
+    let mut closed = false;
+    for _ in 0..400 {
+        s.publish_ok(json!({"user": "stalled", "data": chunk}))
+            .await;
+        if s.state.fanout.registry().connections() == 0 {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        support::eventually(
+            || s.state.fanout.registry().connections() == 0,
+            "the stalled stream to be closed",
+        )
+        .await;
+    }
+    assert!(limited(&s, "write_timeout").await > before);
+    still_serves(&s).await;
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_off_by_default() {
+    let s = TestServer::start().await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(s.subscribe("many").await);
+    }
+    s.publish_ok(json!({"user": "many", "data": 1})).await;
+    for c in &mut streams {
+        assert_eq!(c.next().await.data, "1");
+    }
+    let _: Vec<SseClient> = streams;
+}
