@@ -33,6 +33,8 @@ pub mod config;
 pub mod event;
 pub mod expiry;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod http;
 pub mod ingest;

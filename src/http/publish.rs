@@ -54,10 +54,10 @@ struct Item<'a> {
 
 /// A validated item.
 #[derive(Debug)]
-struct Valid {
-    target: Target,
-    event: Option<String>,
-    data: String,
+pub(crate) struct Valid {
+    pub(crate) target: Target,
+    pub(crate) event: Option<String>,
+    pub(crate) data: String,
 }
 
 pub(super) async fn handle(
@@ -222,7 +222,7 @@ async fn read_and_validate(
 }
 
 /// Parses and validates a publish body; `bool` is whether it was a batch.
-fn parse(body: &[u8]) -> Result<(Vec<Valid>, bool), String> {
+pub(crate) fn parse(body: &[u8]) -> Result<(Vec<Valid>, bool), String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'{') => {

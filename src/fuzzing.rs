@@ -1,0 +1,187 @@
+//! Entry points for the fuzz targets in `fuzz/` (not a public API): each
+//! runs one parser or encoder on arbitrary input and checks what must hold
+//! for any input, panicking when it does not. Crash inputs found by the
+//! fuzzer are kept as regression tests in `tests/fuzz_regressions.rs`.
+
+use crate::event::Target;
+use crate::sse::{frame, EventId};
+
+/// The publish body decoder: any bytes give a 400 reason or items whose
+/// data is compact JSON text that encodes to a frame an SSE parser reads
+/// back unchanged.
+pub fn publish_body(body: &[u8]) {
+    let Ok((items, _batch)) = crate::http::publish::parse(body) else {
+        return;
+    };
+    for item in items {
+        // Syntax only: numbers like 1e400 are valid JSON that a browser's
+        // JSON.parse reads (as Infinity) but serde_json's Value refuses.
+        assert!(
+            serde_json::from_str::<Box<serde_json::value::RawValue>>(&item.data).is_ok(),
+            "data is not JSON: {:?}",
+            item.data
+        );
+        assert!(!item.data.contains(['\n', '\r']), "data is not compact");
+        if let Target::User(n) | Target::Topic(n) = &item.target {
+            assert!(!n.as_str().contains(['\r', '\n', '\0']));
+        }
+        let id = EventId::Local { epoch: 1, seq: 1 };
+        let bytes = frame::event(&id, item.event.as_deref(), &item.data);
+        let parsed = parse_frame(&bytes);
+        assert_eq!(parsed.data, normalize(&item.data));
+        assert_eq!(parsed.event, item.event);
+        assert_eq!(parsed.id.as_deref(), Some("1-1"));
+    }
+}
+
+/// The `Last-Event-ID` parser: any text gives an error or an id that prints
+/// back to text parsing to the same id.
+pub fn last_event_id(raw: &[u8]) {
+    let Ok(s) = std::str::from_utf8(raw) else {
+        return;
+    };
+    if let Ok(id) = s.parse::<EventId>() {
+        let again: EventId = id.to_string().parse().expect("printed id parses");
+        assert_eq!(again, id);
+        assert!(!id.to_string().contains(['\r', '\n', '\0']));
+    }
+    // The whole subscribe request parser, with the same bytes as header.
+    let _ = crate::http::subscribe::parse("u", Some(s), Some(raw));
+}
+
+/// The Kafka record mapping: any key, headers and value give a skip reason or
+/// an event that encodes to a frame an SSE parser reads back unchanged.
+pub fn kafka_record(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)], value: Option<&[u8]>) {
+    let Ok(m) = crate::ingest::record::map(key, headers.iter().copied(), value) else {
+        return;
+    };
+    let id = EventId::Kafka {
+        topic: "t".into(),
+        partition: 0,
+        offset: 7,
+    };
+    let bytes = frame::event(&id, m.event, m.data);
+    let parsed = parse_frame(&bytes);
+    assert_eq!(parsed.data, normalize(m.data));
+    assert_eq!(parsed.event.as_deref(), m.event);
+    assert_eq!(parsed.id.as_deref(), Some("t:0:7"));
+}
+
+/// The SSE encoder: any data and any event type that passes the check give
+/// one frame that an SSE parser reads back unchanged (line ends normalized).
+pub fn sse_encode(event: &str, data: &str) {
+    let event = frame::check_event_type(event).ok().map(|()| event);
+    let id = EventId::Local {
+        epoch: 0xab,
+        seq: 3,
+    };
+    let bytes = frame::event(&id, event, data);
+    assert!(bytes.ends_with(b"\n\n"));
+    let parsed = parse_frame(&bytes);
+    assert_eq!(parsed.data, normalize(data));
+    assert_eq!(parsed.event.as_deref(), event);
+    assert_eq!(parsed.id.as_deref(), Some("ab-3"));
+}
+
+/// [`kafka_record`] from raw fuzzer bytes: the first byte says which parts
+/// are present (bit 0 key, 1 value, 2 `sse-event`, 3 `sse-topic`), the rest
+/// is split on 0xFF into key, value, event header, topic header.
+pub fn kafka_record_raw(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let mut parts = rest.split(|&b| b == 0xFF);
+    let mut next = || parts.next().unwrap_or_default();
+    let (k, v, e, t) = (next(), next(), next(), next());
+    let key = (flags & 1 != 0).then_some(k);
+    let value = (flags & 2 != 0).then_some(v);
+    let mut headers = vec![("other", Some(&b"x"[..]))];
+    if flags & 4 != 0 {
+        headers.push((crate::ingest::record::EVENT_HEADER, Some(e)));
+    }
+    if flags & 8 != 0 {
+        headers.push((crate::ingest::record::TOPIC_HEADER, Some(t)));
+    }
+    kafka_record(key, &headers, value);
+}
+
+/// [`sse_encode`] from raw fuzzer bytes: event type before the first 0xFF,
+/// data after it (both decoded lossily, so any bytes are a case).
+pub fn sse_encode_raw(data: &[u8]) {
+    let (event, rest) = match data.iter().position(|&b| b == 0xFF) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b""[..], data),
+    };
+    sse_encode(
+        &String::from_utf8_lossy(event),
+        &String::from_utf8_lossy(rest),
+    );
+}
+
+/// Line ends as an SSE parser reports them: CRLF and CR become LF.
+fn normalize(s: &str) -> String {
+    s.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+#[derive(Debug, Default)]
+struct Parsed {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+/// A small SSE parser written from the WHATWG rules (independent of the
+/// encoder): exactly one event must be in `bytes`.
+fn parse_frame(bytes: &[u8]) -> Parsed {
+    let text = std::str::from_utf8(bytes).expect("frames are UTF-8");
+    let mut out = Parsed::default();
+    let mut data: Vec<&str> = Vec::new();
+    let mut seen_data = false;
+    let body = text
+        .strip_suffix("\n\n")
+        .expect("a frame ends with a blank line");
+    assert!(!body.contains("\n\n"), "one frame only: {text:?}");
+    assert!(!body.contains('\r'), "no CR in a frame");
+    for line in body.split('\n') {
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                data.push(value);
+                seen_data = true;
+            }
+            "event" => out.event = Some(value.to_owned()),
+            "id" => out.id = Some(value.to_owned()),
+            "" | "retry" => {}
+            other => panic!("unexpected field {other:?}"),
+        }
+    }
+    assert!(seen_data, "a frame without data is dropped by browsers");
+    out.data = data.join("\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_accept_ordinary_input() {
+        publish_body(
+            br#"[{"user":"a","event":"e","data":"x\r\ny"},{"broadcast":true,"data":{"k":[1,2]}}]"#,
+        );
+        publish_body(b"{not json");
+        last_event_id(b"ff-12");
+        last_event_id(b"orders:3:99");
+        last_event_id(b"\xff");
+        kafka_record(Some(b"u"), &[("sse-event", Some(b"x"))], Some(b"a\rb"));
+        kafka_record(None, &[], Some(b"\xff"));
+        sse_encode("ping", "line1\r\nline2\rline3\n");
+        sse_encode("bad\nname", "");
+        kafka_record_raw(b"\x0fkey\xffvalue\r\n\xffev\xfftopic");
+        kafka_record_raw(b"");
+        sse_encode_raw(b"ev\xffdata\rmore");
+    }
+}
