@@ -5,10 +5,13 @@
 
 use std::path::Path;
 
+/// A fuzz target's entry point.
+type Entry = fn(&[u8]);
+
 #[test]
 fn kept_fuzz_inputs_still_pass() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
-    let targets: [(&str, fn(&[u8])); 4] = [
+    let targets: [(&str, Entry); 4] = [
         ("publish_body", herald::fuzzing::publish_body),
         ("last_event_id", herald::fuzzing::last_event_id),
         ("kafka_record", herald::fuzzing::kafka_record_raw),
