@@ -180,20 +180,9 @@ async fn connection(
         .as_ref()
         .filter(|_| serve.routes != Routes::Admin)
     {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-        let handshake = tokio::time::timeout(FIRST_BYTES_TIMEOUT, acceptor.accept(stream));
-        let tls_stream = tokio::select! {
-            r = handshake => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            },
-            _ = serve.graceful.cancelled() => return,
-        };
-        Box::pin(serve_connection(builder, tls_stream, peer, serve, abort)).await;
+        // Boxed: the handshake's state is large, and an inline branch would
+        // size every plain connection's future too.
+        Box::pin(serve_tls(tls.clone(), builder, stream, peer, serve, abort)).await;
         return;
     }
     let route = if serve.fast_path && serve.routes != Routes::Admin {
@@ -217,6 +206,32 @@ async fn connection(
         Route::Hyper => Box::pin(serve_connection(builder, stream, peer, serve, abort)).await,
         Route::Close => {}
     }
+}
+
+/// A TLS connection: handshake (bounded by `FIRST_BYTES_TIMEOUT`), then
+/// hyper (ALPN picks h2 or HTTP/1.1).
+async fn serve_tls(
+    tls: Arc<rustls::ServerConfig>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    serve: &Serve,
+    abort: Arc<Abort>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = tokio::time::timeout(FIRST_BYTES_TIMEOUT, acceptor.accept(stream));
+    let tls_stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = serve.graceful.cancelled() => return,
+    };
+    serve_connection(builder, tls_stream, peer, serve, abort).await;
 }
 
 async fn serve_connection<I>(

@@ -102,6 +102,11 @@ struct Args {
     /// Keep the connections open this long before exiting.
     #[arg(long, default_value_t = 0)]
     hold_seconds: u64,
+    /// Sign a JWT per stream with this HS256 secret (sub = `load-{u}`,
+    /// topics `*`, valid for an hour), made before connecting, sent as
+    /// `Authorization: Bearer` (herald started with the same --jwt-secret).
+    #[arg(long, env = "SSE_LOAD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
     /// Most connections per process; more are spread over child processes.
     #[arg(long, default_value_t = 19_000)]
     per_process: usize,
@@ -244,6 +249,25 @@ async fn open_connections(
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let check_order = args.check_order();
     let users = args.users();
+    // Tokens first, so signing does not count in the connect rate.
+    let tokens: Vec<Option<String>> = (0..args.connections)
+        .map(|local| {
+            let secret = args.jwt_secret.as_ref()?;
+            let u = (args.first_index + local) % users;
+            let claims = serde_json::json!({
+                "sub": format!("load-{u}"),
+                "exp": now_us() / 1_000_000 + 3600,
+                "topics": "*",
+            });
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .ok()
+        })
+        .collect();
+    let mut tokens = tokens.into_iter();
     for local in 0..args.connections {
         let i = args.first_index + local;
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
@@ -256,9 +280,11 @@ async fn open_connections(
             .replace("{i}", &i.to_string())
             .replace("{u}", &(i % users).to_string());
         let mut storm = storm_rx.clone();
+        let token = tokens.next().flatten();
         tokio::spawn(async move {
             let mut state = StreamState::default();
-            match connect(target, src, &path, None).await {
+            let token = token.as_deref();
+            match connect(target, src, &path, None, token).await {
                 Ok(stream) => {
                     totals.connected.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
@@ -266,7 +292,7 @@ async fn open_connections(
                         read_stream(stream, &totals, i, check_order, &mut state, &mut storm).await;
                     if stormed {
                         // Reconnect at once, resuming after the last id seen.
-                        match connect(target, src, &path, state.last_id.clone()).await {
+                        match connect(target, src, &path, state.last_id.clone(), token).await {
                             Ok(stream) => {
                                 totals.reconnected.fetch_add(1, Ordering::Relaxed);
                                 let mut never = tokio::sync::watch::channel(false).1;
@@ -382,6 +408,9 @@ fn spawn_children(args: &Args, totals: &Arc<Totals>) -> Vec<ChildProc> {
                 .kill_on_drop(true);
             if args.targeted {
                 cmd.arg("--targeted");
+            }
+            if let Some(secret) = &args.jwt_secret {
+                cmd.env("SSE_LOAD_JWT_SECRET", secret);
             }
             let mut proc = cmd.spawn().expect("spawn child sse-load");
             let mut stdin = proc.stdin.take().expect("child stdin");
@@ -702,13 +731,15 @@ async fn connect(
     src: Ipv4Addr,
     path: &str,
     last_id: Option<String>,
+    token: Option<&str>,
 ) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
     let mut s = sock.connect(target).await?;
     let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n{resume}\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {target}\r\naccept: text/event-stream\r\n{resume}{auth}\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     Ok(s)
@@ -894,6 +925,17 @@ async fn publish(plan: Plan, args: Args) -> (u64, u64) {
     let mut events = Events::new(plan, &args);
     let (mut published, mut expected) = (0u64, 0u64);
     let mut buf = vec![0u8; 64 * 1024];
+    // With --jwt-secret, a publisher token (`"publish": true`).
+    let auth = args.jwt_secret.as_ref().map_or(String::new(), |secret| {
+        let claims = serde_json::json!({"sub": "sse-load", "exp": now_us() / 1_000_000 + 3600, "publish": true});
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign publisher token");
+        format!("authorization: Bearer {t}\r\n")
+    });
     let batch = plan.batch.max(1);
     while events.next_due().await {
         let mut items = Vec::with_capacity(batch);
@@ -913,7 +955,7 @@ async fn publish(plan: Plan, args: Args) -> (u64, u64) {
             format!("[{}]", items.join(","))
         };
         let req = format!(
-            "POST /api/publish HTTP/1.1\r\nhost: {target}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /api/publish HTTP/1.1\r\nhost: {target}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.expect("publish write");

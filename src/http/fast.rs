@@ -162,12 +162,28 @@ fn accept(bytes: &[u8], state: &AppState) -> Option<Accepted> {
 
 /// Serves an accepted subscribe request until the stream ends.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     accepted: Accepted,
     peer: SocketAddr,
     state: &Arc<AppState>,
     abort: &Arc<Abort>,
 ) -> io::Result<()> {
+    // The setup's state (head, response, replay) lives in its own box, freed
+    // once the stream is live: a task's future is allocated at the size of
+    // its largest state, for the connection's whole life.
+    let (stream, s) = Box::pin(start(stream, accepted, peer, state, abort)).await?;
+    run(stream, s, state).await
+}
+
+/// Consumes the head, registers the stream, writes the response head, the
+/// preamble and any replayed frames.
+async fn start(
+    mut stream: TcpStream,
+    accepted: Accepted,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    abort: &Arc<Abort>,
+) -> io::Result<(TcpStream, super::Stream)> {
     // Consume exactly the head we peeked.
     let mut head = vec![0u8; accepted.head_len];
     stream.read_exact(&mut head).await?;
@@ -190,7 +206,12 @@ pub(crate) async fn serve(
         write_chunk(&stream, &f, wt).await?;
     }
     s.account(replayed, 0);
+    Ok((stream, s))
+}
 
+/// The live stream: drain the queue into the socket until it ends.
+async fn run(mut stream: TcpStream, mut s: super::Stream, state: &AppState) -> io::Result<()> {
+    let wt = state.config.limits.write_timeout;
     let mut scratch = [0u8; 64];
     let window = state.config.write_coalesce;
     // With a coalescing window: when the next write may happen.
@@ -204,7 +225,8 @@ pub(crate) async fn serve(
                 return Ok(());
             }
             if tokio::time::Instant::now() < at {
-                tokio::time::sleep_until(at).await;
+                // Boxed: only coalescing streams pay for a timer.
+                Box::pin(tokio::time::sleep_until(at)).await;
             }
         }
         match poll_fn(|cx| poll_next(&stream, &s, &mut scratch, cx)).await {
@@ -217,7 +239,8 @@ pub(crate) async fn serve(
             }
             Next::Closed(r @ (CloseReason::Shutdown | CloseReason::Expired)) => {
                 s.ended = Some(r.label());
-                write_all(&stream, &[b"0\r\n\r\n"], wt).await?;
+                // Once per stream: boxed, so it does not size every future.
+                Box::pin(write_all(&stream, &[b"0\r\n\r\n"], wt)).await?;
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 return Ok(());
             }
@@ -288,6 +311,24 @@ fn poll_client_gone(stream: &TcpStream, scratch: &mut [u8], cx: &mut Context<'_>
     }
 }
 
+/// Waits until the socket takes more, failing with `TimedOut` after `wt`
+/// (non-zero; `--write-timeout`).
+async fn wait_writable(stream: &TcpStream, wt: Duration) -> io::Result<()> {
+    if wt.is_zero() {
+        return stream.writable().await;
+    }
+    match tokio::time::timeout(wt, stream.writable()).await {
+        Ok(r) => r,
+        Err(_) => {
+            crate::guard::count("write_timeout");
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "write timed out: the peer is not reading (--write-timeout)",
+            ))
+        }
+    }
+}
+
 /// Writes one chunk of the chunked encoding: size line, data, CRLF.
 async fn write_chunk(stream: &TcpStream, data: &Bytes, wt: Duration) -> io::Result<()> {
     if data.is_empty() {
@@ -338,18 +379,10 @@ async fn write_all(stream: &TcpStream, parts: &[&[u8]], wt: Duration) -> io::Res
         match stream.try_write_vectored(&slices[..k]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
+            // Rare (the peer's window and our send buffer are full): the
+            // wait lives in a box so every stream's future stays small.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if wt.is_zero() {
-                    stream.writable().await?;
-                } else if tokio::time::timeout(wt, stream.writable()).await.is_err() {
-                    crate::guard::count("write_timeout");
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "write timed out: the peer is not reading (--write-timeout)",
-                    ));
-                } else {
-                    // Writable again (or an error the next write reports).
-                }
+                Box::pin(wait_writable(stream, wt)).await?;
             }
             Err(e) => return Err(e),
         }
