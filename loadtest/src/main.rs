@@ -535,6 +535,12 @@ async fn run(args: Args) {
             (per.round() as i64).into(),
         );
         summary.insert("server_rss_idle_kib".into(), p1.rss_kib.into());
+        // Server CPU spent accepting and setting up the streams.
+        let setup_us = (p1.cpu_ticks - p0.cpu_ticks) as f64 * 1e6 / ticks_per_second();
+        summary.insert(
+            "server_cpu_us_per_connection".into(),
+            (setup_us / connected.max(1) as f64).into(),
+        );
     }
 
     if args.publish_seconds > 0 {
