@@ -418,3 +418,87 @@ fn json_logs_and_metrics_off() {
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+/// Tokens and secrets never reach the logs (even at trace level, for
+/// accepted and refused requests alike), and user ids are never metric
+/// labels.
+#[test]
+fn no_secrets_in_logs_or_metrics() {
+    const SECRET: &str = "log-test-secret-0123456789abcdef";
+    let Spawned {
+        mut child,
+        addr,
+        lines: rx,
+        mut seen,
+    } = spawn_herald(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "trace",
+            "--jwt-secret",
+            SECRET,
+        ],
+        None,
+    );
+    let exp = herald::auth::now_secs() + 60;
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let good = sign(serde_json::json!({"sub": "secret-user-7", "exp": exp}));
+    let wrong = sign(serde_json::json!({"sub": "someone-else", "exp": exp}));
+    let publisher = sign(serde_json::json!({"exp": exp, "publish": true}));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = rt.block_on(async {
+        let http = support::client();
+        let base = format!("http://{addr}");
+        let ok = http
+            .get(format!(
+                "{base}/api/sse/subscribe/secret-user-7?access_token={good}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        let refused = http
+            .get(format!(
+                "{base}/api/sse/subscribe/secret-user-7?access_token={wrong}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403);
+        let published = http
+            .post(format!("{base}/api/publish"))
+            .header("authorization", format!("Bearer {publisher}"))
+            .header("content-type", "application/json")
+            .body(r#"{"user":"secret-user-7","data":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), 200);
+        drop(ok);
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(!metrics.contains("secret-user-7"), "user id in metrics");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    seen.extend(rx.try_iter());
+    let logs = seen.join("\n");
+    assert!(
+        logs.lines().count() > 3,
+        "trace logging produced nothing: {logs}"
+    );
+    for secret in [SECRET, &good, &wrong, &publisher] {
+        assert!(!logs.contains(secret), "a secret or token was logged");
+    }
+}
