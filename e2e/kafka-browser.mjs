@@ -9,7 +9,10 @@
 //  2. herald is restarted while records keep being produced: the page's own
 //     automatic reconnect (Last-Event-ID) resumes with no gap and no duplicate;
 //  3. a second herald node on the same topic delivers the same user's events;
-//  4. the demo page at / publishes through Kafka and shows the event.
+//  4. the demo page at / publishes through Kafka and shows the event;
+//  5. the seed page served from its own origin (as in the seed system)
+//     subscribes and publishes across origins (--cors-origins), while a page
+//     of an origin not on the list is refused by the browser.
 //
 // Env: HERALD_BIN (herald binary), KCAT_LIBDIR (a librdkafka >= 2.2 for kcat),
 // OUT_DIR (screenshots). Ends with "N passed, N failed".
@@ -18,6 +21,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import net from "node:net";
+import http from "node:http";
 import path from "node:path";
 
 const HERALD = process.env.HERALD_BIN;
@@ -27,6 +31,10 @@ const BROKER = "127.0.0.1:19092";
 const TOPIC = "messages";
 const NODE_A = 18090;
 const NODE_B = 18091;
+// Two static page origins: the allowed one and another.
+const PAGE_ORIGIN_PORT = 18095;
+const OTHER_ORIGIN_PORT = 18096;
+const CORS = ["--cors-origins", `http://127.0.0.1:${PAGE_ORIGIN_PORT}`];
 mkdirSync(OUT, { recursive: true });
 
 const children = new Set();
@@ -118,7 +126,7 @@ async function main() {
   await until("tansu listening", () => portOpen(19092));
   execFileSync("tansu", ["topic", "create", TOPIC, "--partitions", "4", "--broker", `tcp://${BROKER}`], { timeout: 30000 });
 
-  let nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window"]);
+  let nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window", ...CORS]);
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -157,7 +165,7 @@ async function main() {
     await stop(nodeA);
     // Produced while herald is down.
     kcat([2, 3, 4].map((n) => `123\t{"n":${n}}`));
-    nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window"]);
+    nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window", ...CORS]);
     kcat([`123\t{"n":5}`]);
     await until("messages 2..5", async () => received.some((r) => r.message.n === 5), 30000);
     const ns = received.map((r) => r.message.n);
@@ -194,6 +202,63 @@ async function main() {
     const published = await demo.evaluate(() => document.getElementById("published").textContent);
     if (!/published messages:\d+:\d+/.test(published)) throw new Error(published);
     await demo.screenshot({ path: path.join(OUT, "demo.png"), fullPage: true });
+  });
+
+  await check("seed page on its own origin: CORS lets it subscribe and publish; other origins are refused", async () => {
+    const html = "<!doctype html><title>seed page</title><p>seed</p>";
+    const servers = [PAGE_ORIGIN_PORT, OTHER_ORIGIN_PORT].map((port) => {
+      const srv = http.createServer((_, res) => { res.writeHead(200, { "content-type": "text/html" }); res.end(html); });
+      srv.listen(port, "127.0.0.1");
+      return srv;
+    });
+    try {
+      const seed = await browser.newPage();
+      const got = [];
+      await seed.exposeFunction("addMessage", (m) => { got.push(m); });
+      await seed.goto(`http://127.0.0.1:${PAGE_ORIGIN_PORT}/`);
+      await seed.evaluate(({ base, userId }) => {
+        const API_BASE_URL = base;
+        // --- the seed page's code ---
+        const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
+        eventSource.onmessage = (event) => {
+          const newMessage = JSON.parse(event.data);
+          window.addMessage(newMessage);
+        };
+        // --- end ---
+        window.es = eventSource;
+      }, { base: `http://127.0.0.1:${NODE_A}`, userId: "cors-user" });
+      await until("cross-origin EventSource open", () => seed.evaluate(() => window.es.readyState === 1));
+      // A JSON POST from the page: the browser sends a preflight first.
+      const status = await seed.evaluate(async (base) => {
+        const r = await fetch(`${base}/api/publish`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ user: "cors-user", data: { text: "across origins" } }),
+        });
+        return r.status;
+      }, `http://127.0.0.1:${NODE_A}`);
+      if (status !== 200) throw new Error(`publish from the page: ${status}`);
+      await until("cross-origin event", async () => got.some((m) => m.text === "across origins"), 20000);
+
+      const other = await browser.newPage();
+      await other.goto(`http://127.0.0.1:${OTHER_ORIGIN_PORT}/`);
+      const refused = await other.evaluate(async (base) => {
+        const es = new EventSource(`${base}/api/sse/subscribe/intruder`);
+        const closed = await new Promise((r) => { es.onerror = () => r(es.readyState); setTimeout(() => r("no error"), 5000); });
+        es.close();
+        let publish;
+        try {
+          await fetch(`${base}/api/publish`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+          publish = "allowed";
+        } catch (e) {
+          publish = "blocked";
+        }
+        return { closed, publish };
+      }, `http://127.0.0.1:${NODE_A}`);
+      if (refused.closed !== 2 || refused.publish !== "blocked") throw new Error(JSON.stringify(refused));
+    } finally {
+      for (const srv of servers) srv.close();
+    }
   });
 
   await browser.close();
