@@ -188,7 +188,8 @@ pub async fn start_on(
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
-                        let ended = state.expiries.expire_due(crate::auth::now_secs());
+                        let open = state.fanout.registry().connections();
+                        let ended = state.expiries.expire_due(crate::auth::now_secs(), open);
                         if ended > 0 {
                             tracing::debug!(ended, "streams ended at their token's expiry");
                         }

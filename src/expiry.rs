@@ -35,11 +35,17 @@ impl Expiries {
     }
 
     /// Ends every stream whose token expired at or before `now`; returns how
-    /// many were still open.
-    pub fn expire_due(&self, now: u64) -> usize {
+    /// many were still open. `open` (streams open now) bounds the entries
+    /// kept for streams that closed before their expiry: past twice that,
+    /// they are dropped, so reconnecting clients with long-lived tokens do
+    /// not pile entries up.
+    pub fn expire_due(&self, now: u64, open: usize) -> usize {
         let due = {
             let mut map = self.due.lock();
-            let later = map.split_off(&(now + 1, 0));
+            let mut later = map.split_off(&(now + 1, 0));
+            if later.len() > (2 * open).max(1024) {
+                later.retain(|_, sub| sub.strong_count() > 0);
+            }
             std::mem::replace(&mut *map, later)
         };
         let mut ended = 0;
@@ -65,5 +71,32 @@ impl Expiries {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Name;
+    use crate::registry::Registry;
+
+    #[test]
+    fn ends_due_streams_and_forgets_closed_ones() {
+        let registry = Arc::new(Registry::new(4));
+        let e = Expiries::default();
+        let live = registry.insert(Name::new("a").unwrap(), vec![], None, None);
+        e.add(100, live.subscriber());
+        for _ in 0..3000 {
+            let gone = registry.insert(Name::new("b").unwrap(), vec![], None, None);
+            e.add(200, gone.subscriber());
+        }
+        assert_eq!(e.len(), 3001);
+        // Nothing due yet; the closed streams' entries go.
+        assert_eq!(e.expire_due(50, 1), 0);
+        assert_eq!(e.len(), 1);
+        assert!(live.subscriber().queue.closed().is_none());
+        assert_eq!(e.expire_due(100, 1), 1);
+        assert_eq!(live.subscriber().queue.closed(), Some(CloseReason::Expired));
+        assert!(e.is_empty());
     }
 }
