@@ -56,6 +56,19 @@ impl<I> TimedIo<I> {
         }
     }
 
+    /// Passes a write's outcome through: progress disarms the timer; a
+    /// stall arms it, and once it fires the write fails with `TimedOut`.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+
     fn timed_out() -> io::Error {
         crate::guard::count("write_timeout");
         io::Error::new(
@@ -83,18 +96,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => {
-                if self.stalled(cx) {
-                    return Poll::Ready(Err(Self::timed_out()));
-                }
-                Poll::Pending
-            }
-            ready => {
-                self.armed = false;
-                ready
-            }
-        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
     }
 
     fn poll_write_vectored(
@@ -102,37 +105,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                if self.stalled(cx) {
-                    return Poll::Ready(Err(Self::timed_out()));
-                }
-                Poll::Pending
-            }
-            ready => {
-                self.armed = false;
-                ready
-            }
-        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => {
-                if self.stalled(cx) {
-                    return Poll::Ready(Err(Self::timed_out()));
-                }
-                Poll::Pending
-            }
-            ready => {
-                self.armed = false;
-                ready
-            }
-        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
