@@ -135,7 +135,7 @@ pub struct Cli {
     pub insecure_no_auth: bool,
 
     /// Origins allowed to call herald from a browser (CORS), comma-separated,
-    /// e.g. https://app.example.com; `*` for any (only without
+    /// e.g. `https://app.example.com`; `*` for any (only without
     /// --cors-credentials). Empty: no CORS headers.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
