@@ -98,6 +98,14 @@ pub struct Cli {
     #[arg(long, env = "HERALD_WRITE_COALESCE", default_value = "0ms")]
     pub write_coalesce: String,
 
+    /// When herald falls behind on delivery (many streams with deep queues),
+    /// an HTTP publish waits up to this long for the writers to catch up,
+    /// then gets a 503 and nothing is published; the Kafka consumer pauses
+    /// up to this long per burst (0ms = never wait: queues overflow and
+    /// their streams close as slow). At most 60s.
+    #[arg(long, env = "HERALD_PUBLISH_BACKPRESSURE", default_value = "5s")]
+    pub publish_backpressure: String,
+
     /// HS256 shared secret for subscriber (and publisher) JWTs. With it or
     /// --jwt-public-key, streams and publishing need a token.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
@@ -298,6 +306,8 @@ pub struct Config {
     pub sse_fast_path: bool,
     /// Least time between two writes to one stream (zero: none).
     pub write_coalesce: Duration,
+    /// Longest wait of a publish while herald is behind (zero: none).
+    pub publish_backpressure: Duration,
     pub auth: Auth,
     pub cors: Cors,
     pub limits: crate::guard::Limits,
@@ -334,6 +344,9 @@ pub struct KafkaConfig {
     pub publish_topic: String,
     pub publish_timeout: Duration,
     pub metadata_interval: Duration,
+    /// `--publish-backpressure`: longest pause per burst while herald is
+    /// behind on delivery.
+    pub backpressure: Duration,
 }
 
 // === impl Cli ===
@@ -372,6 +385,14 @@ impl Cli {
                 "must be at most 1s (it delays events by up to that much)",
             ));
         }
+        let publish_backpressure = dur("publish-backpressure", &self.publish_backpressure)?;
+        if publish_backpressure > Duration::from_secs(60) {
+            return Err(err(
+                "publish-backpressure",
+                &self.publish_backpressure,
+                "must be at most 60s (a publisher waits up to that long)",
+            ));
+        }
         let shutdown_deadline = dur("shutdown-deadline", &self.shutdown_deadline)?;
         if shutdown_deadline <= shutdown_drain {
             return Err(err(
@@ -390,7 +411,7 @@ impl Cli {
         if self.log.trim().is_empty() {
             return Err(err("log", &self.log, "must not be empty"));
         }
-        let kafka = self.kafka_config()?;
+        let kafka = self.kafka_config(publish_backpressure)?;
         let listen = addr("listen", &self.listen)?;
         let auth = self.auth_config()?;
         if !auth.streams_protected() && !listen.ip().is_loopback() && !self.insecure_no_auth {
@@ -460,6 +481,7 @@ impl Cli {
             shards: self.shards,
             sse_fast_path: self.sse_fast_path,
             write_coalesce,
+            publish_backpressure,
             auth,
             cors,
             limits,
@@ -559,7 +581,7 @@ impl Cli {
         })
     }
 
-    fn kafka_config(&self) -> Result<Option<KafkaConfig>, ConfigError> {
+    fn kafka_config(&self, backpressure: Duration) -> Result<Option<KafkaConfig>, ConfigError> {
         let err = |flag: &'static str, value: &str, problem: &str| ConfigError {
             flag,
             value: value.to_owned(),
@@ -651,6 +673,7 @@ impl Cli {
             publish_topic,
             publish_timeout,
             metadata_interval,
+            backpressure,
         }))
     }
 }

@@ -38,6 +38,7 @@ pub const KAFKA_CONNECTED: &str = "herald_kafka_connected";
 pub const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
 pub const AUTH_DENIED: &str = "herald_auth_denied_total";
 pub const LIMITED: &str = "herald_limited_total";
+pub const PUBLISH_BACKPRESSURE: &str = "herald_publish_backpressure_total";
 
 /// Buckets for the delivery lag: 1 ms .. 60 s.
 const LAG_BUCKETS: &[f64] = &[
@@ -98,6 +99,11 @@ fn describe_all() {
         LIMITED,
         Unit::Count,
         "Requests refused by a limit, by reason (per_user, per_ip, connect_rate, publish_rate, publish_bytes, header_timeout, write_timeout)."
+    );
+    describe_counter!(
+        PUBLISH_BACKPRESSURE,
+        Unit::Count,
+        "Publishes held back because herald was behind on delivery (many streams with deep queues), by source (http, kafka) and outcome (waited, then published; refused: HTTP 503 after --publish-backpressure)."
     );
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Open SSE streams.");
     describe_gauge!(

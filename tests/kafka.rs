@@ -32,6 +32,7 @@ fn kafka(
         publish_topic: TOPIC.to_owned(),
         publish_timeout: Duration::from_secs(2),
         metadata_interval: Duration::from_millis(200),
+        backpressure: Duration::from_secs(5),
     }
 }
 

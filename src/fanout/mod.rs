@@ -13,6 +13,7 @@
 //! Slow clients: a push that overflows a queue closes that connection
 //! (reason `slow`) and is counted and logged; the publisher carries on.
 
+pub mod congestion;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -74,6 +75,7 @@ pub struct Fanout {
     /// This run's id epoch (see `sse::id`).
     epoch: u64,
     queue_limits: queue::Limits,
+    congestion: congestion::Congestion,
     state: Mutex<State>,
     counters: Counters,
 }
@@ -125,6 +127,7 @@ impl Fanout {
             registry,
             epoch,
             queue_limits,
+            congestion: congestion::Congestion::new(queue_limits),
             state: Mutex::new(State {
                 seq: 0,
                 latest: EventId::Local { epoch, seq: 0 },
@@ -157,6 +160,52 @@ impl Fanout {
             epoch: self.epoch,
             seq,
         }
+    }
+
+    /// Whether herald is behind on delivery (see `congestion`): sampled at
+    /// most every few ms, cheap to ask per publish.
+    pub fn congested(&self) -> bool {
+        self.congestion.congested(&self.registry)
+    }
+
+    /// Waits (async) until herald is not behind, for at most `max`.
+    /// `Ok(waited)`, or `Err(())` when still behind after `max` (the caller
+    /// refuses the publish; nothing was dispatched). A zero `max` never
+    /// waits.
+    pub async fn room(&self, max: std::time::Duration) -> Result<bool, ()> {
+        if max.is_zero() || !self.congested() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + max;
+        loop {
+            tokio::time::sleep(congestion::RECHECK).await;
+            if !self.congested() {
+                backpressure("http", "waited");
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                backpressure("http", "refused");
+                return Err(());
+            }
+        }
+    }
+
+    /// Like [`Fanout::room`] for a thread (the Kafka consumer): sleeps until
+    /// herald is not behind, `max` passed or `stop` is set; then the caller
+    /// dispatches anyway (Kafka keeps the records; pausing longer would
+    /// only trade the consumer's group membership for queue room).
+    pub fn room_blocking(&self, max: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+        if max.is_zero() || !self.congested() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + max;
+        while self.congested()
+            && std::time::Instant::now() < deadline
+            && !stop.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            std::thread::sleep(congestion::RECHECK);
+        }
+        backpressure("kafka", "waited");
     }
 
     /// Publishes a batch in order under one lock; returns each event's id.
@@ -328,6 +377,11 @@ impl RouteSink for PushSink<'_> {
             w.wake();
         }
     }
+}
+
+/// Counts a publish held back (or refused) because herald was behind.
+fn backpressure(source: &'static str, outcome: &'static str) {
+    counter!(m::PUBLISH_BACKPRESSURE, "source" => source, "outcome" => outcome).increment(1);
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).

@@ -139,6 +139,24 @@ pub(super) async fn handle(
             timestamp_us: 0,
         })
         .collect();
+    if state
+        .fanout
+        .room(state.config.publish_backpressure)
+        .await
+        .is_err()
+    {
+        let secs = 1;
+        let mut resp = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "herald is behind on delivery (many streams have deep queues) and stayed behind for --publish-backpressure ({} ms); nothing was published; retry in {secs} s",
+                state.config.publish_backpressure.as_millis()
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return resp;
+    }
     let ids = state.fanout.publish(&outgoing, Source::Http);
     reply(&ids, batch)
 }

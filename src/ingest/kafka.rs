@@ -307,6 +307,7 @@ impl Ingest {
             status: status.clone(),
             stop: stop.clone(),
             metadata_interval: cfg.metadata_interval,
+            backpressure: cfg.backpressure,
         };
         let thread = std::thread::Builder::new()
             .name("herald-ingest".into())
@@ -368,6 +369,7 @@ struct Worker {
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
     metadata_interval: Duration,
+    backpressure: Duration,
 }
 
 // === impl Worker ===
@@ -393,6 +395,8 @@ impl Worker {
                 wait = Duration::ZERO;
             }
             if !burst.is_empty() {
+                // Behind on delivery: let the writers catch up first.
+                self.fanout.room_blocking(self.backpressure, &self.stop);
                 dispatch(&self.fanout, &self.topics, &burst);
             }
             drop(burst);

@@ -146,6 +146,21 @@ impl Registry {
         }
     }
 
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The queue of every connection registered in shard `index` (under its
+    /// user; `index` is taken modulo the shard count), under that shard's
+    /// lock.
+    pub fn for_shard(&self, index: usize, mut f: impl FnMut(&Queue)) {
+        let maps = self.shards[index & self.mask].inner.lock();
+        for s in maps.users.values().flatten() {
+            f(&s.queue);
+        }
+    }
+
     /// Every subscriber, one shard lock at a time.
     pub fn for_each(&self, sink: &mut impl RouteSink) {
         for shard in self.shards.iter() {

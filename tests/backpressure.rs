@@ -1,0 +1,133 @@
+//! Publisher backpressure: while most streams hold a deep queue (herald is
+//! behind), an HTTP publish waits for them to drain, or after
+//! `--publish-backpressure` gets a 503 and publishes nothing; the streams are
+//! not closed as slow.
+//!
+//! "Behind" is produced without load: with `--write-coalesce 1s` a stream
+//! writes its first event at once and then holds later ones for a second,
+//! so a few quick publishes leave every queue deep while every client is
+//! healthy and reading.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{metric, SseClient, TestServer};
+
+/// More than the fewest deep streams that count as congestion (32).
+const STREAMS: usize = 40;
+
+async fn behind(backpressure: Duration) -> (TestServer, Vec<SseClient>) {
+    let server = TestServer::with(|c| {
+        c.write_coalesce = Duration::from_secs(1);
+        c.publish_backpressure = backpressure;
+        // Deep from 4 queued frames; overflow (slow) at 16.
+        c.queue.max_frames = 16;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..STREAMS {
+        clients.push(server.subscribe(&format!("u{i}")).await);
+    }
+    // Written at once (quiet streams); opens every stream's window.
+    server
+        .publish_ok(json!({"broadcast": true, "data": 0}))
+        .await;
+    for c in &mut clients {
+        assert_eq!(c.next().await.data, "0");
+    }
+    // Held by the window: every queue is now deep.
+    let (status, reply) = server
+        .publish(json!([
+            {"broadcast": true, "data": 1}, {"broadcast": true, "data": 2},
+            {"broadcast": true, "data": 3}, {"broadcast": true, "data": 4},
+            {"broadcast": true, "data": 5}
+        ]))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    // Past the cached sample's lifetime.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    (server, clients)
+}
+
+async fn counter(server: &TestServer, outcome: &str) -> f64 {
+    let (_, _, page) = server.get("/metrics").await;
+    metric(
+        &page,
+        "herald_publish_backpressure_total",
+        Some(&format!("outcome=\"{outcome}\"")),
+    )
+}
+
+#[tokio::test]
+async fn a_publish_waits_while_streams_are_behind_and_nothing_is_lost() {
+    let (server, mut clients) = behind(Duration::from_secs(10)).await;
+    let before = counter(&server, "waited").await;
+    let t = Instant::now();
+    server
+        .publish_ok(json!({"broadcast": true, "data": 6}))
+        .await;
+    let waited = t.elapsed();
+    // It waited for the held frames to leave (the window is 1 s).
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(counter(&server, "waited").await > before);
+    for c in &mut clients {
+        let got: Vec<String> = c.next_n(6).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["1", "2", "3", "4", "5", "6"]);
+    }
+    assert_eq!(server.state.fanout.registry().connections(), STREAMS);
+}
+
+#[tokio::test]
+async fn past_the_limit_a_publish_is_refused_with_a_503_and_publishes_nothing() {
+    let (server, mut clients) = behind(Duration::from_millis(100)).await;
+    let resp = server
+        .http
+        .post(server.url("/api/publish"))
+        .header("content-type", "application/json")
+        .body(json!({"broadcast": true, "data": 100}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("behind on delivery"), "{msg}");
+    assert!(msg.contains("nothing was published"), "{msg}");
+    assert!(counter(&server, "refused").await >= 1.0);
+
+    // Once the streams drain, publishing works again, and the refused
+    // event never reached anyone.
+    for c in &mut clients {
+        let got: Vec<String> = c.next_n(5).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["1", "2", "3", "4", "5"]);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    server
+        .publish_ok(json!({"broadcast": true, "data": 101}))
+        .await;
+    for c in &mut clients {
+        assert_eq!(c.next().await.data, "101");
+    }
+    assert_eq!(server.state.fanout.registry().connections(), STREAMS);
+}
+
+#[tokio::test]
+async fn with_backpressure_off_a_publish_is_never_held() {
+    let (server, mut clients) = behind(Duration::ZERO).await;
+    let t = Instant::now();
+    server
+        .publish_ok(json!({"broadcast": true, "data": 6}))
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    for c in &mut clients {
+        let got: Vec<String> = c.next_n(6).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["1", "2", "3", "4", "5", "6"]);
+    }
+}
