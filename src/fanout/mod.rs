@@ -123,6 +123,12 @@ impl Fanout {
         queue_limits: queue::Limits,
         replay: replay::Limits,
     ) -> Self {
+        // At zero from the start, so dashboards see the series before the
+        // first overload.
+        for (source, outcome) in [("http", "waited"), ("http", "refused"), ("kafka", "waited")] {
+            counter!(m::PUBLISH_BACKPRESSURE, "source" => source, "outcome" => outcome)
+                .increment(0);
+        }
         Self {
             registry,
             epoch,
