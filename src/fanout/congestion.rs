@@ -209,6 +209,42 @@ mod tests {
         assert!(seen >= 440 && deep >= 40, "seen {seen} deep {deep}");
     }
 
+    #[test]
+    fn the_kafka_thread_pauses_up_to_the_limit_or_until_stopped() {
+        use std::sync::atomic::AtomicBool;
+        let f = fanout();
+        let subs = streams(&f, 64, "u");
+        let go = AtomicBool::new(false);
+        let t = Instant::now();
+        f.room_blocking(Duration::from_millis(40), &go);
+        assert!(t.elapsed() < Duration::from_millis(20), "not behind: no pause");
+
+        publish(&f, Target::Broadcast, 20);
+        // Past the cached "not behind".
+        std::thread::sleep(RECHECK + Duration::from_millis(1));
+        let t = Instant::now();
+        f.room_blocking(Duration::from_millis(40), &go);
+        let paused = t.elapsed();
+        assert!(paused >= Duration::from_millis(40), "{paused:?}");
+        assert!(paused < Duration::from_secs(2), "{paused:?}");
+
+        let stop = AtomicBool::new(true);
+        let t = Instant::now();
+        f.room_blocking(Duration::from_secs(10), &stop);
+        assert!(t.elapsed() < Duration::from_secs(1), "stopping ends the pause");
+
+        // Writers catching up end the pause early.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                subs.iter().for_each(drain);
+            });
+            let t = Instant::now();
+            f.room_blocking(Duration::from_secs(10), &go);
+            assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        });
+    }
+
     #[tokio::test(start_paused = true)]
     async fn room_waits_then_refuses_and_zero_never_waits() {
         let f = fanout();
