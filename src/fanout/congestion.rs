@@ -216,22 +216,28 @@ mod tests {
         let subs = streams(&f, 64, "u");
         let go = AtomicBool::new(false);
         let t = Instant::now();
-        f.room_blocking(Duration::from_millis(40), &go);
-        assert!(t.elapsed() < Duration::from_millis(20), "not behind: no pause");
+        f.room_blocking(Duration::from_millis(400), &go);
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "not behind: no pause"
+        );
 
         publish(&f, Target::Broadcast, 20);
         // Past the cached "not behind".
         std::thread::sleep(RECHECK + Duration::from_millis(1));
         let t = Instant::now();
-        f.room_blocking(Duration::from_millis(40), &go);
+        f.room_blocking(Duration::from_millis(400), &go);
         let paused = t.elapsed();
-        assert!(paused >= Duration::from_millis(40), "{paused:?}");
+        assert!(paused >= Duration::from_millis(400), "{paused:?}");
         assert!(paused < Duration::from_secs(2), "{paused:?}");
 
         let stop = AtomicBool::new(true);
         let t = Instant::now();
         f.room_blocking(Duration::from_secs(10), &stop);
-        assert!(t.elapsed() < Duration::from_secs(1), "stopping ends the pause");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stopping ends the pause"
+        );
 
         // Writers catching up end the pause early.
         std::thread::scope(|s| {
