@@ -94,7 +94,7 @@ impl Congestion {
         c
     }
 
-    /// Walks shards from the rotating start until [`MIN_SAMPLE`] streams
+    /// Walks shards from the rotating start until 256 streams
     /// were seen or every shard was.
     pub fn sample(&self, registry: &Registry) -> Sample {
         let shards = registry.shard_count();
