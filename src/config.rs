@@ -377,22 +377,26 @@ impl Cli {
         let heartbeat = duration_at_least("heartbeat-interval", &self.heartbeat_interval, 10)?;
         let retry = dur("sse-retry", &self.sse_retry)?;
         let shutdown_drain = dur("shutdown-drain", &self.shutdown_drain)?;
-        let write_coalesce = dur("write-coalesce", &self.write_coalesce)?;
-        if write_coalesce > Duration::from_secs(1) {
-            return Err(err(
-                "write-coalesce",
-                &self.write_coalesce,
-                "must be at most 1s (it delays events by up to that much)",
-            ));
-        }
-        let publish_backpressure = dur("publish-backpressure", &self.publish_backpressure)?;
-        if publish_backpressure > Duration::from_secs(60) {
-            return Err(err(
-                "publish-backpressure",
-                &self.publish_backpressure,
-                "must be at most 60s (a publisher waits up to that long)",
-            ));
-        }
+        // A duration with an upper bound; `why` follows "must be at most N s".
+        let dur_at_most = |flag: &'static str, v: &str, max_s: u64, why: &str| {
+            let d = dur(flag, v)?;
+            if d > Duration::from_secs(max_s) {
+                return Err(err(flag, &v, &format!("must be at most {max_s}s ({why})")));
+            }
+            Ok(d)
+        };
+        let write_coalesce = dur_at_most(
+            "write-coalesce",
+            &self.write_coalesce,
+            1,
+            "it delays events by up to that much",
+        )?;
+        let publish_backpressure = dur_at_most(
+            "publish-backpressure",
+            &self.publish_backpressure,
+            60,
+            "a publisher waits up to that long",
+        )?;
         let shutdown_deadline = dur("shutdown-deadline", &self.shutdown_deadline)?;
         if shutdown_deadline <= shutdown_drain {
             return Err(err(
@@ -821,6 +825,21 @@ mod tests {
         assert_eq!(e.flag, "write-coalesce");
         let c = cli(&["--write-coalesce", "25ms"]).validate().unwrap();
         assert_eq!(c.write_coalesce, Duration::from_millis(25));
+        let e = cli(&["--publish-backpressure", "61s"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "publish-backpressure");
+        assert!(e.problem.contains("at most 60s"), "{}", e.problem);
+        let e = cli(&["--publish-backpressure", "soon"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "publish-backpressure");
+        let c = cli(&["--publish-backpressure", "0ms"]).validate().unwrap();
+        assert_eq!(c.publish_backpressure, Duration::ZERO);
+        assert_eq!(
+            Config::default_for_tests().publish_backpressure,
+            Duration::from_secs(5)
+        );
         let e = cli(&["--shutdown-drain", "20s"]).validate().unwrap_err();
         assert_eq!(e.flag, "shutdown-deadline");
         let e = cli(&["--queue-max-frames", "0"]).validate().unwrap_err();
