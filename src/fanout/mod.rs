@@ -12,6 +12,8 @@
 //!
 //! Slow clients: a push that overflows a queue closes that connection
 //! (reason `slow`) and is counted and logged; the publisher carries on.
+//! When many queues are deep at once, herald itself is behind, and
+//! publishers are held back before they get here (see `congestion`).
 
 pub mod congestion;
 pub mod queue;

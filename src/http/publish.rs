@@ -146,16 +146,11 @@ pub(super) async fn handle(
         .is_err()
     {
         let secs = 1;
-        let mut resp = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "herald is behind on delivery (many streams have deep queues) and stayed behind for --publish-backpressure ({} ms); nothing was published; retry in {secs} s",
-                state.config.publish_backpressure.as_millis()
-            ),
+        let msg = format!(
+            "herald is behind on delivery (many streams have deep queues) and stayed behind for --publish-backpressure ({} ms); nothing was published; retry in {secs} s",
+            state.config.publish_backpressure.as_millis()
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        return resp;
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, &msg, secs);
     }
     let ids = state.fanout.publish(&outgoing, Source::Http);
     reply(&ids, batch)
@@ -170,10 +165,16 @@ fn limited(refused: crate::guard::Refused) -> Response<Body> {
     } else {
         "publish bytes per second (--publish-bytes-rate)"
     };
-    let mut resp = json_error(
+    retry_later(
         StatusCode::TOO_MANY_REQUESTS,
         &format!("this publisher is over its limit of {what}; retry in {secs} s"),
-    );
+        secs,
+    )
+}
+
+/// A JSON error with `Retry-After: secs`.
+fn retry_later(status: StatusCode, msg: &str, secs: u64) -> Response<Body> {
+    let mut resp = json_error(status, msg);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     resp
