@@ -14,8 +14,9 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::event::{Name, Target};
-use herald::fanout::{queue, Fanout, Outgoing, Source};
+use herald::event::{Event, Name, Target};
+use herald::fanout::{Fanout, Source};
+use herald::registry::queue;
 use herald::registry::{Registry, Subscription};
 use herald::replay;
 
@@ -59,13 +60,7 @@ fn timed_publishes(
     let data = r#"{"from":"alice","text":"hello"}"#;
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let event = Outgoing {
-            target: target.clone(),
-            event: None,
-            data,
-            id: None,
-            timestamp_us: 0,
-        };
+        let event = Event::new(target.clone(), data);
         let t = Instant::now();
         fanout.publish(&[event], Source::Http);
         total += t.elapsed();

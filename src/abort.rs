@@ -1,4 +1,4 @@
-//! A connection's kill switch.
+//! A connection's kill switch, and what the transport saw end it.
 //!
 //! A client that stops reading stalls hyper's writes; hyper then stops polling
 //! the response body, so a body can not end its own connection. Instead the
@@ -7,33 +7,42 @@
 //! [`Abort`]: the task wakes, drops the connection (closing the socket and
 //! freeing every buffer) and the dropped body unregisters the subscriber.
 //!
-//! Cost: one small allocation per connection (flag + waker slot).
+//! The transport also records here why the connection failed when it was not
+//! the client leaving (a write timeout): a stream on it that ends without a
+//! reason of its own is counted under this one (see `crate::stream`).
+//!
+//! Cost: one small allocation per connection (flags + waker slot).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::registry::queue::CloseReason;
+
 /// Shared between a connection task and whatever may need to kill it.
 #[derive(Debug, Default)]
 pub struct Abort {
     tripped: AtomicBool,
+    /// Index into `CloseReason::ALL` + 1 of what ended the connection on
+    /// the server's side (0: nothing recorded).
+    failure: AtomicU8,
     waker: Mutex<Option<Waker>>,
 }
 
 /// Runs `F` until it completes or its [`Abort`] is tripped.
 #[derive(Debug)]
-pub struct Abortable<F> {
+pub(crate) struct Abortable<F> {
     inner: Pin<Box<F>>,
     abort: Arc<Abort>,
 }
 
 /// The connection was aborted before it completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Aborted;
+pub(crate) struct Aborted;
 
 // === impl Abort ===
 
@@ -53,12 +62,33 @@ impl Abort {
     pub fn is_tripped(&self) -> bool {
         self.tripped.load(Ordering::Acquire)
     }
+
+    /// Records why the transport ended the connection (the first reason
+    /// recorded wins).
+    pub fn record(&self, reason: CloseReason) {
+        let i = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0) as u8
+            + 1;
+        let _ = self
+            .failure
+            .compare_exchange(0, i, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// What the transport recorded, if anything.
+    pub fn recorded(&self) -> Option<CloseReason> {
+        match self.failure.load(Ordering::Relaxed) {
+            0 => None,
+            i => CloseReason::ALL.get(i as usize - 1).copied(),
+        }
+    }
 }
 
 // === impl Abortable ===
 
 impl<F: Future> Abortable<F> {
-    pub fn new(inner: F, abort: Arc<Abort>) -> Self {
+    pub(crate) fn new(inner: F, abort: Arc<Abort>) -> Self {
         Self {
             inner: Box::pin(inner),
             abort,
@@ -66,7 +96,7 @@ impl<F: Future> Abortable<F> {
     }
 
     /// The wrapped future, e.g. to ask a hyper connection to shut down.
-    pub fn inner_mut(&mut self) -> Pin<&mut F> {
+    pub(crate) fn inner_mut(&mut self) -> Pin<&mut F> {
         self.inner.as_mut()
     }
 }

@@ -90,6 +90,29 @@ impl Denied {
             Denied::Forbidden(_) => "forbidden",
         }
     }
+
+    /// Counts this refusal on `endpoint`.
+    pub fn count(&self, endpoint: Endpoint) {
+        metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => endpoint.label(), "reason" => self.reason())
+            .increment(1);
+    }
+}
+
+/// What a token was asked for: the `endpoint` label of
+/// `herald_auth_denied_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Subscribe,
+    Publish,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Subscribe => "subscribe",
+            Endpoint::Publish => "publish",
+        }
+    }
 }
 
 /// What a valid subscribe token grants beyond the request itself.

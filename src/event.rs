@@ -1,14 +1,15 @@
-//! What flows through herald: an [`Event`] is a routing [`Target`], the id it
-//! carries on the wire, and its SSE frame already encoded into one shared
-//! [`Bytes`]. Nothing downstream of construction ever formats it again.
+//! What flows through herald: an [`Event`] is who it is for ([`Target`]),
+//! its SSE event type, its `data` text, and its id when it already has one
+//! (a Kafka position). The publish API, Kafka ingest and the Kafka producer
+//! all speak this one type; the dispatcher encodes it once into a shared
+//! frame and nothing downstream formats it again.
 //!
 //! User ids and topic names are validated once here ([`Name`]), at the edge
-//! (path, publish body, later Kafka records), so the registry can trust them.
+//! (path, publish body, Kafka records), so the registry can trust them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use crate::sse::EventId;
 
@@ -43,12 +44,23 @@ pub enum Target {
     Broadcast,
 }
 
-/// One event, ready to fan out: `frame` is the complete SSE frame.
-#[derive(Clone, Debug)]
-pub struct Event {
+/// One event on its way to the dispatcher, from any source. `data` and
+/// `kind` borrow where they can (a Kafka record's value) and own where they
+/// must (a publish body after compaction). Event types are checked at the
+/// edge (`sse::frame::check_event_type`) before an `Event` is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event<'a> {
     pub target: Target,
-    pub id: EventId,
-    pub frame: Bytes,
+    /// The SSE event type; `None` is the default type, `message`.
+    pub kind: Option<Cow<'a, str>>,
+    /// The `data` text (may hold line breaks; the encoder splits them).
+    pub data: Cow<'a, str>,
+    /// Its id when it has one already (a Kafka position); `None` gets a
+    /// node-local id when dispatched.
+    pub id: Option<EventId>,
+    /// When it happened, in µs since the epoch (a Kafka record's
+    /// timestamp); 0 is "now". The delivery-lag histogram measures from it.
+    pub timestamp_us: u64,
 }
 
 // === impl Name ===
@@ -87,6 +99,32 @@ impl fmt::Display for Name {
 impl std::borrow::Borrow<str> for Name {
     fn borrow(&self) -> &str {
         &self.0
+    }
+}
+
+// === impl Event ===
+
+impl<'a> Event<'a> {
+    /// An event of the default type for `target`, id assigned on dispatch.
+    pub fn new(target: Target, data: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            target,
+            kind: None,
+            data: data.into(),
+            id: None,
+            timestamp_us: 0,
+        }
+    }
+
+    /// The same event with SSE event type `kind`.
+    pub fn with_kind(mut self, kind: Option<impl Into<Cow<'a, str>>>) -> Self {
+        self.kind = kind.map(Into::into);
+        self
+    }
+
+    /// The event type as text, if any.
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
     }
 }
 

@@ -13,23 +13,20 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::fanout::queue::CloseReason;
+use crate::registry::queue::CloseReason;
 use crate::registry::Subscriber;
 use crate::sse::frame;
 
-/// Event type sent just before a stream is ended at its token's `exp`.
-pub const EXPIRED_EVENT: &str = "herald-token-expired";
-
 /// Streams by expiry time.
 #[derive(Debug, Default)]
-pub struct Expiries {
+pub(crate) struct Expiries {
     next: AtomicU64,
     due: Mutex<BTreeMap<(u64, u64), Weak<Subscriber>>>,
 }
 
 impl Expiries {
     /// Ends `sub` at `at` (seconds since the epoch).
-    pub fn add(&self, at: u64, sub: &Arc<Subscriber>) {
+    pub(crate) fn add(&self, at: u64, sub: &Arc<Subscriber>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.due.lock().insert((at, n), Arc::downgrade(sub));
     }
@@ -39,7 +36,7 @@ impl Expiries {
     /// kept for streams that closed before their expiry: past twice that,
     /// they are dropped, so reconnecting clients with long-lived tokens do
     /// not pile entries up.
-    pub fn expire_due(&self, now: u64, open: usize) -> usize {
+    pub(crate) fn expire_due(&self, now: u64, open: usize) -> usize {
         let due = {
             let mut map = self.due.lock();
             let mut later = map.split_off(&(now + 1, 0));
@@ -51,25 +48,20 @@ impl Expiries {
         let mut ended = 0;
         for ((exp, _), sub) in due {
             let Some(sub) = sub.upgrade() else { continue };
-            let data = serde_json::json!({ "reason": "token-expired", "exp": exp }).to_string();
-            let last = frame::FrameBuilder::new(data.len())
-                .event(Some(EXPIRED_EVENT))
-                .data(&data)
-                .finish();
-            if let Some(w) = sub.queue.close(CloseReason::Expired, Some(last)) {
-                w.wake();
-            }
+            sub.end(CloseReason::Expired, Some(frame::token_expired(exp)));
             ended += 1;
         }
         ended
     }
 
     /// Streams waiting for their expiry (including closed ones not yet due).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.due.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -26,10 +26,10 @@ pub fn publish_body(body: &[u8]) {
             assert!(!n.as_str().contains(['\r', '\n', '\0']));
         }
         let id = EventId::Local { epoch: 1, seq: 1 };
-        let bytes = frame::event(&id, item.event.as_deref(), &item.data);
+        let bytes = frame::event(&id, item.kind(), &item.data);
         let parsed = parse_frame(&bytes);
         assert_eq!(parsed.data, normalize(&item.data));
-        assert_eq!(parsed.event, item.event);
+        assert_eq!(parsed.event.as_deref(), item.kind());
         assert_eq!(parsed.id.as_deref(), Some("1-1"));
     }
 }
@@ -46,13 +46,17 @@ pub fn last_event_id(raw: &[u8]) {
         assert!(!id.to_string().contains(['\r', '\n', '\0']));
     }
     // The whole subscribe request parser, with the same bytes as header.
-    let _ = crate::http::subscribe::parse("u", Some(s), Some(raw));
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_bytes(raw) {
+        headers.insert("last-event-id", v);
+    }
+    let _ = crate::http::subscribe::Params::from_parts("u", Some(s), &headers);
 }
 
 /// The Kafka record mapping: any key, headers and value give a skip reason or
 /// an event that encodes to a frame an SSE parser reads back unchanged.
 pub fn kafka_record(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)], value: Option<&[u8]>) {
-    let Ok(m) = crate::ingest::record::map(key, headers.iter().copied(), value) else {
+    let Ok(m) = crate::kafka::record::map(key, headers.iter().copied(), value) else {
         return;
     };
     let id = EventId::Kafka {
@@ -60,10 +64,10 @@ pub fn kafka_record(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)], value
         partition: 0,
         offset: 7,
     };
-    let bytes = frame::event(&id, m.event, m.data);
+    let bytes = frame::event(&id, m.kind(), &m.data);
     let parsed = parse_frame(&bytes);
-    assert_eq!(parsed.data, normalize(m.data));
-    assert_eq!(parsed.event.as_deref(), m.event);
+    assert_eq!(parsed.data, normalize(&m.data));
+    assert_eq!(parsed.event.as_deref(), m.kind());
     assert_eq!(parsed.id.as_deref(), Some("t:0:7"));
 }
 
@@ -97,10 +101,10 @@ pub fn kafka_record_raw(data: &[u8]) {
     let value = (flags & 2 != 0).then_some(v);
     let mut headers = vec![("other", Some(&b"x"[..]))];
     if flags & 4 != 0 {
-        headers.push((crate::ingest::record::EVENT_HEADER, Some(e)));
+        headers.push((crate::kafka::record::EVENT_HEADER, Some(e)));
     }
     if flags & 8 != 0 {
-        headers.push((crate::ingest::record::TOPIC_HEADER, Some(t)));
+        headers.push((crate::kafka::record::TOPIC_HEADER, Some(t)));
     }
     kafka_record(key, &headers, value);
 }

@@ -1,8 +1,9 @@
-//! Admission limits: per client address, per user, new connections per
-//! second, publish requests and bytes per second per publisher. Each refusal
-//! answers 429 or 503 with `Retry-After` and is counted in
-//! `herald_limited_total{reason}`. All are off (0) unless configured, except
-//! the header and write timeouts (see `config`).
+//! Admission limits: per client address, new connections per second,
+//! publish requests and bytes per second per publisher (the per-user stream
+//! limit is the registry's count, checked by the subscribe admission). Each
+//! refusal answers 429 or 503 with `Retry-After` and is counted in
+//! `herald_limited_total{reason}` under its [`Limit`]. All are off unless
+//! configured.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,55 +14,69 @@ use parking_lot::Mutex;
 
 use crate::metrics as m;
 
-/// Configured limits (0 = none).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub streams_per_user: usize,
-    pub connections_per_ip: usize,
-    /// New connections per second, whole node.
-    pub connect_rate: f64,
-    /// Publish requests per second per publisher.
-    pub publish_rate: f64,
-    /// Publish body bytes per second per publisher.
-    pub publish_bytes_rate: f64,
-    /// Longest wait for a request head.
-    pub header_read_timeout: Duration,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// Longest a write may wait on a peer that does not read (0: none).
-    pub write_timeout: Duration,
+/// Why a limit refused (or cut off) a client: the
+/// `herald_limited_total{reason}` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `--max-streams-per-user`.
+    PerUser,
+    /// `--max-connections-per-ip`.
+    PerIp,
+    /// `--max-connect-rate`.
+    ConnectRate,
+    /// `--publish-rate`.
+    PublishRate,
+    /// `--publish-bytes-rate`.
+    PublishBytes,
+    /// `--header-read-timeout`.
+    HeaderTimeout,
+    /// `--max-header-bytes`.
+    HeaderTooLarge,
+    /// `--write-timeout`.
+    WriteTimeout,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            streams_per_user: 0,
-            connections_per_ip: 0,
-            connect_rate: 0.0,
-            publish_rate: 0.0,
-            publish_bytes_rate: 0.0,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            write_timeout: Duration::from_secs(30),
+impl Limit {
+    pub(crate) const ALL: [Limit; 8] = [
+        Limit::PerUser,
+        Limit::PerIp,
+        Limit::ConnectRate,
+        Limit::PublishRate,
+        Limit::PublishBytes,
+        Limit::HeaderTimeout,
+        Limit::HeaderTooLarge,
+        Limit::WriteTimeout,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Limit::PerUser => "per_user",
+            Limit::PerIp => "per_ip",
+            Limit::ConnectRate => "connect_rate",
+            Limit::PublishRate => "publish_rate",
+            Limit::PublishBytes => "publish_bytes",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::HeaderTooLarge => "header_too_large",
+            Limit::WriteTimeout => "write_timeout",
         }
     }
-}
 
-/// Counts a refusal.
-pub fn count(reason: &'static str) {
-    metrics::counter!(m::LIMITED, "reason" => reason).increment(1);
+    /// Counts one refusal.
+    pub(crate) fn count(self) {
+        metrics::counter!(m::LIMITED, "reason" => self.label()).increment(1);
+    }
 }
 
 /// A token bucket: `rate` per second, bursts up to `burst`.
 #[derive(Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     burst: f64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl Bucket {
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self {
             rate,
             burst,
@@ -70,7 +85,7 @@ impl Bucket {
     }
 
     /// Takes `n` tokens, or says how long until they would be there.
-    pub fn take(&self, n: f64) -> Result<(), Duration> {
+    pub(crate) fn take(&self, n: f64) -> Result<(), Duration> {
         let mut st = self.state.lock();
         let now = Instant::now();
         let (tokens, last) = *st;
@@ -89,22 +104,23 @@ impl Bucket {
 
 /// Open connections per client address.
 #[derive(Debug, Default)]
-pub struct PerIp {
+pub(crate) struct PerIp {
+    /// 0: no limit.
     max: usize,
     shards: Box<[Mutex<HashMap<IpAddr, usize>>]>,
 }
 
 /// Held by a connection; gives its slot back on drop.
 #[derive(Debug)]
-pub struct IpSlot {
+pub(crate) struct IpSlot {
     owner: Arc<PerIp>,
     ip: IpAddr,
 }
 
 impl PerIp {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: Option<std::num::NonZeroUsize>) -> Self {
         Self {
-            max,
+            max: max.map_or(0, |m| m.get()),
             shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
@@ -119,7 +135,7 @@ impl PerIp {
 
     /// A slot for `ip`, or `None` when it holds `max` connections already.
     /// Always a slot when there is no limit.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
         if self.max == 0 {
             return Some(None);
         }
@@ -135,8 +151,14 @@ impl PerIp {
         }))
     }
 
+    /// The limit (0: none).
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
     /// Connections open from `ip`.
-    pub fn open(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self, ip: IpAddr) -> usize {
         self.shard(&ip).lock().get(&ip).copied().unwrap_or(0)
     }
 }
@@ -156,7 +178,7 @@ impl Drop for IpSlot {
 /// Request and byte buckets per publisher (token subject, the secret, or
 /// the client address).
 #[derive(Debug, Default)]
-pub struct Publishers {
+pub(crate) struct Publishers {
     limits: Option<(f64, f64)>,
     map: Mutex<HashMap<String, Arc<PublisherBuckets>>>,
 }
@@ -166,8 +188,8 @@ type PublisherBuckets = (Option<Bucket>, Option<Bucket>);
 
 /// Why a publish was refused, and when to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub reason: &'static str,
+pub(crate) struct Refused {
+    pub reason: Limit,
     pub retry_after: Duration,
 }
 
@@ -175,26 +197,21 @@ pub struct Refused {
 const MAX_PUBLISHERS: usize = 10_000;
 
 impl Publishers {
-    pub fn new(requests_per_s: f64, bytes_per_s: f64) -> Self {
-        let on = requests_per_s > 0.0 || bytes_per_s > 0.0;
+    pub(crate) fn new(requests_per_s: Option<f64>, bytes_per_s: Option<f64>) -> Self {
+        let on = requests_per_s.is_some() || bytes_per_s.is_some();
         Self {
-            limits: on.then_some((requests_per_s, bytes_per_s)),
+            limits: on.then_some((requests_per_s.unwrap_or(0.0), bytes_per_s.unwrap_or(0.0))),
             map: Mutex::default(),
         }
     }
 
-    /// Whether any publish limit is set.
-    pub fn enabled(&self) -> bool {
-        self.limits.is_some()
-    }
-
     /// Charges one request of `bytes` to `who`.
-    pub fn charge(&self, who: &str, bytes: usize) -> Result<(), Refused> {
+    pub(crate) fn charge(&self, who: &str, bytes: usize) -> Result<(), Refused> {
         self.charge_parts(who, 1.0, bytes)
     }
 
     /// Charges `bytes` only (a body whose length was not declared).
-    pub fn charge_bytes(&self, who: &str, bytes: usize) -> Result<(), Refused> {
+    pub(crate) fn charge_bytes(&self, who: &str, bytes: usize) -> Result<(), Refused> {
         self.charge_parts(who, 0.0, bytes)
     }
 
@@ -224,13 +241,13 @@ impl Publishers {
         };
         if let Some(b) = buckets.0.as_ref().filter(|_| requests > 0.0) {
             b.take(requests).map_err(|wait| Refused {
-                reason: "publish_rate",
+                reason: Limit::PublishRate,
                 retry_after: wait,
             })?;
         }
         if let Some(b) = buckets.1.as_ref().filter(|_| bytes > 0) {
             b.take(bytes as f64).map_err(|wait| Refused {
-                reason: "publish_bytes",
+                reason: Limit::PublishBytes,
                 retry_after: wait,
             })?;
         }
@@ -239,7 +256,7 @@ impl Publishers {
 }
 
 /// Whole seconds for `Retry-After` (at least 1).
-pub fn retry_after_secs(d: Duration) -> u64 {
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
@@ -261,7 +278,7 @@ mod tests {
 
     #[test]
     fn per_ip_slots_are_returned() {
-        let p = Arc::new(PerIp::new(2));
+        let p = Arc::new(PerIp::new(std::num::NonZeroUsize::new(2)));
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let a = p.acquire(ip).unwrap();
         let _b = p.acquire(ip).unwrap();
@@ -269,17 +286,20 @@ mod tests {
         drop(a);
         assert_eq!(p.open(ip), 1);
         assert!(p.acquire(ip).is_some());
-        assert!(Arc::new(PerIp::new(0)).acquire(ip).unwrap().is_none());
+        assert!(Arc::new(PerIp::new(None)).acquire(ip).unwrap().is_none());
     }
 
     #[test]
     fn publishers_are_charged_separately() {
-        let p = Publishers::new(1.0, 0.0);
+        let p = Publishers::new(Some(1.0), None);
         assert!(p.charge("a", 10).is_ok());
-        assert_eq!(p.charge("a", 10).unwrap_err().reason, "publish_rate");
+        assert_eq!(p.charge("a", 10).unwrap_err().reason, Limit::PublishRate);
         assert!(p.charge("b", 10).is_ok());
-        let bytes = Publishers::new(0.0, 100.0);
+        let bytes = Publishers::new(None, Some(100.0));
         assert!(bytes.charge("a", 100).is_ok());
-        assert_eq!(bytes.charge("a", 50).unwrap_err().reason, "publish_bytes");
+        assert_eq!(
+            bytes.charge("a", 50).unwrap_err().reason,
+            Limit::PublishBytes
+        );
     }
 }

@@ -1,52 +1,69 @@
 //! herald: a Server-Sent Events fan-out server.
 //!
 //! ```text
-//!  Kafka (ingest thread) ─┐
-//!  POST /api/publish ─────┴─► fanout::Fanout::publish ── id, encode ONCE (sse::frame)
-//!                              │        └─► replay::Replay (bounded: count/bytes/age)
-//!                              ▼
-//!                   registry::Registry: 2^k shards, parking_lot locks,
-//!                   user → connections, topic → connections
-//!                              │  Bytes::clone per connection (refcount)
-//!                              ▼
-//!                   fanout::queue::Queue (bounded frames+bytes; overflow closes "slow")
-//!                              │  drained whole per wake-up
-//!                              ▼
-//!         http::fast (HTTP/1.1 streams) or http::SseBody via hyper (h2c) ──► socket
+//!  Kafka (kafka::consumer thread) ─┐
+//!  POST /api/publish ── publish::Sink ┴─► fanout::Fanout::publish ── id, encode ONCE (sse::frame)
+//!                                          │        └─► replay::Replay (bounded: count/bytes/age)
+//!                                          ▼
+//!                     registry::Registry: 2^k shards, parking_lot locks,
+//!                     user → streams, topic → streams
+//!                                          │  Bytes::clone per stream (refcount)
+//!                                          ▼
+//!                     registry::queue::Queue (bounded frames+bytes; overflow closes "slow")
+//!                                          │  drained whole per wake-up
+//!                                          ▼
+//!                     stream::Stream (prefix, coalescing, end reasons, accounting)
+//!                                          │
+//!              http::h1 (herald's HTTP/1.1 writer) or http::Body via hyper (h2, h2c, TLS) ──► socket
 //! ```
 //!
-//! Where things live:
-//! - `config`: flags/env -> validated [`config::Config`].
-//! - `app`: startup and shutdown order; [`app::start`] for tests and `main`.
-//! - `server`: accept loop, connection cap, EMFILE backoff, per-connection task.
-//! - `abort`: per-connection kill switch used to drop stalled clients.
-//! - `http`: router and handlers (subscribe, publish, health, metrics) and bodies.
-//! - `event`, `sse`: what an event is; the SSE wire format and ids.
-//! - `registry`, `fanout`, `replay`: who is connected, dispatch, history.
-//! - `ingest`: Kafka consumer thread, record mapping, publisher for Kafka mode.
-//! - `limits`, `shutdown`, `metrics`: process limits, signals, metric names.
+//! Where things live (ARCHITECTURE.md has the full map, the lock order and
+//! where to add a stream feature):
+//! - `config`: flags/env -> validated [`config::Config`], by subsystem.
+//! - `app`: what a node is made of, startup order, housekeeping tasks, the
+//!   staged drain; [`app::start`] for tests and `main`.
+//! - `server`: accept loop, connection cap and limits, per-connection task
+//!   (herald's writer or hyper), TLS handshake.
+//! - `http`: router; the one subscribe admission; publish; health, metrics;
+//!   CORS; the two transports (`h1`, `body`).
+//! - `stream`: the stream core every transport drives.
+//! - `event`, `sse`: what an event is; the SSE wire format, protocol frames
+//!   and ids.
+//! - `registry`, `fanout`, `replay`, `expiry`: who is connected and their
+//!   queues, dispatch, history, token expiry.
+//! - `publish`: where published events go (this node or Kafka).
+//! - `kafka`: consumer thread, producer, shared client settings, record
+//!   mapping.
+//! - `guard`, `abort`, `timed_io`: limits, a connection's kill switch, the
+//!   write timeout.
+//! - `lifecycle`, `limits`, `shutdown`, `metrics`: phase and readiness,
+//!   process limits, signals, metric names.
 
-pub mod abort;
+mod abort;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod event;
-pub mod expiry;
+pub(crate) mod expiry;
 pub mod fanout;
+mod fmt;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guard;
-pub mod http;
-pub mod ingest;
+pub(crate) mod guard;
+pub(crate) mod http;
+pub(crate) mod kafka;
+pub mod lifecycle;
 pub mod limits;
-pub mod metrics;
+pub(crate) mod metrics;
+pub(crate) mod publish;
 pub mod registry;
 pub mod replay;
-pub mod server;
+pub(crate) mod server;
 pub mod shutdown;
 pub mod sse;
-pub mod timed_io;
+pub mod stream;
+pub(crate) mod timed_io;
 pub mod tls;
 
-pub use app::{run, start, Running};
+pub use app::{run, start, Running, StartError};
 pub use config::{Cli, Config, ConfigError};

@@ -2,43 +2,42 @@
 //! open-file limit, build the runtime and run until SIGTERM/SIGINT.
 //! Exit codes: 0 after a drain, 2 for bad configuration, 1 for startup errors.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use herald::config::LogFormat;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
-    let config = match herald::Cli::parse().validate() {
+    let config = match herald::config::load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("herald: {e}");
-            return ExitCode::from(2);
+            // --help and --version print and exit 0; errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("herald: invalid --log {:?}: {e}", config.log);
-            return ExitCode::from(2);
-        }
-    };
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_json {
-        logs.json().flatten_event(true).init();
-    } else {
-        logs.init();
+    // Validated by the --log parser.
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    match config.log.format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
     }
 
+    let requested = config.server.max_connections.map(|m| m.get());
     let max_connections = match herald::limits::raise_nofile() {
         Ok(nofile) => {
             let cap = herald::limits::capacity(nofile.soft);
-            let chosen = config.max_connections.map_or(cap, |m| m.min(cap));
-            if config.max_connections.is_some_and(|m| m > cap) {
+            let chosen = requested.map_or(cap, |m| m.min(cap));
+            if let Some(requested) = requested.filter(|m| *m > cap) {
                 tracing::warn!(
-                    requested = config.max_connections,
+                    requested,
                     cap,
                     "--max-connections exceeds what the open-file limit allows; using the limit"
                 );
@@ -53,14 +52,14 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the open-file limit");
-            config.max_connections.unwrap_or(1024)
+            requested.unwrap_or(1024)
         }
     };
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("herald-http");
-    if let Some(n) = config.worker_threads {
-        rt.worker_threads(n);
+    if let Some(n) = config.server.worker_threads {
+        rt.worker_threads(n.get());
     }
     let rt = match rt.build() {
         Ok(rt) => rt,
@@ -69,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let deadline = config.shutdown_deadline;
+    let deadline = config.shutdown.deadline;
     let result = rt.block_on(herald::run(
         config,
         max_connections,

@@ -11,34 +11,34 @@ use std::sync::OnceLock;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub const CONNECTIONS_OPENED: &str = "herald_sse_connections_opened_total";
-pub const CONNECTIONS_CLOSED: &str = "herald_sse_connections_closed_total";
-pub const CONNECTIONS_OPEN: &str = "herald_sse_connections";
-pub const HTTP_CONNECTIONS_OPEN: &str = "herald_http_connections";
-pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
-pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
-pub const EVENTS_QUEUED: &str = "herald_events_queued_total";
-pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
-pub const EVENTS_DROPPED: &str = "herald_events_dropped_total";
-pub const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
-pub const RESUMES: &str = "herald_resumes_total";
-pub const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
-pub const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
-pub const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
-pub const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
-pub const KAFKA_SKIPPED: &str = "herald_kafka_records_skipped_total";
-pub const KAFKA_LAG: &str = "herald_kafka_consumer_lag_records";
-pub const KAFKA_ERRORS: &str = "herald_kafka_errors_total";
-pub const KAFKA_ASSIGNMENTS: &str = "herald_kafka_assignments_total";
-pub const PROCESS_RSS: &str = "herald_process_resident_memory_bytes";
-pub const PROCESS_FDS: &str = "herald_process_open_fds";
-pub const PROCESS_MAX_FDS: &str = "herald_process_max_fds";
-pub const PROCESS_CPU: &str = "herald_process_cpu_seconds_total";
-pub const KAFKA_CONNECTED: &str = "herald_kafka_connected";
-pub const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
-pub const AUTH_DENIED: &str = "herald_auth_denied_total";
-pub const LIMITED: &str = "herald_limited_total";
-pub const PUBLISH_BACKPRESSURE: &str = "herald_publish_backpressure_total";
+pub(crate) const CONNECTIONS_OPENED: &str = "herald_sse_connections_opened_total";
+pub(crate) const CONNECTIONS_CLOSED: &str = "herald_sse_connections_closed_total";
+pub(crate) const CONNECTIONS_OPEN: &str = "herald_sse_connections";
+pub(crate) const HTTP_CONNECTIONS_OPEN: &str = "herald_http_connections";
+pub(crate) const EVENTS_INGESTED: &str = "herald_events_ingested_total";
+pub(crate) const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub(crate) const EVENTS_QUEUED: &str = "herald_events_queued_total";
+pub(crate) const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
+pub(crate) const EVENTS_DROPPED: &str = "herald_events_dropped_total";
+pub(crate) const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
+pub(crate) const RESUMES: &str = "herald_resumes_total";
+pub(crate) const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
+pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
+pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
+pub(crate) const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
+pub(crate) const KAFKA_SKIPPED: &str = "herald_kafka_records_skipped_total";
+pub(crate) const KAFKA_LAG: &str = "herald_kafka_consumer_lag_records";
+pub(crate) const KAFKA_ERRORS: &str = "herald_kafka_errors_total";
+pub(crate) const KAFKA_ASSIGNMENTS: &str = "herald_kafka_assignments_total";
+pub(crate) const PROCESS_RSS: &str = "herald_process_resident_memory_bytes";
+pub(crate) const PROCESS_FDS: &str = "herald_process_open_fds";
+pub(crate) const PROCESS_MAX_FDS: &str = "herald_process_max_fds";
+pub(crate) const PROCESS_CPU: &str = "herald_process_cpu_seconds_total";
+pub(crate) const KAFKA_CONNECTED: &str = "herald_kafka_connected";
+pub(crate) const KAFKA_PARTITIONS: &str = "herald_kafka_partitions";
+pub(crate) const AUTH_DENIED: &str = "herald_auth_denied_total";
+pub(crate) const LIMITED: &str = "herald_limited_total";
+pub(crate) const PUBLISH_BACKPRESSURE: &str = "herald_publish_backpressure_total";
 
 /// Buckets for the delivery lag: 1 ms .. 60 s.
 const LAG_BUCKETS: &[f64] = &[
@@ -52,7 +52,7 @@ const FANOUT_BUCKETS: &[f64] = &[
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 /// Later calls (several servers in one test process) share it.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -78,9 +78,32 @@ pub fn install() -> PrometheusHandle {
             // this handle renders nothing herald counts, which is visible.
             let _ = metrics::set_global_recorder(recorder);
             describe_all();
+            register_reasons();
             handle
         })
         .clone()
+}
+
+/// Every label value of the reason-labelled counters at zero, so dashboards
+/// and alerts see each series before its first event.
+fn register_reasons() {
+    use crate::auth::{Denied, Endpoint};
+    for limit in crate::guard::Limit::ALL {
+        metrics::counter!(LIMITED, "reason" => limit.label()).increment(0);
+    }
+    for reason in crate::registry::queue::CloseReason::ALL {
+        metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
+    }
+    for endpoint in [Endpoint::Subscribe, Endpoint::Publish] {
+        for denied in [
+            Denied::Missing(""),
+            Denied::Invalid(String::new()),
+            Denied::Forbidden(String::new()),
+        ] {
+            metrics::counter!(AUTH_DENIED, "endpoint" => endpoint.label(), "reason" => denied.reason())
+                .increment(0);
+        }
+    }
 }
 
 fn describe_all() {
@@ -88,7 +111,7 @@ fn describe_all() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections closed, by reason: client (went away), slow (queue overflow), shutdown, expired (token expired), limit (refused with a 503 at the connection cap)."
+        "SSE streams closed, by reason: client (went away), slow (queue overflow), shutdown, expired (token expired), write_timeout (the peer read nothing for --write-timeout), error (transport failure); and limit: connections refused with a 503 at the connection cap."
     );
     describe_counter!(
         AUTH_DENIED,
@@ -98,7 +121,7 @@ fn describe_all() {
     describe_counter!(
         LIMITED,
         Unit::Count,
-        "Requests refused by a limit, by reason (per_user, per_ip, connect_rate, publish_rate, publish_bytes, header_timeout, write_timeout)."
+        "Requests refused by a limit, by reason (per_user, per_ip, connect_rate, publish_rate, publish_bytes, header_timeout, header_too_large, write_timeout)."
     );
     describe_counter!(
         PUBLISH_BACKPRESSURE,
@@ -200,7 +223,7 @@ fn describe_all() {
 
 /// Reads the process's memory, open fds, fd limit and CPU time from /proc
 /// into their gauges (at scrape time).
-pub fn sample_process() {
+pub(crate) fn sample_process() {
     let page = 4096.0;
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
         if let Some(rss) = statm

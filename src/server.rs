@@ -7,9 +7,12 @@
 //! - Caps connections with a semaphore; past the cap a connection gets a
 //!   plain `503` naming the cap and is closed (at most `MAX_REJECTING` of
 //!   those at once; beyond that it is just closed).
-//! - Serves each connection with hyper-util's auto builder (HTTP/1.1 with
-//!   keep-alive, and h2c by prior knowledge). On drain, each connection is
-//!   told to shut down gracefully (no more keep-alive); SSE bodies are ended
+//! - Serves a plain connection whose first segment is a whole HTTP/1.1
+//!   subscribe request on herald's own writer (`http::h1`), everything else
+//!   (and TLS, after the handshake) with hyper-util's auto builder (HTTP/1.1
+//!   with keep-alive, h2c by prior knowledge, h2 by ALPN). Every write goes
+//!   through `TimedIo` (`--write-timeout`). On drain, each connection is
+//!   told to shut down gracefully (no more keep-alive); SSE streams are ended
 //!   separately through their queues, since hyper can not end an endless body.
 //! - Each task holds a clone of the tracker sender; when all are dropped the
 //!   drain knows every connection is gone.
@@ -23,72 +26,129 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::abort::{Abort, Abortable, Aborted};
-use crate::guard;
-use crate::http::fast::{self, Route};
-use crate::http::{self, AppState, Routes};
+use crate::guard::{self, Bucket, Limit, PerIp};
+use crate::http::h1::{self, Route};
+use crate::http::{self, Api, Routes};
+use crate::metrics as m;
+use crate::registry::queue::CloseReason;
+use crate::timed_io::TimedIo;
 
 /// Over-cap connections being answered 503 at once; more are just closed.
 const MAX_REJECTING: usize = 256;
 /// Longest wait on an over-cap connection's request before answering.
 const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a new connection may stay silent before it is closed (hyper's
-/// own header-read timeout is the same).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Binds a listener; `reuse_port` sets SO_REUSEPORT.
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// Binds a listener; `reuse_port` sets SO_REUSEPORT. The error names the
+/// address and the flag it came from.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool, flag: &str) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
+    let bound = (|| {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    })();
+    bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (--{flag}): {e}")))
+}
+
+/// The connection cap: a semaphore whose permits are free slots.
+#[derive(Debug)]
+pub(crate) struct ConnectionCap {
+    permits: Arc<Semaphore>,
+    max: u64,
+    /// Connections refused at the cap.
+    refused: Counter,
+}
+
+impl ConnectionCap {
+    pub(crate) fn new(max: u64) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS as u64);
+        Self {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            refused: metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => CloseReason::Refused.label()),
+        }
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+
+    /// Connections held now.
+    pub(crate) fn in_use(&self) -> u64 {
+        self.max - self.permits.available_permits() as u64
+    }
+
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Per-client connection limits of the API listeners.
+#[derive(Debug)]
+pub(crate) struct ConnectLimits {
+    /// Open connections per client address (`--max-connections-per-ip`).
+    pub(crate) per_ip: Arc<PerIp>,
+    /// New connections per second (`--max-connect-rate`).
+    pub(crate) rate: Option<Bucket>,
+}
+
+/// How connections are served (from the configuration).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSettings {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) write_timeout: Option<Duration>,
+    /// Serve HTTP/1.1 subscribe requests on herald's own writer.
+    pub(crate) fast_path: bool,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Everything the accept loop shares with its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Serve {
-    pub(crate) state: Arc<AppState>,
+    pub(crate) api: Arc<Api>,
     pub(crate) routes: Routes,
-    /// Permits = connection cap; each connection holds one.
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) max_connections: u64,
+    pub(crate) cap: Arc<ConnectionCap>,
+    pub(crate) limits: Arc<ConnectLimits>,
+    pub(crate) http: Arc<HttpSettings>,
     /// Cancelled when accepting must stop.
     pub(crate) stop_accept: CancellationToken,
     /// Cancelled when connections must wind down (keep-alive off).
     pub(crate) graceful: CancellationToken,
     /// Dropped by each connection task when it ends.
     pub(crate) tracker: mpsc::Sender<()>,
-    /// Serve HTTP/1.1 subscribe requests without hyper (see `http::fast`).
-    pub(crate) fast_path: bool,
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
-    let limits = serve.state.config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        .header_read_timeout(serve.http.header_read_timeout)
+        .max_buf_size(serve.http.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(serve.http.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     let mut backoff = BACKOFF_MIN;
@@ -121,25 +181,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
         // client address.
         let mut ip_slot = None;
         if serve.routes != Routes::Admin {
-            if let Some(bucket) = &serve.state.connect_rate {
+            if let Some(bucket) = &serve.limits.rate {
                 if let Err(wait) = bucket.take(1.0) {
-                    guard::count("connect_rate");
+                    Limit::ConnectRate.count();
                     refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
                     continue;
                 }
             }
-            match serve.state.per_ip.acquire(peer.ip()) {
+            match serve.limits.per_ip.acquire(peer.ip()) {
                 Some(slot) => ip_slot = slot,
                 None => {
-                    guard::count("per_ip");
-                    let max = serve.state.config.limits.connections_per_ip;
+                    Limit::PerIp.count();
+                    let max = serve.limits.per_ip.max();
                     refuse_later(&rejecting, stream, Refusal::per_ip(max));
                     continue;
                 }
             }
         }
-        match serve.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match serve.cap.try_acquire() {
+            Some(permit) => {
                 let serve = serve.clone();
                 let builder = builder.clone();
                 // A span per connection, at debug level: free unless enabled
@@ -156,17 +216,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
                     .instrument(span),
                 );
             }
-            Err(_) => {
-                serve.state.rejected.increment(1);
-                refuse_later(&rejecting, stream, Refusal::cap(serve.max_connections));
+            None => {
+                serve.cap.refused.increment(1);
+                refuse_later(&rejecting, stream, Refusal::cap(serve.cap.max()));
             }
         }
     }
 }
 
-/// One connection: the HTTP/1.1 SSE fast path when its first segment is a
-/// subscribe request it can take, hyper otherwise.
-async fn connection(
+/// One connection: herald's HTTP/1.1 writer when its first segment is a
+/// subscribe request it takes, hyper otherwise.
+pub(crate) async fn connection(
     builder: &auto::Builder<TokioExecutor>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -174,8 +234,7 @@ async fn connection(
 ) {
     let abort = Abort::new();
     if let Some(tls) = serve
-        .state
-        .config
+        .http
         .tls
         .as_ref()
         .filter(|_| serve.routes != Routes::Admin)
@@ -185,30 +244,38 @@ async fn connection(
         Box::pin(serve_tls(tls.clone(), builder, stream, peer, serve, abort)).await;
         return;
     }
-    let route = if serve.fast_path && serve.routes != Routes::Admin {
+    let route = if serve.http.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
-            r = fast::classify(&stream, &serve.state, serve.state.config.limits.header_read_timeout) => r,
+            r = h1::classify(&stream, serve.http.header_read_timeout) => r,
             _ = serve.graceful.cancelled() => Route::Close,
         }
     } else {
         Route::Hyper
     };
     match route {
-        Route::Fast(accepted) => {
-            let fast = fast::serve(stream, accepted, peer, &serve.state, &abort);
+        Route::H1(taken) => {
+            let fast = h1::serve(
+                stream,
+                taken,
+                peer,
+                &serve.api.subscribe,
+                serve.http.write_timeout,
+                &abort,
+            );
             match Abortable::new(fast, abort.clone()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "stream ended with an error"),
                 Err(Aborted) => tracing::debug!(%peer, "stream aborted (slow client)"),
             }
         }
-        // Boxed: fast-path tasks must not carry hyper's connection future.
+        // Boxed: streams on herald's writer must not carry hyper's
+        // connection future.
         Route::Hyper => Box::pin(serve_connection(builder, stream, peer, serve, abort)).await,
         Route::Close => {}
     }
 }
 
-/// A TLS connection: handshake (bounded by `FIRST_BYTES_TIMEOUT`), then
+/// A TLS connection: handshake (bounded by `HANDSHAKE_TIMEOUT`), then
 /// hyper (ALPN picks h2 or HTTP/1.1).
 async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
@@ -219,7 +286,7 @@ async fn serve_tls(
     abort: Arc<Abort>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshake = tokio::time::timeout(FIRST_BYTES_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     let tls_stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => s,
@@ -243,15 +310,15 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let state = serve.state.clone();
+    let api = serve.api.clone();
     let routes = serve.routes;
     let conn_abort = abort.clone();
     let svc = service_fn(move |req| {
-        let state = state.clone();
+        let api = api.clone();
         let abort = conn_abort.clone();
-        async move { Ok::<_, Infallible>(http::handle(&state, routes, req, peer, &abort).await) }
+        async move { Ok::<_, Infallible>(http::handle(&api, routes, req, peer, &abort).await) }
     });
-    let io = crate::timed_io::TimedIo::new(stream, serve.state.config.limits.write_timeout);
+    let io = TimedIo::new(stream, serve.http.write_timeout, abort.clone());
     let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(io), svc), abort);
     let result = tokio::select! {
         r = &mut conn => r,
@@ -265,9 +332,9 @@ async fn serve_connection<I>(
         Ok(Err(error)) => {
             if let Some(e) = error.downcast_ref::<hyper::Error>() {
                 if e.is_timeout() {
-                    guard::count("header_timeout");
+                    Limit::HeaderTimeout.count();
                 } else if e.is_parse_too_large() {
-                    guard::count("header_too_large");
+                    Limit::HeaderTooLarge.count();
                 }
             }
             tracing::debug!(%peer, %error, "connection ended with an error");

@@ -1,49 +1,69 @@
-//! A write timeout for connections served by hyper (`--write-timeout`).
+//! The write timeout (`--write-timeout`), the one mechanism for every
+//! transport: herald's HTTP/1.1 writer and hyper (HTTP/1.1, h2, TLS) both
+//! write through a [`TimedIo`].
 //!
-//! hyper has no write timeout, so a stream to a peer that stopped reading
-//! (gone without a FIN, or stalled) would hold its socket until TCP gives up,
-//! which can take many minutes. [`TimedIo`] arms a timer when a write cannot
-//! proceed and fails the write with `TimedOut` if nothing moved before it
-//! fires; any progress disarms it. Reads are passed through. The timer is
-//! allocated on the first stalled write only.
+//! Without it a stream to a peer that stopped reading (gone without a FIN, or
+//! stalled) would hold its socket until TCP gives up, which can take many
+//! minutes. [`TimedIo`] arms a timer when a write cannot proceed and fails the
+//! write with `TimedOut` if nothing moved before it fires; any progress
+//! disarms it. A timeout is counted and recorded on the connection (so its
+//! streams are counted as closed by `write_timeout`). Reads are passed
+//! through. The timer is allocated on the first stalled write only.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::abort::Abort;
+use crate::guard::Limit;
+use crate::registry::queue::CloseReason;
+
 /// `I` with a write timeout.
 #[derive(Debug)]
-pub struct TimedIo<I> {
+pub(crate) struct TimedIo<I> {
     inner: I,
-    timeout: Duration,
+    /// `None`: no timeout.
+    timeout: Option<Duration>,
     /// Armed while a write is stalled.
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// The connection a timeout is recorded on.
+    conn: Arc<Abort>,
 }
 
 impl<I> TimedIo<I> {
-    /// `timeout` zero: no timeout.
-    pub fn new(inner: I, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: I, timeout: Option<Duration>, conn: Arc<Abort>) -> Self {
         Self {
             inner,
             timeout,
             timer: None,
             armed: false,
+            conn,
         }
+    }
+
+    pub(crate) fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
     }
 
     /// Called when a write made no progress: arms the timer if needed and
     /// tells whether it has fired.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.timeout.is_zero() {
+        let Some(timeout) = self.timeout else {
             return false;
-        }
+        };
         if !self.armed {
-            let at = Instant::now() + self.timeout;
+            let at = Instant::now() + timeout;
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(at),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -60,7 +80,10 @@ impl<I> TimedIo<I> {
     /// stall arms it, and once it fires the write fails with `TimedOut`.
     fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
-            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(Self::timed_out())),
+            Poll::Pending if self.stalled(cx) => {
+                self.conn.record(CloseReason::WriteTimeout);
+                Poll::Ready(Err(Self::timed_out()))
+            }
             Poll::Pending => Poll::Pending,
             ready => {
                 self.armed = false;
@@ -70,15 +93,13 @@ impl<I> TimedIo<I> {
     }
 
     fn timed_out() -> io::Error {
-        crate::guard::count("write_timeout");
+        Limit::WriteTimeout.count();
         io::Error::new(
             io::ErrorKind::TimedOut,
             "write timed out: the peer is not reading (--write-timeout)",
         )
     }
 }
-
-use std::future::Future;
 
 impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
     fn poll_read(

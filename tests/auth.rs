@@ -11,7 +11,7 @@ use base64::Engine;
 use herald::auth::Auth;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{metric, SseClient, TestServer, WAIT};
+use support::{metric, SseClient, TestServer, Transport, WAIT};
 
 const SECRET: &[u8] = b"test-secret-0123456789abcdef";
 const PUBLISH_SECRET: &str = "publisher-secret-0123456789";
@@ -47,8 +47,8 @@ fn auth() -> Auth {
         .with_publish_secret(Some(PUBLISH_SECRET.as_bytes().to_vec()))
 }
 
-async fn server() -> TestServer {
-    let mut s = TestServer::with(|c| c.auth = auth()).await;
+async fn server(t: Transport) -> TestServer {
+    let mut s = TestServer::on_with(t, |c| c.auth = auth()).await;
     s.publish_token = Some(PUBLISH_SECRET.to_owned());
     s
 }
@@ -95,9 +95,8 @@ async fn status_and_error(resp: reqwest::Response) -> (u16, String) {
     (status, body["error"].as_str().unwrap_or("").to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_checked_through_header_cookie_and_query() {
-    let s = server().await;
+async fn tokens_are_checked_through_header_cookie_and_query(t: Transport) {
+    let s = server(t).await;
     let forbidden0 = denied(&s, "reason=\"forbidden\"").await;
     let invalid0 = denied(&s, "reason=\"invalid\"").await;
     let exp = now() + 3600;
@@ -238,9 +237,8 @@ async fn tokens_are_checked_through_header_cookie_and_query() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn es256_audience_and_issuer() {
-    let s = TestServer::with(|c| {
+async fn es256_audience_and_issuer(t: Transport) {
+    let s = TestServer::on_with(t, |c| {
         c.auth = Auth::open()
             .with_public_key_pem(include_bytes!("keys/ec-public.pem"))
             .unwrap()
@@ -271,9 +269,8 @@ async fn es256_audience_and_issuer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn query_tokens_can_be_disabled() {
-    let s = TestServer::with(|c| {
+async fn query_tokens_can_be_disabled(t: Transport) {
+    let s = TestServer::on_with(t, |c| {
         let mut a = auth();
         a.query_param = false;
         c.auth = a;
@@ -286,9 +283,8 @@ async fn query_tokens_can_be_disabled() {
     assert_eq!(open(&s, "u", "", &t, Via::Header).await.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_ends_when_its_token_expires() {
-    let s = server().await;
+async fn a_stream_ends_when_its_token_expires(t: Transport) {
+    let s = server(t).await;
     let exp = now() + 2;
     let t = hs(&json!({"sub": "u", "exp": exp}));
     let resp = open(&s, "u", "", &t, Via::Query).await;
@@ -299,14 +295,14 @@ async fn a_stream_ends_when_its_token_expires() {
     let started = std::time::Instant::now();
     let rest = stream.until_end().await;
     let last = rest.last().expect("an event before the end");
-    assert_eq!(last.event, herald::expiry::EXPIRED_EVENT);
+    assert_eq!(last.event, herald::sse::frame::TOKEN_EXPIRED_EVENT);
     let data: Value = serde_json::from_str(&last.data).unwrap();
     assert_eq!(data, json!({"reason": "token-expired", "exp": exp}));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(herald::auth::now_secs() >= exp);
     let closed0 = 0.0;
     support::eventually(
-        || s.state.fanout.registry().connections() == 0,
+        || s.fanout.registry().connections() == 0,
         "the expired stream to unregister",
     )
     .await;
@@ -323,7 +319,7 @@ async fn a_stream_ends_when_its_token_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_needs_a_publisher_token_or_the_secret() {
-    let s = server().await;
+    let s = server(Transport::Herald).await;
     let before = denied(&s, "endpoint=\"publish\"").await;
     let body = json!({"broadcast": true, "data": 1}).to_string();
     let post = |auth: Option<String>| {
@@ -403,9 +399,8 @@ async fn publisher_secret_alone_protects_only_publishing() {
     assert_eq!(stream.next().await.data, "2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_preflight_and_stream_headers() {
-    let s = TestServer::with(|c| {
+async fn cors_preflight_and_stream_headers(t: Transport) {
+    let s = TestServer::on_with(t, |c| {
         c.cors = herald::config::Cors {
             origins: vec!["https://app.example".into()],
             credentials: true,
@@ -510,3 +505,11 @@ async fn cors_off_refuses_preflights() {
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("--cors-origins"));
 }
+
+on_every_transport!(
+    tokens_are_checked_through_header_cookie_and_query,
+    es256_audience_and_issuer,
+    query_tokens_can_be_disabled,
+    a_stream_ends_when_its_token_expires,
+    cors_preflight_and_stream_headers,
+);

@@ -8,22 +8,24 @@
 //! so a few quick publishes leave every queue deep while every client is
 //! healthy and reading.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{metric, SseClient, TestServer};
+use support::{metric, SseClient, TestServer, Transport};
 
 /// More than the fewest deep streams that count as congestion (32).
 const STREAMS: usize = 40;
 
-async fn behind(backpressure: Duration) -> (TestServer, Vec<SseClient>) {
-    let server = TestServer::with(|c| {
-        c.write_coalesce = Duration::from_secs(1);
-        c.publish_backpressure = backpressure;
+async fn behind(t: Transport, backpressure: Duration) -> (TestServer, Vec<SseClient>) {
+    let server = TestServer::on_with(t, |c| {
+        c.streams.write_coalesce = Some(Duration::from_secs(1));
+        c.publish.backpressure = (!backpressure.is_zero()).then_some(backpressure);
         // Deep from 4 queued frames; overflow (slow) at 16.
-        c.queue.max_frames = 16;
+        c.streams.queue.max_frames = 16;
     })
     .await;
     let mut clients = Vec::new();
@@ -60,9 +62,8 @@ async fn counter(server: &TestServer, outcome: &str) -> f64 {
     )
 }
 
-#[tokio::test]
-async fn a_publish_waits_while_streams_are_behind_and_nothing_is_lost() {
-    let (server, mut clients) = behind(Duration::from_secs(10)).await;
+async fn a_publish_waits_while_streams_are_behind_and_nothing_is_lost(t: Transport) {
+    let (server, mut clients) = behind(t, Duration::from_secs(10)).await;
     let before = counter(&server, "waited").await;
     let t = Instant::now();
     server
@@ -76,12 +77,11 @@ async fn a_publish_waits_while_streams_are_behind_and_nothing_is_lost() {
         let got: Vec<String> = c.next_n(6).await.into_iter().map(|e| e.data).collect();
         assert_eq!(got, ["1", "2", "3", "4", "5", "6"]);
     }
-    assert_eq!(server.state.fanout.registry().connections(), STREAMS);
+    assert_eq!(server.fanout.registry().connections(), STREAMS);
 }
 
-#[tokio::test]
-async fn past_the_limit_a_publish_is_refused_with_a_503_and_publishes_nothing() {
-    let (server, mut clients) = behind(Duration::from_millis(100)).await;
+async fn past_the_limit_a_publish_is_refused_with_a_503_and_publishes_nothing(t: Transport) {
+    let (server, mut clients) = behind(t, Duration::from_millis(100)).await;
     let resp = server
         .http
         .post(server.url("/api/publish"))
@@ -111,12 +111,11 @@ async fn past_the_limit_a_publish_is_refused_with_a_503_and_publishes_nothing() 
     for c in &mut clients {
         assert_eq!(c.next().await.data, "101");
     }
-    assert_eq!(server.state.fanout.registry().connections(), STREAMS);
+    assert_eq!(server.fanout.registry().connections(), STREAMS);
 }
 
-#[tokio::test]
-async fn with_backpressure_off_a_publish_is_never_held() {
-    let (server, mut clients) = behind(Duration::ZERO).await;
+async fn with_backpressure_off_a_publish_is_never_held(t: Transport) {
+    let (server, mut clients) = behind(t, Duration::ZERO).await;
     let t = Instant::now();
     server
         .publish_ok(json!({"broadcast": true, "data": 6}))
@@ -132,3 +131,9 @@ async fn with_backpressure_off_a_publish_is_never_held() {
         assert_eq!(got, ["1", "2", "3", "4", "5", "6"]);
     }
 }
+
+on_every_transport!(
+    a_publish_waits_while_streams_are_behind_and_nothing_is_lost,
+    past_the_limit_a_publish_is_refused_with_a_503_and_publishes_nothing,
+    with_backpressure_off_a_publish_is_never_held,
+);

@@ -8,8 +8,9 @@
 
 mod support;
 
+use herald::event::Event;
 use herald::event::Target;
-use herald::fanout::{Outgoing, Source};
+use herald::fanout::Source;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
 use support::TestServer;
@@ -56,14 +57,8 @@ fn multi_line_payloads_arrive_intact() {
     });
     runner
         .run(&strategy, |(data, event)| {
-            let ids = server.state.fanout.publish(
-                &[Outgoing {
-                    target: user.clone(),
-                    event: event.as_deref(),
-                    data: &data,
-                    id: None,
-                    timestamp_us: 0,
-                }],
+            let ids = server.fanout.publish(
+                &[Event::new(user.clone(), data.as_str()).with_kind(event.as_deref())],
                 Source::Http,
             );
             let ev = rt.block_on(client.borrow_mut().next());

@@ -21,7 +21,7 @@ async fn expect_error(server: &TestServer, body: &str, status: u16, needle: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() {
-    let server = TestServer::with(|c| c.publish_max_body = 4096).await;
+    let server = TestServer::with(|c| c.publish.max_body = 4096).await;
     let mut witness = server.subscribe("w").await;
 
     // Routing.
@@ -208,7 +208,7 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
     );
 
     // Nothing of the above was published; the server still works.
-    assert_eq!(server.state.fanout.replay_len().0, 0);
+    assert_eq!(server.fanout.replay_len().0, 0);
     server
         .publish_ok(json!({"user": "w", "data": "still here"}))
         .await;

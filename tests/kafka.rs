@@ -32,7 +32,7 @@ fn kafka(
         publish_topic: TOPIC.to_owned(),
         publish_timeout: Duration::from_secs(2),
         metadata_interval: Duration::from_millis(200),
-        backpressure: Duration::from_secs(5),
+        backpressure: Some(Duration::from_secs(5)),
     }
 }
 
@@ -209,7 +209,7 @@ async fn resume_by_kafka_position() {
         produce(&p, None, Some("r"), &[], i.to_string().as_bytes()).await;
     }
     // Wait until herald has consumed them (they are in its replay buffer).
-    let fanout = server.state.fanout.clone();
+    let fanout = server.fanout.clone();
     eventually(|| fanout.replay_len().0 >= 6, "records consumed").await;
     let mut c = server.subscribe_with("r", Some(&last)).await;
     let got: Vec<String> = c.next_n(3).await.into_iter().map(|e| e.data).collect();
@@ -289,7 +289,7 @@ async fn publish_goes_through_kafka_and_every_node_delivers_it() {
 async fn a_missing_topic_is_a_clear_startup_error() {
     let cluster = cluster();
     let mut config = Config::default_for_tests();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
     let mut k = kafka(&cluster, StartPosition::Latest);
     k.topics = vec!["nope".to_owned()];
     k.publish_topic = "nope".to_owned();
@@ -304,7 +304,10 @@ async fn a_missing_topic_is_a_clear_startup_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_keeps_streams_and_delivers_everything_after() {
     let cluster = cluster();
-    let server = server(&cluster, |c| c.heartbeat = Duration::from_millis(100)).await;
+    let server = server(&cluster, |c| {
+        c.streams.heartbeat = Duration::from_millis(100)
+    })
+    .await;
     let p = producer(&cluster.bootstrap_servers());
     let mut c = server.subscribe("o").await;
     produce(&p, Some(1), Some("o"), &[], b"0").await;
@@ -375,7 +378,7 @@ async fn broker_outage_keeps_streams_and_delivers_everything_after() {
 async fn an_unknown_client_property_is_a_clear_startup_error() {
     let cluster = cluster();
     let mut config = Config::default_for_tests();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
     let mut k = kafka(&cluster, StartPosition::Latest);
     k.properties = vec![("no.such.property".to_owned(), "1".to_owned())];
     config.kafka = Some(k);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::{raw_stream, TestServer};
+use support::{raw_stream, TestServer, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,9 +100,8 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_streams_get_heartbeat_comments() {
-    let server = TestServer::with(|c| c.heartbeat = Duration::from_millis(50)).await;
+async fn idle_streams_get_heartbeat_comments(t: Transport) {
+    let server = TestServer::on_with(t, |c| c.streams.heartbeat = Duration::from_millis(50)).await;
     let mut raw = raw_stream(&server.http, &server.url("/api/sse/subscribe/idle")).await;
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -118,11 +117,10 @@ async fn idle_streams_get_heartbeat_comments() {
     assert!(seen.starts_with(": herald\n"), "{seen:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_open_streams_within_the_deadline() {
-    let server = TestServer::with(|c| {
-        c.shutdown_drain = Duration::from_millis(300);
-        c.shutdown_deadline = Duration::from_secs(3);
+async fn shutdown_ends_open_streams_within_the_deadline(t: Transport) {
+    let server = TestServer::on_with(t, |c| {
+        c.shutdown.drain = Duration::from_millis(300);
+        c.shutdown.deadline = Duration::from_secs(3);
     })
     .await;
     let mut streams = Vec::new();
@@ -152,19 +150,32 @@ async fn shutdown_ends_open_streams_within_the_deadline() {
     assert!(tail.ends_with("retry: 3000\n\n"), "{tail:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn draining_server_refuses_new_streams_and_is_not_ready() {
-    let server = TestServer::with(|c| {
-        c.shutdown_drain = Duration::from_millis(500);
+async fn draining_server_refuses_new_streams_and_is_not_ready(t: Transport) {
+    let server = TestServer::on_with(t, |c| {
+        c.shutdown.drain = Duration::from_millis(500);
     })
     .await;
-    // Keep one connection open across the drain start to ask on.
+    // Keep connections open across the drain start to ask on (accepting
+    // stops when it starts).
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
-    let _hold = server.subscribe("hold").await;
-    server
-        .state
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ready = TcpStream::connect(server.addr).await.unwrap();
+    // Enough streams that ending them, spread over the drain period, keeps
+    // the drain in its second stage (connections still served) for a while.
+    let mut hold = Vec::new();
+    for i in 0..20 {
+        hold.push(server.subscribe(&format!("hold{i}")).await);
+    }
+    support::eventually(
+        || server.http_connections().0 == 22,
+        "22 connections accepted",
+    )
+    .await;
+    server.begin_shutdown();
+    support::eventually(
+        || server.phase() == herald::lifecycle::Phase::Draining,
+        "draining",
+    )
+    .await;
     conn.write_all(b"GET /api/sse/subscribe/late HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
@@ -173,7 +184,14 @@ async fn draining_server_refuses_new_streams_and_is_not_ready() {
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains("shutting down"), "{reply}");
-    assert_eq!(server.get("/readyz").await.0, 503);
+    ready
+        .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = ready.read(&mut buf).await.unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("draining"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,11 +210,7 @@ async fn connections_past_the_cap_get_503_with_a_message() {
     drop(_a);
     server.wait_connections(1).await;
     // A slot is free again.
-    support::eventually(
-        || server.state.permits.available_permits() == 1,
-        "permit back",
-    )
-    .await;
+    support::eventually(|| server.http_connections().0 == 1, "permit back").await;
     let reply = server
         .raw(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await;
@@ -502,3 +516,10 @@ fn no_secrets_in_logs_or_metrics() {
         assert!(!logs.contains(secret), "a secret or token was logged");
     }
 }
+
+on_h1_transports!(draining_server_refuses_new_streams_and_is_not_ready);
+
+on_every_transport!(
+    idle_streams_get_heartbeat_comments,
+    shutdown_ends_open_streams_within_the_deadline,
+);

@@ -8,14 +8,14 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{metric, SseClient, TestServer, WAIT};
+use support::{metric, SseClient, TestServer, Transport, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Counters are process-wide; tests compare before and after. Read from the
 /// recorder directly: a scrape would itself be a (limited) connection.
 async fn limited(s: &TestServer, reason: &str) -> f64 {
-    let page = s.state.metrics.as_ref().unwrap().render();
+    let page = s.metrics();
     metric(
         &page,
         "herald_limited_total",
@@ -37,9 +37,11 @@ async fn still_serves(s: &TestServer) {
     assert_eq!(c.next().await.data, r#""ok""#);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_per_user() {
-    let s = TestServer::with(|c| c.limits.streams_per_user = 2).await;
+async fn streams_per_user(t: Transport) {
+    let s = TestServer::on_with(t, |c| {
+        c.limits.streams_per_user = std::num::NonZeroUsize::new(2)
+    })
+    .await;
     let before = limited(&s, "per_user").await;
     let a = s.subscribe("u").await;
     let _b = s.subscribe("u").await;
@@ -65,7 +67,8 @@ async fn streams_per_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_ip() {
-    let s = TestServer::with(|c| c.limits.connections_per_ip = 3).await;
+    let s =
+        TestServer::with(|c| c.limits.connections_per_ip = std::num::NonZeroUsize::new(3)).await;
     let before = limited(&s, "per_ip").await;
     let src = "127.0.0.7".parse().unwrap();
     let connect = || async move {
@@ -94,7 +97,7 @@ async fn connections_per_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_per_second() {
-    let s = TestServer::with(|c| c.limits.connect_rate = 5.0).await;
+    let s = TestServer::with(|c| c.limits.connect_rate = Some(5.0)).await;
     let before = limited(&s, "connect_rate").await;
     let mut refused = 0;
     for _ in 0..20 {
@@ -118,7 +121,7 @@ async fn new_connections_per_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_requests_and_bytes_per_publisher() {
-    let s = TestServer::with(|c| c.limits.publish_rate = 2.0).await;
+    let s = TestServer::with(|c| c.limits.publish_rate = Some(2.0)).await;
     let before = limited(&s, "publish_rate").await;
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
@@ -142,7 +145,7 @@ async fn publish_requests_and_bytes_per_publisher() {
     assert!(resp.text().await.unwrap().contains("--publish-rate"));
     assert!(limited(&s, "publish_rate").await > before);
 
-    let s = TestServer::with(|c| c.limits.publish_bytes_rate = 1000.0).await;
+    let s = TestServer::with(|c| c.limits.publish_bytes_rate = Some(1000.0)).await;
     let before = limited(&s, "publish_bytes").await;
     let big = "x".repeat(700);
     assert_eq!(
@@ -160,7 +163,7 @@ async fn publish_requests_and_bytes_per_publisher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
-    let s = TestServer::with(|c| c.limits.header_read_timeout = Duration::from_millis(500)).await;
+    let s = TestServer::with(|c| c.server.header_read_timeout = Duration::from_millis(500)).await;
     let before = limited(&s, "header_timeout").await;
     // One byte every 100 ms: never a complete head before the timeout.
     let mut c = TcpStream::connect(s.addr).await.unwrap();
@@ -200,14 +203,13 @@ async fn slow_headers_are_cut_off() {
     still_serves(&s).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout() {
-    let s = TestServer::with(|c| {
-        c.limits.write_timeout = Duration::from_millis(300);
+async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout(t: Transport) {
+    let s = TestServer::on_with(t, |c| {
+        c.server.write_timeout = Some(Duration::from_millis(300));
         // Big enough queues that the write timeout, not the overflow, acts.
-        c.queue.max_frames = 100_000;
-        c.queue.max_bytes = 256 << 20;
-        c.replay.max_bytes = 1 << 20;
+        c.streams.queue.max_frames = 100_000;
+        c.streams.queue.max_bytes = 256 << 20;
+        c.streams.replay.max_bytes = 1 << 20;
     })
     .await;
     let before = limited(&s, "write_timeout").await;
@@ -226,14 +228,14 @@ async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout() {
     for _ in 0..400 {
         s.publish_ok(json!({"user": "stalled", "data": chunk}))
             .await;
-        if s.state.fanout.registry().connections() == 0 {
+        if s.fanout.registry().connections() == 0 {
             closed = true;
             break;
         }
     }
     if !closed {
         support::eventually(
-            || s.state.fanout.registry().connections() == 0,
+            || s.fanout.registry().connections() == 0,
             "the stalled stream to be closed",
         )
         .await;
@@ -243,9 +245,8 @@ async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout() {
     drop(stalled);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_are_off_by_default() {
-    let s = TestServer::start().await;
+async fn limits_are_off_by_default(t: Transport) {
+    let s = TestServer::on(t).await;
     let mut streams = Vec::new();
     for _ in 0..20 {
         streams.push(s.subscribe("many").await);
@@ -256,3 +257,7 @@ async fn limits_are_off_by_default() {
     }
     let _: Vec<SseClient> = streams;
 }
+
+on_h1_transports!(a_peer_that_stops_reading_is_closed_by_the_write_timeout);
+
+on_every_transport!(streams_per_user, limits_are_off_by_default,);

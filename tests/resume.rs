@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestServer;
+use support::{TestServer, Transport};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_gets_exactly_the_missed_events_then_live() {
-    let server = TestServer::start().await;
+async fn reconnect_gets_exactly_the_missed_events_then_live(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut c = server.subscribe("r?topic=t").await;
     for i in 0..3 {
         server.publish_ok(json!({"user": "r", "data": i})).await;
@@ -46,9 +45,8 @@ async fn reconnect_gets_exactly_the_missed_events_then_live() {
     c.assert_quiet(Duration::from_millis(100)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_event_id_query_parameter_works_like_the_header() {
-    let server = TestServer::start().await;
+async fn last_event_id_query_parameter_works_like_the_header(t: Transport) {
+    let server = TestServer::on(t).await;
     let first = server.publish_ok(json!({"user": "q", "data": 1})).await;
     server.publish_ok(json!({"user": "q", "data": 2})).await;
     let mut c = server.subscribe(&format!("q?lastEventId={first}")).await;
@@ -58,9 +56,8 @@ async fn last_event_id_query_parameter_works_like_the_header() {
 /// A publisher runs flat out while a client repeatedly disconnects and
 /// resumes: across all sessions the client sees every event exactly once,
 /// in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_gap_no_duplicate_at_the_seam_under_concurrent_publishing() {
-    let server = Arc::new(TestServer::start().await);
+async fn no_gap_no_duplicate_at_the_seam_under_concurrent_publishing(t: Transport) {
+    let server = Arc::new(TestServer::on(t).await);
     const TOTAL: u64 = 2000;
     let done = Arc::new(AtomicBool::new(false));
     let publisher = {
@@ -120,9 +117,8 @@ async fn no_gap_no_duplicate_at_the_seam_under_concurrent_publishing() {
     assert_eq!(got.len(), TOTAL as usize);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_older_than_the_buffer_gets_the_reset_event() {
-    let server = TestServer::with(|c| c.replay.max_events = 5).await;
+async fn an_id_older_than_the_buffer_gets_the_reset_event(t: Transport) {
+    let server = TestServer::on_with(t, |c| c.streams.replay.max_events = 5).await;
     let old = server.publish_ok(json!({"user": "z", "data": 0})).await;
     let mut latest = String::new();
     for i in 1..=10 {
@@ -150,19 +146,27 @@ async fn an_id_older_than_the_buffer_gets_the_reset_event() {
     assert_eq!(c.next().await.data, r#""live""#);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_from_another_run_gets_the_reset_event() {
-    let server = TestServer::start().await;
+async fn an_id_from_another_run_gets_the_reset_event(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut c = server.subscribe_with("z", Some("1-5")).await;
     assert_eq!(c.next().await.event, "herald-reset");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_older_than_max_age_are_not_replayed() {
-    let server = TestServer::with(|c| c.replay.max_age = Duration::from_millis(200)).await;
+async fn events_older_than_max_age_are_not_replayed(t: Transport) {
+    let server =
+        TestServer::on_with(t, |c| c.streams.replay.max_age = Duration::from_millis(200)).await;
     let first = server.publish_ok(json!({"user": "age", "data": 1})).await;
     server.publish_ok(json!({"user": "age", "data": 2})).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut c = server.subscribe_with("age", Some(&first)).await;
     assert_eq!(c.next().await.event, "herald-reset");
 }
+
+on_every_transport!(
+    reconnect_gets_exactly_the_missed_events_then_live,
+    last_event_id_query_parameter_works_like_the_header,
+    no_gap_no_duplicate_at_the_seam_under_concurrent_publishing,
+    an_id_older_than_the_buffer_gets_the_reset_event,
+    an_id_from_another_run_gets_the_reset_event,
+    events_older_than_max_age_are_not_replayed,
+);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, metric, TestServer};
+use support::{eventually, metric, TestServer, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -28,16 +28,18 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_client_is_closed_healthy_client_gets_everything() {
+async fn stalled_client_is_closed_healthy_client_gets_everything(t: Transport) {
+    // The counters below are process-wide: one transport at a time.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter("herald=debug")
         .with_test_writer()
         .try_init();
-    let server = TestServer::with(|c| {
-        c.queue.max_frames = 64;
-        c.queue.max_bytes = 256 * 1024;
-        c.replay.max_bytes = 1024 * 1024;
+    let server = TestServer::on_with(t, |c| {
+        c.streams.queue.max_frames = 64;
+        c.streams.queue.max_bytes = 256 * 1024;
+        c.streams.replay.max_bytes = 1024 * 1024;
     })
     .await;
     let (_, _, page) = server.get("/metrics").await;
@@ -102,7 +104,7 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
 
     // The stalled connection was closed by the server, for being slow.
     server.wait_connections(1).await;
-    let registry = server.state.fanout.registry().clone();
+    let registry = server.fanout.registry().clone();
     eventually(
         || registry.connections() == 1,
         "stalled client unregistered",
@@ -148,3 +150,5 @@ async fn stalled_client_is_closed_healthy_client_gets_everything() {
     );
     eprintln!("stalled client received {total} bytes before the close; RSS grew {grown_kib} KiB");
 }
+
+on_h1_transports!(stalled_client_is_closed_healthy_client_gets_everything);

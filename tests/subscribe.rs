@@ -9,11 +9,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{client, TestServer};
+use support::{TestServer, Transport};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_page_flow_user_123() {
-    let server = TestServer::start().await;
+async fn seed_page_flow_user_123(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut page = server.subscribe("123").await;
     assert_eq!(page.headers["content-type"], "text/event-stream");
     assert_eq!(page.headers["cache-control"], "no-cache");
@@ -34,13 +33,13 @@ async fn seed_page_flow_user_123() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn preamble_sets_retry_and_resume_point() {
-    let server = TestServer::start().await;
+async fn preamble_sets_retry_and_resume_point(t: Transport) {
+    let server = TestServer::on(t).await;
     let first = server
         .publish_ok(json!({"broadcast": true, "data": 0}))
         .await;
-    let resp = client()
+    let resp = server
+        .http
         .get(server.url("/api/sse/subscribe/u"))
         .send()
         .await
@@ -57,9 +56,8 @@ async fn preamble_sets_retry_and_resume_point() {
     assert_eq!(head, format!(": herald\nretry: 3000\nid: {first}\n\n"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_events_reach_only_that_user_and_all_its_tabs() {
-    let server = TestServer::start().await;
+async fn user_events_reach_only_that_user_and_all_its_tabs(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut a1 = server.subscribe("alice").await;
     let mut a2 = server.subscribe("alice").await;
     let mut b = server.subscribe("bob").await;
@@ -78,9 +76,8 @@ async fn user_events_reach_only_that_user_and_all_its_tabs() {
     a2.assert_quiet(Duration::from_millis(50)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_and_broadcast_reach_the_right_sets() {
-    let server = TestServer::start().await;
+async fn topics_and_broadcast_reach_the_right_sets(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut news = server.subscribe("u1?topic=news").await;
     let mut both = server.subscribe("u2?topic=news&topic=sport").await;
     let mut none = server.subscribe("u3").await;
@@ -112,9 +109,8 @@ async fn topics_and_broadcast_reach_the_right_sets() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_publish_keeps_order_and_returns_ids() {
-    let server = TestServer::start().await;
+async fn batch_publish_keeps_order_and_returns_ids(t: Transport) {
+    let server = TestServer::on(t).await;
     let mut c = server.subscribe("u").await;
     let batch: Vec<_> = (0..50).map(|i| json!({"user": "u", "data": i})).collect();
     let (status, reply) = server.publish(serde_json::Value::Array(batch)).await;
@@ -132,14 +128,13 @@ async fn batch_publish_keeps_order_and_returns_ids() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnect_unregisters() {
-    let server = TestServer::start().await;
+async fn disconnect_unregisters(t: Transport) {
+    let server = TestServer::on(t).await;
     let c = server.subscribe("gone?topic=t").await;
     server.wait_connections(1).await;
     drop(c);
     server.wait_connections(0).await;
-    assert_eq!(server.state.fanout.registry().keys(), (0, 0));
+    assert_eq!(server.fanout.registry().keys(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +196,9 @@ async fn health_ready_and_metrics() {
     assert!(m("herald_process_max_fds", None) >= 64.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_coalescing_holds_a_busy_stream_for_the_window() {
+async fn write_coalescing_holds_a_busy_stream_for_the_window(t: Transport) {
     let window = Duration::from_millis(400);
-    let server = TestServer::with(|c| c.write_coalesce = window).await;
+    let server = TestServer::on_with(t, |c| c.streams.write_coalesce = Some(window)).await;
     let mut s = server.subscribe("c").await;
 
     // A quiet stream writes at once.
@@ -227,3 +221,13 @@ async fn write_coalescing_holds_a_busy_stream_for_the_window() {
     assert_eq!(got, ["1", "2", "3"]);
     assert!(held >= window, "held only {held:?}");
 }
+
+on_every_transport!(
+    seed_page_flow_user_123,
+    preamble_sets_retry_and_resume_point,
+    user_events_reach_only_that_user_and_all_its_tabs,
+    topics_and_broadcast_reach_the_right_sets,
+    batch_publish_keeps_order_and_returns_ids,
+    disconnect_unregisters,
+    write_coalescing_holds_a_busy_stream_for_the_window,
+);

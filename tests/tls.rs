@@ -14,7 +14,7 @@ const CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-ca.pem");
 const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-key.pem");
 
 async fn tls_server() -> TestServer {
-    TestServer::with(|c| c.tls = Some(herald::tls::load(CERT, KEY).unwrap())).await
+    TestServer::with(|c| c.server.tls = Some(herald::tls::load(CERT, KEY).unwrap())).await
 }
 
 fn client(http1_only: bool) -> reqwest::Client {
@@ -32,7 +32,7 @@ fn client(http1_only: bool) -> reqwest::Client {
 }
 
 fn open_connections(s: &TestServer) -> u64 {
-    s.state.max_connections - s.state.permits.available_permits() as u64
+    s.http_connections().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::queue;
+use crate::registry::queue;
 use crate::registry::Registry;
 
 /// How long a sample stays fresh.
@@ -120,8 +120,9 @@ impl Congestion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
     use crate::event::{Name, Target};
-    use crate::fanout::{Fanout, Outgoing, Source, Subscribed};
+    use crate::fanout::{Fanout, Source, Subscribed};
     use crate::replay;
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
@@ -150,14 +151,7 @@ mod tests {
     }
 
     fn publish(f: &Fanout, target: Target, n: usize) {
-        let ev = Outgoing {
-            target,
-            event: None,
-            data: "x",
-            id: None,
-            timestamp_us: 0,
-        };
-        f.publish(&vec![ev; n], Source::Http);
+        f.publish(&vec![Event::new(target, "x"); n], Source::Http);
     }
 
     fn drain(s: &Subscribed) {

@@ -1,26 +1,31 @@
 //! Dispatch: give each event its id, encode it once, keep it for replay and
 //! queue the same [`Bytes`] to every connection it is for.
 //!
-//! One lock (`Fanout::state`) orders everything that must agree on "before"
-//! and "after": sequence numbers, replay appends, routing, and new
-//! subscriptions. Because a subscriber is registered and its replay snapshot
-//! taken under that lock, every event lands exactly once in either the
-//! snapshot or the live queue: resume has no gap and no duplicate at the seam.
-//! Lock order is `state` > registry shard > connection queue; nothing waits
-//! under any of them (queue pushes never block; wakers are woken after each
-//! shard lock is released).
+//! One lock (`Fanout::state`, "the dispatch lock") orders everything that
+//! must agree on "before" and "after": sequence numbers, replay appends,
+//! routing, and new subscriptions. Because a subscriber is registered and its
+//! replay snapshot taken under that lock, every event lands exactly once in
+//! either the snapshot or the live queue: resume has no gap and no duplicate
+//! at the seam.
+//!
+//! Lock order is dispatch > registry shard > connection queue. Under the
+//! dispatch and shard locks only pushes happen: the wakers of the queues that
+//! went non-empty and the streams that overflowed are collected there, and
+//! woken, closed and logged after every lock is released ([`Delivery`]).
 //!
 //! Slow clients: a push that overflows a queue closes that connection
-//! (reason `slow`) and is counted and logged; the publisher carries on.
-//! When many queues are deep at once, herald itself is behind, and
-//! publishers are held back before they get here (see `congestion`).
+//! (reason `slow`); it is counted, and logged at most once a second with a
+//! count; the publisher carries on. When many queues are deep at once,
+//! herald itself is behind, and publishers are held back before they get
+//! here (see `congestion`).
 
 pub mod congestion;
-pub mod queue;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::{counter, histogram, Counter, Histogram};
@@ -28,13 +33,12 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::abort::Abort;
-use crate::event::{Name, Target};
+use crate::event::{Event, Name, Target};
 use crate::metrics as m;
+use crate::registry::queue::{self, CloseReason, Push};
 use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
 use crate::replay::{self, After, Replay};
 use crate::sse::{frame, EventId};
-
-use queue::{CloseReason, Push};
 
 /// Where an event came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,18 +47,37 @@ pub enum Source {
     Kafka,
 }
 
-/// One event to publish: target, optional SSE event type, payload text, and
-/// its id when it has one already (a Kafka position); `None` assigns a local
-/// id.
-#[derive(Debug, Clone)]
-pub struct Outgoing<'a> {
-    pub target: Target,
-    pub event: Option<&'a str>,
-    pub data: &'a str,
-    pub id: Option<EventId>,
-    /// When the event happened (µs since the epoch: the Kafka record's
-    /// timestamp); 0 = now. The delivery-lag histogram measures from here.
-    pub timestamp_us: u64,
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Kafka => "kafka",
+        }
+    }
+}
+
+/// What happened to a publish held back because herald was behind: the
+/// `herald_publish_backpressure_total{outcome}` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// It waited, then was published.
+    Waited,
+    /// It waited the whole `--publish-backpressure` and was refused.
+    Refused,
+}
+
+impl Held {
+    fn label(self) -> &'static str {
+        match self {
+            Held::Waited => "waited",
+            Held::Refused => "refused",
+        }
+    }
+
+    fn count(self, source: Source) {
+        counter!(m::PUBLISH_BACKPRESSURE, "source" => source.label(), "outcome" => self.label())
+            .increment(1);
+    }
 }
 
 /// A new subscription and what to send before live events.
@@ -80,6 +103,8 @@ pub struct Fanout {
     congestion: congestion::Congestion,
     state: Mutex<State>,
     counters: Counters,
+    /// Rate limit of the slow-close log lines.
+    slow_log: Mutex<SlowLog>,
 }
 
 #[derive(Debug)]
@@ -89,8 +114,6 @@ struct State {
     /// Id of the last event dispatched (`<epoch>-0` before the first).
     latest: EventId,
     replay: Replay,
-    /// Reused scratch for wakers collected under a shard lock.
-    wakers: Vec<Waker>,
 }
 
 #[derive(Debug)]
@@ -105,15 +128,41 @@ struct Counters {
     fanout_seconds: Histogram,
 }
 
-/// Pushes one frame to each routed subscriber; collects wakers and outcomes.
+/// What pushes leave to do once every lock is released: wake the writers of
+/// queues that went non-empty, kill the connections whose queue overflowed.
+/// Per thread and reused, so the pushes themselves never allocate once the
+/// vectors have grown to a burst's size.
+#[derive(Debug, Default)]
+struct Delivery {
+    wakers: Vec<Waker>,
+    /// Overflowed streams and the frames each dropped.
+    slow: Vec<(Arc<Subscriber>, usize)>,
+}
+
+thread_local! {
+    static DELIVERY: RefCell<Delivery> = RefCell::new(Delivery::default());
+}
+
+/// Pushes one frame to each routed subscriber; collects wakers and overflows.
 struct PushSink<'a> {
     frame: &'a Bytes,
     /// The event's timestamp, 0 for frames that are not events.
     ts_us: u64,
     limits: queue::Limits,
-    wakers: &'a mut Vec<Waker>,
+    out: &'a mut Delivery,
     queued: u64,
     dropped: u64,
+}
+
+/// At most one slow-close log line per this period; the line counts the
+/// closes since the previous one.
+const SLOW_LOG_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct SlowLog {
+    last: Option<std::time::Instant>,
+    /// Slow closes not yet logged.
+    pending: u64,
 }
 
 // === impl Fanout ===
@@ -127,8 +176,12 @@ impl Fanout {
     ) -> Self {
         // At zero from the start, so dashboards see the series before the
         // first overload.
-        for (source, outcome) in [("http", "waited"), ("http", "refused"), ("kafka", "waited")] {
-            counter!(m::PUBLISH_BACKPRESSURE, "source" => source, "outcome" => outcome)
+        for (source, held) in [
+            (Source::Http, Held::Waited),
+            (Source::Http, Held::Refused),
+            (Source::Kafka, Held::Waited),
+        ] {
+            counter!(m::PUBLISH_BACKPRESSURE, "source" => source.label(), "outcome" => held.label())
                 .increment(0);
         }
         Self {
@@ -140,7 +193,6 @@ impl Fanout {
                 seq: 0,
                 latest: EventId::Local { epoch, seq: 0 },
                 replay: Replay::new(replay),
-                wakers: Vec::new(),
             }),
             counters: Counters {
                 ingested_http: counter!(m::EVENTS_INGESTED, "source" => "http"),
@@ -152,6 +204,7 @@ impl Fanout {
                 resume_gap: counter!(m::RESUMES, "outcome" => "gap"),
                 fanout_seconds: histogram!(m::FANOUT_DURATION),
             },
+            slow_log: Mutex::new(SlowLog::default()),
         }
     }
 
@@ -188,11 +241,11 @@ impl Fanout {
         loop {
             tokio::time::sleep(congestion::RECHECK).await;
             if !self.congested() {
-                backpressure("http", "waited");
+                Held::Waited.count(Source::Http);
                 return Ok(true);
             }
             if Instant::now() >= deadline {
-                backpressure("http", "refused");
+                Held::Refused.count(Source::Http);
                 return Err(());
             }
         }
@@ -213,51 +266,58 @@ impl Fanout {
         {
             std::thread::sleep(congestion::RECHECK);
         }
-        backpressure("kafka", "waited");
+        Held::Waited.count(Source::Kafka);
     }
 
     /// Publishes a batch in order under one lock; returns each event's id.
     /// Callers validate event types and names first.
-    pub fn publish(&self, events: &[Outgoing<'_>], source: Source) -> Vec<EventId> {
+    pub fn publish(&self, events: &[Event<'_>], source: Source) -> Vec<EventId> {
         let mut ids = Vec::with_capacity(events.len());
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        // One clock read per batch, not per event: reading the clock twice
-        // per event was a quarter of Kafka ingest's CPU (perf, 2026-11-23).
-        let now = Instant::now();
-        let now_us = unix_micros();
-        for ev in events {
-            st.seq += 1;
-            let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
-            let bytes = frame::event(&id, ev.event, ev.data);
-            st.replay
-                .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
-            let ts = if ev.timestamp_us == 0 {
-                now_us
-            } else {
-                ev.timestamp_us
-            };
-            self.route(&ev.target, &bytes, ts, &mut st.wakers);
-            st.latest = id.clone();
-            ids.push(id);
-        }
-        if !events.is_empty() {
-            let per_event = now.elapsed().as_secs_f64() / events.len() as f64;
-            self.counters.fanout_seconds.record(per_event);
-        }
+        DELIVERY.with_borrow_mut(|out| {
+            {
+                let mut st = self.state.lock();
+                let st = &mut *st;
+                // One clock read per batch, not per event: reading the clock
+                // twice per event was a quarter of Kafka ingest's CPU (perf,
+                // 2026-11-23).
+                let now = Instant::now();
+                let now_us = unix_micros();
+                for ev in events {
+                    st.seq += 1;
+                    let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
+                    let bytes = frame::event(&id, ev.kind(), &ev.data);
+                    st.replay
+                        .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
+                    let ts = if ev.timestamp_us == 0 {
+                        now_us
+                    } else {
+                        ev.timestamp_us
+                    };
+                    self.route(&ev.target, &bytes, ts, out);
+                    st.latest = id.clone();
+                    ids.push(id);
+                }
+                if !events.is_empty() {
+                    let per_event = now.elapsed().as_secs_f64() / events.len() as f64;
+                    self.counters.fanout_seconds.record(per_event);
+                }
+            }
+            self.deliver(out);
+        });
         match source {
-            Source::Http => self.counters.ingested_http.increment(events.len() as u64),
-            Source::Kafka => self.counters.ingested_kafka.increment(events.len() as u64),
+            Source::Http => &self.counters.ingested_http,
+            Source::Kafka => &self.counters.ingested_kafka,
         }
+        .increment(events.len() as u64);
         ids
     }
 
-    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, wakers: &mut Vec<Waker>) {
+    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, out: &mut Delivery) {
         let mut sink = PushSink {
             frame,
             ts_us,
             limits: self.queue_limits,
-            wakers,
+            out,
             queued: 0,
             dropped: 0,
         };
@@ -266,6 +326,43 @@ impl Fanout {
         if sink.dropped > 0 {
             self.counters.dropped_slow.increment(sink.dropped);
         }
+    }
+
+    /// With no lock held: wakes the writers, kills overflowed connections
+    /// and logs them (rate-limited).
+    fn deliver(&self, out: &mut Delivery) {
+        for w in out.wakers.drain(..) {
+            w.wake();
+        }
+        if out.slow.is_empty() {
+            return;
+        }
+        let closed = out.slow.len() as u64;
+        for (sub, _) in &out.slow {
+            sub.abort();
+        }
+        let mut log = self.slow_log.lock();
+        log.pending += closed;
+        let now = std::time::Instant::now();
+        if log
+            .last
+            .is_none_or(|t| now.duration_since(t) >= SLOW_LOG_EVERY)
+        {
+            let streams = std::mem::take(&mut log.pending);
+            log.last = Some(now);
+            drop(log);
+            let (sub, dropped) = &out.slow[0];
+            tracing::warn!(
+                streams,
+                user = %sub.user,
+                peer = %crate::fmt::OrNone(sub.peer),
+                dropped = *dropped,
+                max_frames = self.queue_limits.max_frames,
+                max_bytes = self.queue_limits.max_bytes,
+                "closing slow SSE connections: their queues are full (one example; count since the last such line)"
+            );
+        }
+        out.slow.clear();
     }
 
     /// Registers a connection and decides what it gets before live events:
@@ -278,9 +375,11 @@ impl Fanout {
         abort: Option<Arc<Abort>>,
         resume: Option<EventId>,
     ) -> Subscribed {
+        // Allocated before the dispatch lock; registered under it.
+        let sub = self.registry.subscriber(user, topics, peer, abort);
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
-        let subscription = self.registry.insert(user, topics, peer, abort);
+        let subscription = self.registry.register(sub);
         let latest = st.latest.clone();
         let Some(resume) = resume else {
             return Subscribed {
@@ -326,19 +425,21 @@ impl Fanout {
     /// Queues a heartbeat comment to every connection. A connection whose
     /// queue is full is closed as slow, like for any other frame.
     pub fn heartbeat(&self) {
-        let mut wakers = Vec::new();
-        let mut sink = PushSink {
-            frame: &frame::HEARTBEAT,
-            ts_us: 0,
-            limits: self.queue_limits,
-            wakers: &mut wakers,
-            queued: 0,
-            dropped: 0,
-        };
-        self.registry.for_each(&mut sink);
-        if sink.dropped > 0 {
-            self.counters.dropped_slow.increment(sink.dropped);
-        }
+        DELIVERY.with_borrow_mut(|out| {
+            let mut sink = PushSink {
+                frame: &frame::HEARTBEAT,
+                ts_us: 0,
+                limits: self.queue_limits,
+                out,
+                queued: 0,
+                dropped: 0,
+            };
+            self.registry.for_each(&mut sink);
+            if sink.dropped > 0 {
+                self.counters.dropped_slow.increment(sink.dropped);
+            }
+            self.deliver(out);
+        });
         // Expire by age even when nothing is published.
         self.state.lock().replay.expire(Instant::now());
     }
@@ -363,33 +464,14 @@ impl RouteSink for PushSink<'_> {
             Push::Queued => self.queued += 1,
             Push::Overflow { dropped } => {
                 self.dropped += dropped as u64;
-                sub.abort();
-                tracing::warn!(
-                    user = %sub.user,
-                    peer = ?sub.peer,
-                    dropped,
-                    max_frames = self.limits.max_frames,
-                    max_bytes = self.limits.max_bytes,
-                    "closing slow SSE connection: its queue is full"
-                );
+                self.out.slow.push((sub.clone(), dropped));
             }
             Push::Closed => {}
         }
         if let Some(w) = waker {
-            self.wakers.push(w);
+            self.out.wakers.push(w);
         }
     }
-
-    fn shard_done(&mut self) {
-        for w in self.wakers.drain(..) {
-            w.wake();
-        }
-    }
-}
-
-/// Counts a publish held back (or refused) because herald was behind.
-fn backpressure(source: &'static str, outcome: &'static str) {
-    counter!(m::PUBLISH_BACKPRESSURE, "source" => source, "outcome" => outcome).increment(1);
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
@@ -409,7 +491,7 @@ pub async fn close_all(registry: &Registry, spread: std::time::Duration, retry_m
             self.0.push(sub.clone());
         }
     }
-    let mut all = Collect(Vec::new());
+    let mut all = Collect(Vec::with_capacity(registry.connections() + 64));
     registry.for_each(&mut all);
     let all = all.0;
     let total = all.len();
@@ -419,15 +501,13 @@ pub async fn close_all(registry: &Registry, spread: std::time::Duration, retry_m
     const STEP: std::time::Duration = std::time::Duration::from_millis(50);
     let steps = (spread.as_millis() / STEP.as_millis()).max(1) as usize;
     let per_step = total.div_ceil(steps);
-    let hint = frame::FrameBuilder::new(0).retry(retry_ms).finish();
+    let hint = frame::retry_hint(retry_ms);
     for (i, chunk) in all.chunks(per_step).enumerate() {
         if i > 0 {
             tokio::time::sleep(STEP).await;
         }
         for sub in chunk {
-            if let Some(w) = sub.queue.close(CloseReason::Shutdown, Some(hint.clone())) {
-                w.wake();
-            }
+            sub.end(CloseReason::Shutdown, Some(hint.clone()));
         }
     }
     total

@@ -2,8 +2,9 @@
 //!
 //! | route | method | answers |
 //! |---|---|---|
-//! | `/api/sse/subscribe/{userId}` | GET | 200 event stream; 400 bad user id, topic or `Last-Event-ID`; 503 shutting down |
-//! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 413 body too large; 415 not JSON; 503 Kafka did not acknowledge |
+//! | `/api/sse/subscribe/{userId}` | GET, HEAD | 200 event stream (see `subscribe`); 400 bad user id, topic, `Last-Event-ID` or a duplicated header; 401/403 auth; 429 per-user limit; 503 shutting down |
+//! | `/api/publish` | POST | 200 `{"id"}` / `{"ids"}`; 400 bad JSON or field; 401/403 auth; 413 body too large; 415 not JSON; 429 publisher limits; 503 behind on delivery, or Kafka did not acknowledge |
+//! | `/api/...` | OPTIONS | 204 CORS preflight; 403 origin not allowed |
 //! | `/` | GET | 200 the demo page (embedded) |
 //! | `/healthz` | GET | 200 while the process runs |
 //! | `/readyz` | GET | 200 when serving; 503 while starting or draining |
@@ -14,60 +15,39 @@
 //! plain text; every one says what was wrong. When an admin listener is
 //! configured, the main listener serves only the API routes and the admin
 //! listener only health and metrics ([`Routes`]).
+//!
+//! Subscribe requests reach [`subscribe::Subscribe::admit`] from here (hyper:
+//! HTTP/1.1 with the fast path off, h2, h2c, TLS) or from herald's own
+//! HTTP/1.1 writer ([`h1`]); both transports share one admission and one
+//! stream core.
 
 mod body;
 pub(crate) mod cors;
-pub(crate) mod fast;
+pub(crate) mod h1;
 mod health;
-pub mod publish;
-pub mod subscribe;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use metrics::Counter;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
 
 use crate::abort::Abort;
-use crate::config::Config;
-use crate::fanout::Fanout;
-use crate::ingest::{Publisher, Status as IngestStatus};
+use crate::config::Cors;
 
-pub use body::{Body, BodyError, SseBody, Stream};
+pub(crate) use body::Body;
+pub(crate) use health::Health;
 
-/// State shared by every request handler.
+/// Every HTTP endpoint, each with what it uses.
 #[derive(Debug)]
-pub struct AppState {
-    pub fanout: Arc<Fanout>,
-    pub config: Arc<Config>,
-    /// True once listeners are up; false again when draining starts.
-    pub ready: AtomicBool,
-    /// Set when draining starts: no new streams.
-    pub draining: AtomicBool,
-    /// `None` with `--metrics false`.
-    pub metrics: Option<PrometheusHandle>,
-    /// Connection-cap semaphore (available permits = free slots).
-    pub permits: Arc<Semaphore>,
-    pub max_connections: u64,
-    pub(crate) rejected: Counter,
-    pub(crate) publish_rejected: Counter,
-    /// Kafka mode: publishes are produced here (None: embedded mode).
-    pub publisher: Option<Arc<Publisher>>,
-    /// Kafka mode: ingest health, for readiness.
-    pub ingest: Option<Arc<IngestStatus>>,
-    /// Streams to end when their token expires.
-    pub expiries: crate::expiry::Expiries,
-    /// Open connections per client address (`--max-connections-per-ip`).
-    pub per_ip: Arc<crate::guard::PerIp>,
-    /// New connections per second (`--max-connect-rate`).
-    pub connect_rate: Option<crate::guard::Bucket>,
-    /// Per-publisher request and byte rates.
-    pub publishers: crate::guard::Publishers,
+pub(crate) struct Api {
+    pub(crate) subscribe: subscribe::Subscribe,
+    pub(crate) publish: publish::Publish,
+    pub(crate) health: Health,
+    pub(crate) cors: Arc<Cors>,
 }
 
 /// The demo page served at `/`: subscribes with the seed page's code,
@@ -76,7 +56,7 @@ const DEMO_PAGE: &str = include_str!("assets/demo.html");
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routes {
+pub(crate) enum Routes {
     /// Everything (no admin listener configured).
     All,
     /// API only (an admin listener serves the rest).
@@ -86,54 +66,55 @@ pub enum Routes {
 }
 
 /// Routes one request; adds CORS headers for allowed origins.
-pub async fn handle(
-    state: &Arc<AppState>,
+pub(crate) async fn handle(
+    api: &Api,
     routes: Routes,
     req: Request<Incoming>,
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Response<Body> {
-    let cors = &state.config.cors;
-    let origin = (!cors.origins.is_empty())
+    let origin = api
+        .cors
+        .enabled()
         .then(|| req.headers().get(header::ORIGIN).cloned())
         .flatten();
-    let mut resp = route(state, routes, req, peer, abort).await;
-    if origin.is_some()
-        && !resp
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-    {
-        cors::apply(cors, origin.as_ref().map(|v| v.as_bytes()), &mut resp);
-    }
+    let mut resp = route(api, routes, req, peer, abort).await;
+    api.cors
+        .apply(origin.as_ref().map(|v| v.as_bytes()), resp.headers_mut());
     resp
 }
 
 async fn route(
-    state: &Arc<AppState>,
+    api: &Api,
     routes: Routes,
     req: Request<Incoming>,
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Response<Body> {
     let path = req.uri().path();
-    let api = routes != Routes::Admin;
-    if api && cors::is_options(req.method()) {
+    let serves_api = routes != Routes::Admin;
+    if serves_api && req.method() == Method::OPTIONS {
         let origin = req.headers().get(header::ORIGIN).map(|v| v.as_bytes());
         if path.starts_with(subscribe::PREFIX) {
-            return cors::preflight(&state.config.cors, origin, "GET, HEAD, OPTIONS");
+            return api.cors.preflight(origin, "GET, HEAD, OPTIONS");
         }
         if path == publish::PATH {
-            return cors::preflight(&state.config.cors, origin, "POST, OPTIONS");
+            return api.cors.preflight(origin, "POST, OPTIONS");
         }
     }
     let admin = routes != Routes::Api;
-    if api {
-        if let Some(rest) = path.strip_prefix(subscribe::PREFIX) {
+    if serves_api {
+        if path.starts_with(subscribe::PREFIX) {
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 return method_not_allowed(req.method(), "GET");
             }
-            let rest = rest.to_owned();
-            return subscribe::handle(state, &req, &rest, peer, abort);
+            let (parts, _body) = req.into_parts();
+            return match api.subscribe.admit(&parts, peer, abort) {
+                subscribe::Admission::Stream(head, stream) => {
+                    head.map(|()| Body::Sse(Box::new(stream)))
+                }
+                subscribe::Admission::Answer(resp) => resp,
+            };
         }
         if path == "/" || path == "/index.html" {
             if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -149,7 +130,7 @@ async fn route(
             if req.method() != Method::POST {
                 return method_not_allowed(req.method(), "POST");
             }
-            return publish::handle(state, req, peer).await;
+            return api.publish.handle(req, peer).await;
         }
     }
     if admin {
@@ -159,8 +140,8 @@ async fn route(
         }
         match path {
             "/healthz" => return health::healthz(),
-            "/readyz" => return health::readyz(state),
-            "/metrics" => return health::metrics(state),
+            "/readyz" => return api.health.readyz(),
+            "/metrics" => return api.health.metrics(),
             _ => {}
         }
     }

@@ -13,15 +13,11 @@
 //! Unknown fields are refused (ids are assigned by herald, not the caller).
 //!
 //! A batch is validated whole before any of it is published. Answers
-//! `{"id": "..."}` or `{"ids": [...]}`.
-//!
-//! Kafka mode: the events are produced to `--kafka-publish-topic` (key = user,
-//! header `sse-topic` / `sse-event` per the record mapping) and the answer
-//! waits for the broker's acknowledgement; the ids are the Kafka positions,
-//! and delivery to streams happens when the consumer reads them back, on
-//! every node. No acknowledgement within `--kafka-publish-timeout`: 503,
-//! with the ids of any events of a batch that did get through.
+//! `{"id": "..."}` or `{"ids": [...]}`. Where the events go is the
+//! [`Sink`]'s business (this node, or Kafka); every way a publish can be
+//! refused is a [`Refusal`], answered in [`Refusal::into_response`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,15 +27,17 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::{Name, Target};
-use crate::fanout::{Outgoing, Source};
-use crate::sse::frame;
+use crate::auth::{self, Auth, Denied};
+use crate::event::{Event, Name, Target};
+use crate::guard::{self, Publishers, Refused};
+use crate::publish::{PublishError, Sink};
+use crate::sse::{frame, EventId};
 
-use super::{json_error, response, AppState, Body};
+use super::{json_error, response, Body};
 
-pub const PATH: &str = "/api/publish";
+pub(crate) const PATH: &str = "/api/publish";
 /// Most events in one batch.
-pub const MAX_BATCH: usize = 10_000;
+pub(crate) const MAX_BATCH: usize = 10_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,65 +50,144 @@ struct Item<'a> {
     data: &'a RawValue,
 }
 
-/// A validated item.
+/// The publish endpoint: who may publish, how much, and where it goes.
 #[derive(Debug)]
-pub(crate) struct Valid {
-    pub(crate) target: Target,
-    pub(crate) event: Option<String>,
-    pub(crate) data: String,
+pub(crate) struct Publish {
+    pub(crate) sink: Sink,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) publishers: Publishers,
+    /// `--publish-max-body`.
+    pub(crate) max_body: usize,
 }
 
-pub(super) async fn handle(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-    peer: std::net::SocketAddr,
-) -> Response<Body> {
-    let authorization = req.headers().get(header::AUTHORIZATION);
-    let who = match state
-        .config
-        .auth
-        .publish(authorization.map(header::HeaderValue::as_bytes))
-    {
-        Ok(who) => who,
-        Err(denied) => {
-            metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "publish", "reason" => denied.reason())
-                .increment(1);
-            return super::subscribe::denied_response(&denied);
-        }
-    };
-    let publishers = &state.publishers;
-    let who = who.unwrap_or_else(|| format!("ip:{}", peer.ip()));
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if let Err(refused) = publishers.charge(&who, declared.unwrap_or(0)) {
-        return limited(refused);
-    }
-    let result = read_and_validate(state, req).await;
-    let items = match result {
-        Ok(items) => items,
-        Err((status, msg)) => {
-            state.publish_rejected.increment(1);
-            return json_error(status, &msg);
-        }
-    };
-    if declared.is_none() && publishers.enabled() {
-        // No content-length: charge the bytes that came (no request).
-        if let Err(refused) = publishers.charge_bytes(&who, items.2) {
-            return limited(refused);
+/// Why a publish request was refused; each maps to one answer.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 401 / 403.
+    Denied(Denied),
+    /// 429 with `Retry-After`.
+    Limited(Refused),
+    /// 415.
+    MediaType,
+    /// 413.
+    TooLarge(usize),
+    /// 400: the body could not be read.
+    Unreadable(String),
+    /// 400: the body is not a valid publish.
+    Invalid(String),
+    /// 503 (with `Retry-After` or the acknowledged ids).
+    Sink(PublishError),
+}
+
+// === impl Publish ===
+
+impl Publish {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        match self.publish(req, peer).await {
+            Ok((ids, batch)) => reply(&ids, batch),
+            Err(refusal) => refusal.into_response(),
         }
     }
-    let batch = items.1;
-    let items = items.0;
-    if let Some(publisher) = &state.publisher {
-        let events: Vec<_> = items
-            .iter()
-            .map(|v| (v.target.clone(), v.event.as_deref(), v.data.as_str()))
-            .collect();
-        return match publisher.publish(&events).await {
-            Ok(ids) => reply(&ids, batch),
-            Err(failure) => {
+
+    async fn publish(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<(Vec<EventId>, bool), Refusal> {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(header::HeaderValue::as_bytes);
+        let who = self.auth.publish(authorization).map_err(|denied| {
+            denied.count(auth::Endpoint::Publish);
+            Refusal::Denied(denied)
+        })?;
+        let who = who.unwrap_or_else(|| format!("ip:{}", peer.ip()));
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        self.publishers
+            .charge(&who, declared.unwrap_or(0))
+            .map_err(Refusal::Limited)?;
+        let body = self.read_body(req).await?;
+        if declared.is_none() {
+            // No content-length: charge the bytes that came (no request).
+            self.publishers
+                .charge_bytes(&who, body.len())
+                .map_err(Refusal::Limited)?;
+        }
+        let (events, batch) = parse(&body).map_err(Refusal::Invalid)?;
+        let ids = self.sink.publish(&events).await.map_err(Refusal::Sink)?;
+        Ok((ids, batch))
+    }
+
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Refusal> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            if !ct.starts_with("application/json") && !ct.contains("+json") {
+                return Err(Refusal::MediaType);
+            }
+        }
+        let max = self.max_body;
+        if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+            if len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|n| n > max as u64)
+            {
+                return Err(Refusal::TooLarge(max));
+            }
+        }
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge(max)),
+            Err(e) => Err(Refusal::Unreadable(format!("could not read the body: {e}"))),
+        }
+    }
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    /// The one mapping from a refused publish to its HTTP answer.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        match self {
+            Refusal::Denied(denied) => super::subscribe::denied_response(&denied),
+            Refusal::Limited(refused) => {
+                refused.reason.count();
+                let secs = guard::retry_after_secs(refused.retry_after);
+                let what = match refused.reason {
+                    guard::Limit::PublishRate => "publish requests per second (--publish-rate)",
+                    _ => "publish bytes per second (--publish-bytes-rate)",
+                };
+                retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("this publisher is over its limit of {what}; retry in {secs} s"),
+                    secs,
+                )
+            }
+            Refusal::MediaType => rejected(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content-type must be application/json",
+            ),
+            Refusal::TooLarge(max) => rejected(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than the {max}-byte limit (--publish-max-body)"),
+            ),
+            Refusal::Unreadable(msg) | Refusal::Invalid(msg) => {
+                rejected(StatusCode::BAD_REQUEST, &msg)
+            }
+            Refusal::Sink(e @ PublishError::Behind { .. }) => {
+                let secs = 1;
+                retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{e}; retry in {secs} s"),
+                    secs,
+                )
+            }
+            Refusal::Sink(PublishError::Kafka(failure)) => {
                 tracing::warn!(error = %failure, "publish to Kafka failed");
                 let ids: Vec<Option<String>> = failure
                     .ids
@@ -127,49 +204,14 @@ pub(super) async fn handle(
                     Bytes::from(body.to_string()),
                 )
             }
-        };
+        }
     }
-    let outgoing: Vec<Outgoing<'_>> = items
-        .iter()
-        .map(|v| Outgoing {
-            target: v.target.clone(),
-            event: v.event.as_deref(),
-            data: &v.data,
-            id: None,
-            timestamp_us: 0,
-        })
-        .collect();
-    if state
-        .fanout
-        .room(state.config.publish_backpressure)
-        .await
-        .is_err()
-    {
-        let secs = 1;
-        let msg = format!(
-            "herald is behind on delivery (many streams have deep queues) and stayed behind for --publish-backpressure ({} ms); nothing was published; retry in {secs} s",
-            state.config.publish_backpressure.as_millis()
-        );
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, &msg, secs);
-    }
-    let ids = state.fanout.publish(&outgoing, Source::Http);
-    reply(&ids, batch)
 }
 
-/// 429 with `Retry-After`, counted by reason.
-fn limited(refused: crate::guard::Refused) -> Response<Body> {
-    crate::guard::count(refused.reason);
-    let secs = crate::guard::retry_after_secs(refused.retry_after);
-    let what = if refused.reason == "publish_rate" {
-        "publish requests per second (--publish-rate)"
-    } else {
-        "publish bytes per second (--publish-bytes-rate)"
-    };
-    retry_later(
-        StatusCode::TOO_MANY_REQUESTS,
-        &format!("this publisher is over its limit of {what}; retry in {secs} s"),
-        secs,
-    )
+/// A 4xx for a bad request, counted.
+fn rejected(status: StatusCode, msg: &str) -> Response<Body> {
+    metrics::counter!(crate::metrics::PUBLISH_REJECTED).increment(1);
+    json_error(status, msg)
 }
 
 /// A JSON error with `Retry-After: secs`.
@@ -180,7 +222,7 @@ fn retry_later(status: StatusCode, msg: &str, secs: u64) -> Response<Body> {
     resp
 }
 
-fn reply(ids: &[crate::sse::EventId], batch: bool) -> Response<Body> {
+fn reply(ids: &[EventId], batch: bool) -> Response<Body> {
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     let body = if batch {
         serde_json::json!({ "ids": ids })
@@ -194,54 +236,8 @@ fn reply(ids: &[crate::sse::EventId], batch: bool) -> Response<Body> {
     )
 }
 
-type Reject = (StatusCode, String);
-
-async fn read_and_validate(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<(Vec<Valid>, bool, usize), Reject> {
-    let max = state.config.publish_max_body;
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if !ct.starts_with("application/json") && !ct.contains("+json") {
-            return Err((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content-type must be application/json".into(),
-            ));
-        }
-    }
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than the {max}-byte limit (--publish-max-body)"),
-        )
-    };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        if len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|n| n > max as u64)
-        {
-            return Err(too_large());
-        }
-    }
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("could not read the body: {e}"),
-            ));
-        }
-    };
-    let (items, batch) = parse(&body).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-    Ok((items, batch, body.len()))
-}
-
 /// Parses and validates a publish body; `bool` is whether it was a batch.
-pub(crate) fn parse(body: &[u8]) -> Result<(Vec<Valid>, bool), String> {
+pub(crate) fn parse(body: &[u8]) -> Result<(Vec<Event<'static>>, bool), String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'{') => {
@@ -270,7 +266,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<(Vec<Valid>, bool), String> {
     }
 }
 
-fn validate(item: Item<'_>) -> Result<Valid, String> {
+fn validate(item: Item<'_>) -> Result<Event<'static>, String> {
     let target = match (item.user, item.topic, item.broadcast) {
         (Some(u), None, None | Some(false)) => {
             Target::User(Name::new(&u).map_err(|e| format!("`user` {e}"))?)
@@ -290,16 +286,12 @@ fn validate(item: Item<'_>) -> Result<Valid, String> {
     if let Some(e) = &item.event {
         frame::check_event_type(e).map_err(|err| format!("`event` {err}"))?;
     }
-    Ok(Valid {
-        target,
-        event: item.event,
-        data: compact_json(item.data.get()),
-    })
+    Ok(Event::new(target, compact_json(item.data.get())).with_kind(item.event))
 }
 
 /// Strips insignificant whitespace from valid JSON text, keeping everything
 /// else (key order, number spelling, string escapes) byte for byte.
-pub fn compact_json(json: &str) -> String {
+pub(crate) fn compact_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let mut in_string = false;
     let mut escaped = false;
@@ -327,7 +319,7 @@ pub fn compact_json(json: &str) -> String {
 mod tests {
     use super::*;
 
-    fn ok(body: &str) -> (Vec<Valid>, bool) {
+    fn ok(body: &str) -> (Vec<Event<'static>>, bool) {
         parse(body.as_bytes()).unwrap()
     }
 
@@ -345,7 +337,7 @@ mod tests {
             ok(r#"[{"topic":"n","event":"e","data":"x y"},{"broadcast":true,"data":null}]"#);
         assert!(batch);
         assert_eq!(v.len(), 2);
-        assert_eq!(v[0].event.as_deref(), Some("e"));
+        assert_eq!(v[0].kind(), Some("e"));
         assert_eq!(v[0].data, r#""x y""#);
         assert_eq!(v[1].target, Target::Broadcast);
     }

@@ -1,217 +1,156 @@
-//! `GET /api/sse/subscribe/{userId}[?topic=a&topic=b&lastEventId=...]`
+//! `GET /api/sse/subscribe/{userId}[?topic=a&topic=b&lastEventId=...]`: the
+//! one admission of a subscribe request, for every transport.
 //!
-//! The seed page's endpoint. Validates the user id (percent-decoded path
-//! segment), `topic` parameters and the resume id (`Last-Event-ID` header,
-//! else `lastEventId` query parameter), registers the connection through the
-//! dispatcher and answers with an endless `text/event-stream`:
+//! [`Subscribe::admit`] decides a request from its head alone (method, target,
+//! headers: `http::request::Parts`, which herald's HTTP/1.1 writer builds with
+//! the same parsers hyper uses) in one order:
+//! 1. draining: 503 (reconnect elsewhere);
+//! 2. the target and headers ([`Params::parse`]): 400 naming what is wrong;
+//! 3. auth (see `auth`): 401 / 403;
+//! 4. the per-user stream limit: 429;
+//! 5. `HEAD`: the stream's headers, no stream;
+//! 6. open (see `stream`): 200 `text/event-stream`.
 //!
-//! 1. a preamble: a comment (so the headers and first bytes flush at once),
-//!    `retry:`, and `id:` of the position the stream continues after (so even
-//!    a browser that has seen no event yet resumes from the right place);
-//! 2. on a clean resume, the retained events after the given id; when that id
-//!    is too old (or from another run), a `herald-reset` event instead, whose
-//!    `id` is where the stream continues (see README "Resuming");
-//! 3. live events and heartbeat comments.
+//! Every answer, refusals included, carries the CORS headers of an allowed
+//! origin; every refusal is counted once, here.
+//!
+//! Header rules: every `Cookie` field is read (HTTP/2 splits cookies into
+//! several fields, RFC 9113 §8.2.3); `Authorization` or `Last-Event-ID`
+//! given twice is a 400. The resume id is the `Last-Event-ID` header (what
+//! browsers send on reconnect), else the `lastEventId` query parameter.
 //!
 //! The `herald-resumed-after` response header carries the id the stream
 //! continues after: equal to the requested id on a clean resume, different
-//! after a gap.
+//! after a gap (then the stream starts with a `herald-reset` event).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 
-use bytes::{Bytes, BytesMut};
-
 use crate::abort::Abort;
-use crate::auth::{self, Denied, Grant, Sources};
+use crate::auth::{self, Auth, Denied, Sources};
+use crate::config::Cors;
 use crate::event::Name;
-use crate::fanout::queue::CloseReason;
-use crate::sse::{frame, EventId};
+use crate::guard::Limit;
+use crate::sse::frame::RESUMED_AFTER_HEADER;
+use crate::sse::EventId;
+use crate::stream::{OpenRequest, Stream, Streams};
 
-use super::{json_error, AppState, Body, SseBody, Stream};
+use super::{json_error, Body};
 
-pub const PREFIX: &str = "/api/sse/subscribe/";
+pub(crate) const PREFIX: &str = "/api/sse/subscribe/";
 /// Most `topic` parameters on one stream.
-pub const MAX_TOPICS: usize = 64;
-pub const RESUMED_AFTER_HEADER: &str = "herald-resumed-after";
+pub(crate) const MAX_TOPICS: usize = 64;
 
-/// What a subscribe request asks for, validated.
+/// What a subscribe request asks for, validated. Borrows the request's
+/// header values.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Params {
+pub(crate) struct Params<'a> {
     pub(crate) user: Name,
     pub(crate) topics: Vec<Name>,
     pub(crate) resume: Option<EventId>,
     /// The `access_token` query parameter, if any.
     pub(crate) token: Option<String>,
+    pub(crate) authorization: Option<&'a [u8]>,
+    /// Every `Cookie` field, joined with `; `.
+    pub(crate) cookie: Option<Cow<'a, [u8]>>,
 }
 
-pub(super) fn handle<B>(
-    state: &Arc<AppState>,
-    req: &Request<B>,
-    rest: &str,
-    peer: SocketAddr,
-    abort: &Arc<Abort>,
-) -> Response<Body> {
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .map(HeaderValue::as_bytes);
-    let params = match parse(rest, req.uri().query(), last_event_id) {
-        Ok(p) => p,
-        Err(msg) => return json_error(StatusCode::BAD_REQUEST, &msg),
-    };
-    if state.draining.load(Ordering::Relaxed) {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "herald is shutting down; reconnect to another node",
-        );
-    }
-    let mut resp = Response::new(Body::empty());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    let grant = match authorize(
-        state,
-        &params,
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-        req.headers().get(header::COOKIE).map(HeaderValue::as_bytes),
-    ) {
-        Ok(g) => g,
-        Err(denied) => return denied_response(&denied),
-    };
-    if over_user_limit(state, &params.user) {
-        crate::guard::count("per_user");
-        let max = state.config.limits.streams_per_user;
-        let mut r = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
-    }
-    if req.method() == Method::HEAD {
-        return resp;
-    }
-    let opened = open(state, params, grant, peer, abort);
-    if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
-        resp.headers_mut().insert(RESUMED_AFTER_HEADER, v);
-    }
-    *resp.body_mut() = Body::Sse(Box::new(SseBody::new(
-        opened.head,
-        opened.replay,
-        opened.stream,
-        state.config.write_coalesce,
-    )));
-    resp
-}
-
-/// A registered stream and what to write before live events.
+/// Decides subscribe requests and opens their streams.
 #[derive(Debug)]
-pub(crate) struct Opened {
-    /// The id the stream continues after (the `herald-resumed-after` header).
-    pub(crate) after: EventId,
-    /// Preamble (and the reset event after a gap).
-    pub(crate) head: Bytes,
-    /// Replayed frames, in order.
-    pub(crate) replay: Vec<Bytes>,
-    pub(crate) stream: Stream,
+pub(crate) struct Subscribe {
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) cors: Arc<Cors>,
+    /// `--max-streams-per-user`.
+    pub(crate) max_per_user: Option<NonZeroUsize>,
 }
 
-/// Registers the stream with the dispatcher and builds its first bytes.
-/// Shared by the hyper handler and the HTTP/1.1 fast path.
-pub(crate) fn open(
-    state: &Arc<AppState>,
-    params: Params,
-    grant: Grant,
-    peer: SocketAddr,
-    abort: &Arc<Abort>,
-) -> Opened {
-    let requested = params.resume.clone();
-    let sub = state.fanout.subscribe(
-        params.user,
-        params.topics,
-        Some(peer),
-        Some(abort.clone()),
-        params.resume,
-    );
-    if let Some(at) = grant.expires_at {
-        state.expiries.add(at, sub.subscription.subscriber());
-    }
-    let retry = state.config.retry.as_millis() as u64;
-    // A stream registered after the drain took its snapshot of open streams
-    // would be missed by it: end it here instead (it still gets its preamble).
-    if state.draining.load(Ordering::SeqCst) {
-        let hint = frame::FrameBuilder::new(0).retry(retry);
-        if let Some(w) = sub
-            .subscription
-            .subscriber()
-            .queue
-            .close(CloseReason::Shutdown, Some(hint.finish()))
-        {
-            w.wake();
+/// The decision on a subscribe request.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Stream: the response head (200 and its headers) and the stream.
+    Stream(Response<()>, Stream),
+    /// Answer with this and serve no stream (a refusal, or `HEAD`).
+    Answer(Response<Body>),
+}
+
+// === impl Subscribe ===
+
+impl Subscribe {
+    /// The one decision on a subscribe request (see the module doc).
+    pub(crate) fn admit(&self, req: &Parts, peer: SocketAddr, conn: &Arc<Abort>) -> Admission {
+        let origin = req.headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+        let answer = |mut resp: Response<Body>| {
+            self.cors.apply(origin, resp.headers_mut());
+            Admission::Answer(resp)
+        };
+        if self.streams.lifecycle.draining() {
+            return answer(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "herald is shutting down; reconnect to another node",
+            ));
         }
+        let params = match Params::parse(req) {
+            Ok(p) => p,
+            Err(msg) => return answer(json_error(StatusCode::BAD_REQUEST, &msg)),
+        };
+        let topics: Vec<&str> = params.topics.iter().map(Name::as_str).collect();
+        let sources = Sources {
+            authorization: params.authorization,
+            cookie: params.cookie.as_deref(),
+            query: params.token.as_deref(),
+        };
+        let grant = match self.auth.subscribe(params.user.as_str(), &topics, sources) {
+            Ok(g) => g,
+            Err(denied) => {
+                denied.count(auth::Endpoint::Subscribe);
+                return answer(denied_response(&denied));
+            }
+        };
+        if let Some(max) = self.max_per_user {
+            let open = self.streams.fanout.registry().user_streams(&params.user);
+            if open >= max.get() {
+                Limit::PerUser.count();
+                let mut r = json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return answer(r);
+            }
+        }
+        let mut head = Response::new(());
+        let h = head.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        self.cors.apply(origin, h);
+        if req.method == Method::HEAD {
+            return Admission::Answer(head.map(|()| Body::empty()));
+        }
+        let opened = self.streams.open(OpenRequest {
+            user: params.user,
+            topics: params.topics,
+            resume: params.resume,
+            expires_at: grant.expires_at,
+            peer,
+            conn: conn.clone(),
+        });
+        if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
+            head.headers_mut().insert(RESUMED_AFTER_HEADER, v);
+        }
+        Admission::Stream(head, opened.stream)
     }
-    let head = frame::FrameBuilder::new(0).comment("herald").retry(retry);
-    let head = if sub.gap {
-        let data = serde_json::json!({
-            "reason": "last-event-id-not-retained",
-            "lastEventId": requested.map(|id| id.to_string()),
-            "resumedAfter": sub.after.to_string(),
-        })
-        .to_string();
-        let mut b = BytesMut::from(&head.finish()[..]);
-        b.extend_from_slice(&frame::event(&sub.after, Some(frame::RESET_EVENT), &data));
-        b.freeze()
-    } else {
-        head.id(&sub.after).finish()
-    };
-    Opened {
-        after: sub.after,
-        head,
-        replay: sub.replay,
-        stream: Stream::new(sub.subscription, state.config.metrics),
-    }
-}
-
-/// Decides whether the request may open this stream (see `auth`); counts
-/// refusals by reason.
-pub(crate) fn authorize(
-    state: &AppState,
-    params: &Params,
-    authorization: Option<&[u8]>,
-    cookie: Option<&[u8]>,
-) -> Result<Grant, Denied> {
-    let sources = Sources {
-        authorization,
-        cookie,
-        query: params.token.as_deref(),
-    };
-    let topics: Vec<&str> = params.topics.iter().map(Name::as_str).collect();
-    state
-        .config
-        .auth
-        .subscribe(params.user.as_str(), &topics, sources)
-        .inspect_err(|d| {
-            metrics::counter!(crate::metrics::AUTH_DENIED, "endpoint" => "subscribe", "reason" => d.reason())
-                .increment(1);
-        })
-}
-
-/// Whether `user` already holds `--max-streams-per-user` streams.
-pub(crate) fn over_user_limit(state: &AppState, user: &Name) -> bool {
-    let max = state.config.limits.streams_per_user;
-    max > 0 && state.fanout.registry().user_streams(user) >= max
 }
 
 /// 401 (with `WWW-Authenticate`) or 403, with the reason as JSON.
@@ -226,12 +165,85 @@ pub(crate) fn denied_response(denied: &Denied) -> Response<Body> {
     resp
 }
 
-/// Validates the path rest, query and headers of a subscribe request.
-pub(crate) fn parse(
-    rest: &str,
-    query: Option<&str>,
-    last_event_id: Option<&[u8]>,
-) -> Result<Params, String> {
+// === impl Params ===
+
+impl<'a> Params<'a> {
+    /// Validates a subscribe request's target and headers.
+    pub(crate) fn parse(req: &'a Parts) -> Result<Self, String> {
+        let rest = req.uri.path().strip_prefix(PREFIX).unwrap_or_default();
+        Self::from_parts(rest, req.uri.query(), &req.headers)
+    }
+
+    /// [`Params::parse`] from the path after [`PREFIX`], the query and the
+    /// headers.
+    pub(crate) fn from_parts(
+        rest: &str,
+        query: Option<&str>,
+        headers: &'a HeaderMap,
+    ) -> Result<Self, String> {
+        let (user, topics, query_resume, token) = parse_target(rest, query)?;
+        let authorization = single(headers, "authorization", "Authorization")?;
+        let last_event_id = single(headers, "last-event-id", "Last-Event-ID")?;
+        let mut cookies = headers.get_all(header::COOKIE).iter();
+        let cookie = match (cookies.next(), cookies.next()) {
+            (None, _) => None,
+            (Some(one), None) => Some(Cow::Borrowed(one.as_bytes())),
+            (Some(first), Some(second)) => {
+                let mut joined = first.as_bytes().to_vec();
+                for c in std::iter::once(second).chain(cookies) {
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(c.as_bytes());
+                }
+                Some(Cow::Owned(joined))
+            }
+        };
+        let header = match last_event_id {
+            Some(v) => Some(
+                std::str::from_utf8(v)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+                    .ok_or_else(|| "the Last-Event-ID header is not valid text".to_owned())?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        // The header is what a browser sends on reconnect; it wins. An empty
+        // one (a browser that has seen no id yet) does not cancel the query.
+        let resume = match header.filter(|h| !h.is_empty()).or(query_resume) {
+            Some(id) if id.is_empty() => None,
+            Some(id) => Some(
+                id.parse::<EventId>()
+                    .map_err(|e| format!("Last-Event-ID {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Params {
+            user,
+            topics,
+            resume,
+            token,
+            authorization,
+            cookie,
+        })
+    }
+}
+
+/// The value of a header that may appear at most once.
+fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a [u8]>, String> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(_), Some(_)) => Err(format!(
+            "the {shown} header is given more than once; send it once"
+        )),
+        (one, _) => Ok(one.map(HeaderValue::as_bytes)),
+    }
+}
+
+type Target = (Name, Vec<Name>, Option<String>, Option<String>);
+
+/// The user (path after [`PREFIX`], percent-decoded), topics, `lastEventId`
+/// and `access_token` of a subscribe target.
+fn parse_target(rest: &str, query: Option<&str>) -> Result<Target, String> {
     if rest.is_empty() || rest.contains('/') {
         return Err("the path must be /api/sse/subscribe/{userId} with a non-empty user id".into());
     }
@@ -263,32 +275,7 @@ pub(crate) fn parse(
             _ => {}
         }
     }
-
-    let header = match last_event_id {
-        Some(v) => Some(
-            std::str::from_utf8(v)
-                .ok()
-                .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
-                .ok_or_else(|| "the Last-Event-ID header is not valid text".to_owned())?
-                .to_owned(),
-        ),
-        None => None,
-    };
-    // The header is what a browser sends on reconnect; it wins.
-    let resume = match header.or(query_resume) {
-        Some(id) if id.is_empty() => None,
-        Some(id) => Some(
-            id.parse::<EventId>()
-                .map_err(|e| format!("Last-Event-ID {e}"))?,
-        ),
-        None => None,
-    };
-    Ok(Params {
-        user,
-        topics,
-        resume,
-        token,
-    })
+    Ok((user, topics, query_resume, token))
 }
 
 /// `application/x-www-form-urlencoded` pairs: `+` is a space, `%XX` decoded.
@@ -311,8 +298,21 @@ fn query_pairs(q: &str) -> impl Iterator<Item = (String, Result<String, ()>)> + 
 mod tests {
     use super::*;
 
-    fn p(rest: &str, q: Option<&str>) -> Result<Params, String> {
-        parse(rest, q, None)
+    fn p(rest: &str, q: Option<&str>) -> Result<Params<'static>, String> {
+        static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        Params::from_parts(rest, q, EMPTY.get_or_init(HeaderMap::new))
+    }
+
+    fn with_headers(q: Option<&str>, headers: &[(&str, &str)]) -> Result<Params<'static>, String> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let map: &'static HeaderMap = Box::leak(Box::new(map));
+        Params::from_parts("u", q, map)
     }
 
     #[test]
@@ -335,9 +335,32 @@ mod tests {
     }
 
     #[test]
-    fn header_wins_over_query() {
-        let got = parse("u", Some("lastEventId=1-2"), Some(b"1-9")).unwrap();
+    fn header_wins_over_query_and_an_empty_header_does_not_cancel_it() {
+        let got = with_headers(Some("lastEventId=1-2"), &[("last-event-id", "1-9")]).unwrap();
         assert_eq!(got.resume, Some(EventId::Local { epoch: 1, seq: 9 }));
+        let got = with_headers(Some("lastEventId=1-2"), &[("last-event-id", "")]).unwrap();
+        assert_eq!(got.resume, Some(EventId::Local { epoch: 1, seq: 2 }));
+    }
+
+    #[test]
+    fn cookies_are_joined_and_single_headers_refuse_duplicates() {
+        let got = with_headers(None, &[("cookie", "a=1"), ("cookie", "herald_token=t")]).unwrap();
+        assert_eq!(got.cookie.as_deref(), Some(&b"a=1; herald_token=t"[..]));
+        let e = with_headers(
+            None,
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("Authorization header is given more than once"),
+            "{e}"
+        );
+        let e =
+            with_headers(None, &[("last-event-id", "1-1"), ("last-event-id", "1-2")]).unwrap_err();
+        assert!(
+            e.contains("Last-Event-ID header is given more than once"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! - A user or topic event locks exactly one shard.
 //! - A broadcast walks the shards in turn, holding one lock at a time.
 //! - Routing hands each matching subscriber to a [`RouteSink`] under the shard
-//!   lock (a push is a short, non-blocking queue operation) and tells the sink
-//!   when each shard is done, so it can wake tasks with no lock held.
+//!   lock (a push is a short, non-blocking queue operation); the sink wakes
+//!   tasks and closes slow streams only after every lock is released.
 //! - A subscriber with topics is registered under its user's shard and each
 //!   topic's shard; locks are taken one after another, never nested.
+//! - Each subscriber owns its outbound [`queue::Queue`], which lives here,
+//!   beside its owner: the dispatcher pushes into it, the stream drains it.
 
+pub mod queue;
 mod shard;
 mod subscriber;
 
@@ -20,17 +23,16 @@ use std::sync::Arc;
 
 use crate::abort::Abort;
 use crate::event::{Name, Target};
-use crate::fanout::queue::Queue;
+use queue::Queue;
 
 use shard::{Maps, Shard};
 pub use subscriber::{Subscriber, Subscription};
 
 /// Receives the subscribers an event routes to.
 pub trait RouteSink {
-    /// Called under a shard lock for each matching subscriber: keep it short.
+    /// Called under a shard lock for each matching subscriber: keep it short
+    /// (no logging, no waking, no allocation beyond the push itself).
     fn push(&mut self, sub: &Arc<Subscriber>);
-    /// Called after each shard's lock is released.
-    fn shard_done(&mut self) {}
 }
 
 /// The sharded registry of open SSE connections.
@@ -73,10 +75,22 @@ impl Registry {
         peer: Option<SocketAddr>,
         abort: Option<Arc<Abort>>,
     ) -> Subscription {
+        let sub = self.subscriber(user, topics, peer, abort);
+        self.register(sub)
+    }
+
+    /// A new, not yet registered subscriber (allocates; takes no lock).
+    pub fn subscriber(
+        &self,
+        user: Name,
+        topics: Vec<Name>,
+        peer: Option<SocketAddr>,
+        abort: Option<Arc<Abort>>,
+    ) -> Arc<Subscriber> {
         let mut topics = topics;
         topics.sort();
         topics.dedup();
-        let sub = Arc::new(Subscriber {
+        Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
             topics: topics.into_boxed_slice(),
@@ -84,7 +98,12 @@ impl Registry {
             queue: Queue::new(),
             abort,
             delivered: AtomicU64::new(0),
-        });
+        })
+    }
+
+    /// Registers `sub` under its user and topics. The returned handle
+    /// unregisters on drop.
+    pub fn register(self: &Arc<Self>, sub: Arc<Subscriber>) -> Subscription {
         {
             let mut maps = self.shard(&sub.user).inner.lock();
             Maps::insert(&mut maps.users, &sub.user, &sub);
@@ -124,23 +143,16 @@ impl Registry {
     pub fn route(&self, target: &Target, sink: &mut impl RouteSink) {
         match target {
             Target::User(u) => {
-                let shard = self.shard(u);
-                {
-                    let maps = shard.inner.lock();
-                    for s in maps.users.get(u).into_iter().flatten() {
-                        sink.push(s);
-                    }
+                let maps = self.shard(u).inner.lock();
+                for s in maps.users.get(u).into_iter().flatten() {
+                    sink.push(s);
                 }
-                sink.shard_done();
             }
             Target::Topic(t) => {
-                {
-                    let maps = self.shard(t).inner.lock();
-                    for s in maps.topics.get(t).into_iter().flatten() {
-                        sink.push(s);
-                    }
+                let maps = self.shard(t).inner.lock();
+                for s in maps.topics.get(t).into_iter().flatten() {
+                    sink.push(s);
                 }
-                sink.shard_done();
             }
             Target::Broadcast => self.for_each(sink),
         }
@@ -164,13 +176,10 @@ impl Registry {
     /// Every subscriber, one shard lock at a time.
     pub fn for_each(&self, sink: &mut impl RouteSink) {
         for shard in self.shards.iter() {
-            {
-                let maps = shard.inner.lock();
-                for s in maps.users.values().flatten() {
-                    sink.push(s);
-                }
+            let maps = shard.inner.lock();
+            for s in maps.users.values().flatten() {
+                sink.push(s);
             }
-            sink.shard_done();
         }
     }
 

@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::abort::Abort;
 use crate::event::{Name, Target};
-use crate::fanout::queue::Queue;
 
+use super::queue::{CloseReason, Queue};
 use super::Registry;
 
 /// A registered connection.
@@ -54,6 +56,16 @@ impl Subscriber {
     pub fn abort(&self) {
         if let Some(a) = &self.abort {
             a.trip();
+        }
+    }
+
+    /// The one way the server ends a stream: closes its queue with `reason`
+    /// (`last` is queued first, and what is queued is still delivered, when
+    /// the reason allows it) and wakes its writer. Call it with no shard or
+    /// dispatch lock held. A stream that had ended already is left as is.
+    pub fn end(&self, reason: CloseReason, last: Option<Bytes>) {
+        if let Some(w) = self.queue.close(reason, last) {
+            w.wake();
         }
     }
 }

@@ -26,6 +26,30 @@ pub const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
 /// another run of the server): the page missed events and should reload.
 pub const RESET_EVENT: &str = "herald-reset";
 
+/// Named event sent just before a stream is ended at its token's `exp`.
+pub const TOKEN_EXPIRED_EVENT: &str = "herald-token-expired";
+
+/// Response header naming the id a stream continues after (equal to the
+/// requested `Last-Event-ID` on a clean resume).
+pub const RESUMED_AFTER_HEADER: &str = "herald-resumed-after";
+
+/// Why a resume could not continue exactly where the client asked: the
+/// `reason` of a [`RESET_EVENT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The id is older than what the replay buffer holds, or from another
+    /// run of the server.
+    NotRetained,
+}
+
+impl ResetReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            ResetReason::NotRetained => "last-event-id-not-retained",
+        }
+    }
+}
+
 /// Why an id or event type can not go on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FieldError {
@@ -149,6 +173,60 @@ pub fn event(id: impl std::fmt::Display, event: Option<&str>, data: &str) -> Byt
         .finish()
 }
 
+/// The first bytes of every stream: a comment (so headers and first bytes
+/// flush at once), the browser's reconnection delay, and the id the stream
+/// continues after (so even a browser that has seen no event yet resumes
+/// from the right place).
+pub fn preamble(retry_ms: u64, after: impl std::fmt::Display) -> Bytes {
+    FrameBuilder::new(0)
+        .comment("herald")
+        .retry(retry_ms)
+        .id(after)
+        .finish()
+}
+
+/// The first bytes of a stream that could not resume where it asked: the
+/// preamble without an id, then a [`RESET_EVENT`] whose id is where the
+/// stream continues and whose data says why.
+pub fn reset(
+    retry_ms: u64,
+    reason: ResetReason,
+    requested: Option<&str>,
+    after: impl std::fmt::Display,
+) -> Bytes {
+    let after = after.to_string();
+    let data = serde_json::json!({
+        "reason": reason.label(),
+        "lastEventId": requested,
+        "resumedAfter": after,
+    })
+    .to_string();
+    let head = FrameBuilder::new(0)
+        .comment("herald")
+        .retry(retry_ms)
+        .finish();
+    let ev = event(&after, Some(RESET_EVENT), &data);
+    let mut b = BytesMut::with_capacity(head.len() + ev.len());
+    b.put_slice(&head);
+    b.put_slice(&ev);
+    b.freeze()
+}
+
+/// `retry:` alone: the last frame of a stream the server ends (drain), so
+/// clients spread their reconnects.
+pub fn retry_hint(retry_ms: u64) -> Bytes {
+    FrameBuilder::new(0).retry(retry_ms).finish()
+}
+
+/// The last frame of a stream ended at its token's `exp`.
+pub fn token_expired(exp: u64) -> Bytes {
+    let data = serde_json::json!({ "reason": "token-expired", "exp": exp }).to_string();
+    FrameBuilder::new(data.len())
+        .event(Some(TOKEN_EXPIRED_EVENT))
+        .data(&data)
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,13 +259,21 @@ mod tests {
     }
 
     #[test]
-    fn preamble_fields() {
-        let f = FrameBuilder::new(0)
-            .comment("herald")
-            .retry(3000)
-            .id("e-0")
-            .finish();
-        assert_eq!(&f[..], b": herald\nretry: 3000\nid: e-0\n\n");
+    fn protocol_frames() {
+        assert_eq!(
+            &preamble(3000, "e-0")[..],
+            b": herald\nretry: 3000\nid: e-0\n\n"
+        );
+        assert_eq!(&retry_hint(250)[..], b"retry: 250\n\n");
+        assert_eq!(
+            &token_expired(7)[..],
+            b"event: herald-token-expired\ndata: {\"exp\":7,\"reason\":\"token-expired\"}\n\n"
+        );
+        let r = reset(3000, ResetReason::NotRetained, Some("x-1"), "e-9");
+        assert_eq!(
+            std::str::from_utf8(&r).unwrap(),
+            ": herald\nretry: 3000\n\nid: e-9\nevent: herald-reset\ndata: {\"lastEventId\":\"x-1\",\"reason\":\"last-event-id-not-retained\",\"resumedAfter\":\"e-9\"}\n\n"
+        );
     }
 
     #[test]

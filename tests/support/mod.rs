@@ -1,6 +1,9 @@
 //! Test fixture: a real herald on 127.0.0.1:0 (drained on drop), an SSE
 //! client that parses streams with an independent parser (eventsource-stream,
 //! not herald's code), and helpers to publish and to read raw bytes.
+//!
+//! Stream tests run once per [`Transport`]: write the test as
+//! `async fn name(t: Transport)` and list it in [`on_every_transport!`].
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use herald::config::Config;
-use herald::http::AppState;
+use herald::fanout::Fanout;
 use herald::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,10 +23,64 @@ use tokio::net::TcpStream;
 /// Upper bound on any single wait in a test: generous, only hit on failure.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// How a test's streams reach herald.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 on herald's own writer (the fast path).
+    Herald,
+    /// HTTP/1.1 through hyper (`--sse-fast-path false`).
+    Hyper,
+    /// HTTP/2 over plain TCP (h2c, prior knowledge) through hyper.
+    H2c,
+}
+
+/// Runs each listed `async fn(Transport)` once per transport, as
+/// `name::herald`, `name::hyper` and `name::h2c`.
+#[macro_export]
+macro_rules! on_every_transport {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn herald() {
+                super::$name(super::support::Transport::Herald).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper() {
+                super::$name(super::support::Transport::Hyper).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn h2c() {
+                super::$name(super::support::Transport::H2c).await
+            }
+        }
+    )+};
+}
+
+/// Like [`on_every_transport!`] for tests whose client speaks raw
+/// HTTP/1.1: `name::herald` and `name::hyper`.
+#[macro_export]
+macro_rules! on_h1_transports {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn herald() {
+                super::$name(super::support::Transport::Herald).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper() {
+                super::$name(super::support::Transport::Hyper).await
+            }
+        }
+    )+};
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
+    /// The dispatcher (registry, replay buffer).
+    pub fanout: Arc<Fanout>,
+    pub transport: Transport,
     running: Option<Running>,
+    /// Speaks the server's transport.
     pub http: reqwest::Client,
     /// Sent as `Authorization: Bearer` by the publish helpers.
     pub publish_token: Option<String>,
@@ -38,24 +95,54 @@ impl TestServer {
         Self::with_cap(10_000, tweak).await
     }
 
+    pub async fn on(t: Transport) -> Self {
+        Self::on_with(t, |_| {}).await
+    }
+
+    pub async fn on_with(t: Transport, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::build(t, 10_000, tweak).await
+    }
+
     pub async fn with_cap(max_connections: u64, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::build(Transport::Herald, max_connections, tweak).await
+    }
+
+    async fn build(t: Transport, max_connections: u64, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default_for_tests();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.shutdown_drain = Duration::from_millis(100);
-        config.shutdown_deadline = Duration::from_secs(5);
-        // scripts/test runs the suite once per SSE engine.
-        if std::env::var("HERALD_TEST_SSE_FAST_PATH").as_deref() == Ok("false") {
-            config.sse_fast_path = false;
-        }
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.shutdown.drain = Duration::from_millis(100);
+        config.shutdown.deadline = Duration::from_secs(5);
+        config.server.sse_fast_path = t == Transport::Herald;
         tweak(&mut config);
         let running = herald::app::start(config, max_connections).await.unwrap();
         Self {
             addr: running.addr,
-            state: running.state.clone(),
+            fanout: running.fanout().clone(),
+            transport: t,
             running: Some(running),
-            http: client(),
+            http: client_for(t),
             publish_token: None,
         }
+    }
+
+    /// The Prometheus text page (metrics on).
+    pub fn metrics(&self) -> String {
+        self.running.as_ref().unwrap().metrics().unwrap().render()
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.running.as_ref().unwrap().shutdown();
+    }
+
+    /// The node's phase.
+    pub fn phase(&self) -> herald::lifecycle::Phase {
+        self.running.as_ref().unwrap().phase()
+    }
+
+    /// HTTP connections open, and the cap.
+    pub fn http_connections(&self) -> (u64, u64) {
+        self.running.as_ref().unwrap().http_connections()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -86,7 +173,7 @@ impl TestServer {
     /// are out, which is after registration; this is for streams opened from
     /// other tasks).
     pub async fn wait_connections(&self, n: usize) {
-        let registry = self.state.fanout.registry().clone();
+        let registry = self.fanout.registry().clone();
         eventually(|| registry.connections() == n, &format!("{n} connections")).await;
     }
 
@@ -161,12 +248,21 @@ impl Drop for TestServer {
     }
 }
 
+/// An HTTP/1.1 client, one connection per request.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    client_for(Transport::Herald)
+}
+
+/// A client speaking `t`: HTTP/1.1 (one connection per request), or h2c
+/// with prior knowledge (streams multiplexed on one connection).
+pub fn client_for(t: Transport) -> reqwest::Client {
+    let b = reqwest::Client::builder().no_proxy();
+    match t {
+        Transport::Herald | Transport::Hyper => b.pool_max_idle_per_host(0),
+        Transport::H2c => b.http2_prior_knowledge(),
+    }
+    .build()
+    .unwrap()
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;

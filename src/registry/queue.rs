@@ -1,5 +1,5 @@
 //! A connection's outbound queue: bounded in frames and bytes, pushed by the
-//! dispatcher without ever waiting, drained whole by the connection's body.
+//! dispatcher without ever waiting, drained whole by the connection's stream (`crate::stream`).
 //!
 //! Rules:
 //! - `try_push` never blocks beyond the queue's own short lock and never
@@ -38,9 +38,14 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
-/// Why a queue was closed.
+/// Why a stream ended: one label per reason, for the
+/// `herald_sse_connections_closed_total{reason}` counter and logs. The queue
+/// records the reasons the server decides (slow, shutdown, expired); the
+/// transports report the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
+    /// The client went away (closed its side, or the connection dropped).
+    Client,
     /// The client did not read fast enough: the queue filled up.
     Slow,
     /// The server is shutting down: deliver what is queued, then end.
@@ -48,9 +53,27 @@ pub enum CloseReason {
     /// The stream's token expired: deliver what is queued (ending with the
     /// `herald-token-expired` event), then end.
     Expired,
+    /// A write waited longer than `--write-timeout` on a peer that reads
+    /// nothing.
+    WriteTimeout,
+    /// The transport failed (an I/O error, an HTTP/2 reset).
+    Error,
+    /// Not a stream: a connection refused at the connection cap.
+    Refused,
 }
 
 impl CloseReason {
+    /// Every reason, for registering the metric's label values.
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Client,
+        CloseReason::Slow,
+        CloseReason::Shutdown,
+        CloseReason::Expired,
+        CloseReason::WriteTimeout,
+        CloseReason::Error,
+        CloseReason::Refused,
+    ];
+
     /// Whether queued frames are still delivered before the end.
     pub fn delivers_queued(self) -> bool {
         matches!(self, CloseReason::Shutdown | CloseReason::Expired)
@@ -59,9 +82,13 @@ impl CloseReason {
     /// Metric label for the close.
     pub fn label(self) -> &'static str {
         match self {
+            CloseReason::Client => "client",
             CloseReason::Slow => "slow",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Expired => "expired",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Error => "error",
+            CloseReason::Refused => "limit",
         }
     }
 }

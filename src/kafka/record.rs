@@ -1,31 +1,26 @@
-//! Pure mapping from a Kafka record to what the dispatcher needs, per
-//! DESIGN.md: key -> user; no key -> broadcast; header `sse-topic` -> topic
-//! (instead of the user); header `sse-event` -> SSE event type; value ->
-//! `data`, unchanged (UTF-8).
+//! Pure mapping from a Kafka record to an [`Event`]: key -> user; no key ->
+//! broadcast; header `sse-topic` -> topic (instead of the user); header
+//! `sse-event` -> SSE event type; value -> `data`, unchanged (UTF-8). The
+//! event borrows the record's bytes; the consumer adds its id (the record's
+//! position) and timestamp.
 //!
 //! A record that can not be mapped is [`Skip`]ped with a reason (a metrics
 //! label); the caller counts and logs it with its position and moves on, so
 //! one bad record never stalls its partition.
 
-use crate::event::{Name, Target};
+use std::borrow::Cow;
+
+use crate::event::{Event, Name, Target};
 use crate::sse::frame;
 
 /// Header naming the topic an event is for.
-pub const TOPIC_HEADER: &str = "sse-topic";
+pub(crate) const TOPIC_HEADER: &str = "sse-topic";
 /// Header naming the SSE event type.
-pub const EVENT_HEADER: &str = "sse-event";
-
-/// A mappable record, borrowing from the Kafka message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapped<'a> {
-    pub target: Target,
-    pub event: Option<&'a str>,
-    pub data: &'a str,
-}
+pub(crate) const EVENT_HEADER: &str = "sse-event";
 
 /// Why a record was skipped. `as_str` is its metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Skip {
+pub(crate) enum Skip {
     #[error("the value is not UTF-8")]
     ValueNotUtf8,
     #[error("the record has no value (tombstone)")]
@@ -42,7 +37,7 @@ pub enum Skip {
 
 impl Skip {
     /// Every reason, for registering the metric's label values.
-    pub const ALL: [Skip; 5] = [
+    pub(crate) const ALL: [Skip; 5] = [
         Skip::ValueNotUtf8,
         Skip::NoValue,
         Skip::BadKey,
@@ -50,7 +45,7 @@ impl Skip {
         Skip::BadEventHeader,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Skip::ValueNotUtf8 => "value_not_utf8",
             Skip::NoValue => "no_value",
@@ -63,11 +58,11 @@ impl Skip {
 
 /// Maps one record. `headers` yields (name, value) pairs; later duplicates
 /// of a header win, as with most Kafka clients' "last value" lookups.
-pub fn map<'a>(
+pub(crate) fn map<'a>(
     key: Option<&'a [u8]>,
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     value: Option<&'a [u8]>,
-) -> Result<Mapped<'a>, Skip> {
+) -> Result<Event<'a>, Skip> {
     let mut topic = None;
     let mut event = None;
     for (name, v) in headers {
@@ -97,10 +92,12 @@ pub fn map<'a>(
         }
         (None, None) => Target::Broadcast,
     };
-    Ok(Mapped {
+    Ok(Event {
         target,
-        event,
-        data,
+        kind: event.map(Cow::Borrowed),
+        data: Cow::Borrowed(data),
+        id: None,
+        timestamp_us: 0,
     })
 }
 
@@ -116,7 +113,7 @@ mod tests {
     fn key_header_and_value_mapping() {
         let m = map(Some(b"123"), [], Some(br#"{"a":1}"#)).unwrap();
         assert_eq!(m.target, Target::User(name("123")));
-        assert_eq!((m.event, m.data), (None, r#"{"a":1}"#));
+        assert_eq!((m.kind(), &*m.data), (None, r#"{"a":1}"#));
 
         let m = map(None, [], Some(b"x")).unwrap();
         assert_eq!(m.target, Target::Broadcast);
@@ -127,11 +124,11 @@ mod tests {
         ];
         let m = map(Some(b"123"), h, Some(b"line1\nline2")).unwrap();
         assert_eq!(m.target, Target::Topic(name("news")), "topic wins over key");
-        assert_eq!(m.event, Some("headline"));
+        assert_eq!(m.kind(), Some("headline"));
         assert_eq!(m.data, "line1\nline2", "value unchanged");
 
         let m = map(None, [("other", Some(&b"v"[..]))], Some(b"")).unwrap();
-        assert_eq!((m.target, m.data), (Target::Broadcast, ""));
+        assert_eq!((m.target, &*m.data), (Target::Broadcast, ""));
     }
 
     #[test]

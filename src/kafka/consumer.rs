@@ -1,6 +1,6 @@
-//! The Kafka consumer thread and the Kafka publisher.
+//! The Kafka consumer thread (ingest).
 //!
-//! Consumer: a `BaseConsumer` polled by one dedicated OS thread. At start it
+//! A `BaseConsumer` polled by one dedicated OS thread. At start it
 //! reads each topic's metadata (a missing topic or an unreachable broker is
 //! an error before anything is served), picks start offsets (latest,
 //! earliest, or offsets-for-times `--replay-max-age` ago) and assigns itself
@@ -15,63 +15,35 @@
 //!
 //! The consumer's `group.id` exists only because librdkafka requires one for
 //! `assign`; nothing is ever committed.
-//!
-//! Publisher: a `FutureProducer`; a publish answers once the broker has
-//! acknowledged every event (or fails after `--kafka-publish-timeout`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, StartPosition};
-use crate::event::Target;
-use crate::fanout::{Fanout, Outgoing, Source};
+use crate::fanout::{Fanout, Source};
 use crate::metrics as m;
 use crate::sse::EventId;
 
-use super::record::{self, EVENT_HEADER, TOPIC_HEADER};
+use super::client::{self, ErrorKind, StartError, STARTUP_TIMEOUT};
+use super::record;
 
 /// Most records dispatched under one lock. Larger bursts mean fewer lock
 /// round-trips and more frames per socket write; this bound keeps one burst
 /// from holding the dispatcher for long (~a few ms at 10k subscribers).
-pub const MAX_BURST: usize = 512;
+pub(crate) const MAX_BURST: usize = 512;
 /// Longest wait in one poll; also how quickly a stop request is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// Bound on startup metadata and offset lookups.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on the periodic metadata refresh (the health probe).
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why Kafka ingest could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("invalid Kafka client configuration: {0}")]
-    Client(String),
-    #[error("cannot read metadata of Kafka topic {topic:?} from {brokers} within {STARTUP_TIMEOUT:?}: {error}")]
-    Metadata {
-        topic: String,
-        brokers: String,
-        error: String,
-    },
-    #[error("Kafka topic {0:?} does not exist (herald does not create topics)")]
-    UnknownTopic(String),
-    #[error("cannot look up start offsets (offsets for times): {0}")]
-    Offsets(String),
-    #[error("cannot assign partitions: {0}")]
-    Assign(String),
-    #[error("cannot start the ingest thread: {0}")]
-    Thread(std::io::Error),
-}
 
 /// What readiness and metrics need to know about ingest.
 #[derive(Debug, Default)]
@@ -112,32 +84,18 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!(m::KAFKA_ERRORS, "kind" => error_kind(&error)).increment(1);
+        ErrorKind::of(&error).count();
         tracing::warn!(%error, reason, "Kafka client error");
     }
 }
 
 impl ConsumerContext for IngestContext {}
 
-/// Kafka error kinds, a closed set for the `kind` label.
-const ERROR_KINDS: [&str; 3] = ["transport", "consume", "other"];
-
-fn error_kind(error: &KafkaError) -> &'static str {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    match error.rdkafka_error_code() {
-        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::Resolve | C::OperationTimedOut) => {
-            "transport"
-        }
-        _ if matches!(error, KafkaError::MessageConsumption(_)) => "consume",
-        _ => "other",
-    }
-}
-
 /// Registers every label value of the ingest counters at 0, so dashboards
 /// and alerts see the series before the first error or skip.
 fn register_counters() {
-    for kind in ERROR_KINDS {
-        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind).increment(0);
+    for kind in ErrorKind::ALL {
+        metrics::counter!(m::KAFKA_ERRORS, "kind" => kind.label()).increment(0);
     }
     for skip in record::Skip::ALL {
         metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(0);
@@ -146,28 +104,10 @@ fn register_counters() {
 
 /// The running consumer thread.
 #[derive(Debug)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Status>,
-}
-
-/// Produces published events to Kafka.
-pub struct Publisher {
-    producer: FutureProducer,
-    topic: Arc<str>,
-}
-
-/// A publish the broker did not acknowledge.
-#[derive(Debug, thiserror::Error)]
-#[error("Kafka did not acknowledge {failed} of {total} events: {first}")]
-pub struct PublishFailure {
-    pub failed: usize,
-    pub total: usize,
-    pub first: String,
-    /// Ids of the events that were acknowledged (in request order, `None`
-    /// for failed ones).
-    pub ids: Vec<Option<EventId>>,
 }
 
 // === impl Status ===
@@ -182,33 +122,18 @@ impl Status {
     }
 }
 
-fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        // librdkafka's default backs off up to 10 s between reconnects; an
-        // SSE fan-out wants records flowing again soon after a broker returns.
-        .set("reconnect.backoff.max.ms", "1000");
-    c
-}
-
-fn apply_user_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-}
-
 // === impl Ingest ===
 
 impl Ingest {
     /// Connects, checks the topics, assigns every partition at the start
     /// position and starts the consumer thread. Blocking (up to about
     /// `STARTUP_TIMEOUT`): call from a blocking context.
-    pub fn start(
+    pub(crate) fn start(
         cfg: &KafkaConfig,
         replay_age: Duration,
         fanout: Arc<Fanout>,
-    ) -> Result<Self, IngestError> {
-        let mut cc = client_config(cfg);
+    ) -> Result<Self, StartError> {
+        let mut cc = client::config(cfg);
         cc.set("group.id", format!("herald-{:x}", fanout.epoch()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -229,10 +154,10 @@ impl Ingest {
             // a second per broker; a broker that answers early is unaffected.
             .set("fetch.wait.max.ms", "100")
             .set("statistics.interval.ms", STATS_INTERVAL_MS);
-        apply_user_properties(&mut cc, cfg);
+        client::apply_user_properties(&mut cc, cfg);
         let consumer: BaseConsumer<IngestContext> = cc
             .create_with_context(IngestContext)
-            .map_err(|e| IngestError::Client(e.to_string()))?;
+            .map_err(|e| StartError::Client(e.to_string()))?;
 
         let mut partitions: HashMap<String, i32> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
@@ -243,8 +168,8 @@ impl Ingest {
         for topic in &cfg.topics {
             let count =
                 partition_count(&consumer, topic, STARTUP_TIMEOUT).map_err(|e| match e {
-                    Lookup::Missing => IngestError::UnknownTopic(topic.clone()),
-                    Lookup::Failed(error) => IngestError::Metadata {
+                    Lookup::Missing => StartError::UnknownTopic(topic.clone()),
+                    Lookup::Failed(error) => StartError::Metadata {
                         topic: topic.clone(),
                         brokers: cfg.brokers.clone(),
                         error: error.to_string(),
@@ -259,25 +184,25 @@ impl Ingest {
                     StartPosition::ReplayWindow => Offset::Offset(start_ms),
                 };
                 tpl.add_partition_offset(topic, p, offset)
-                    .map_err(|e| IngestError::Assign(e.to_string()))?;
+                    .map_err(|e| StartError::Assign(e.to_string()))?;
             }
         }
         if cfg.start == StartPosition::ReplayWindow {
             tpl = consumer
                 .offsets_for_times(tpl, STARTUP_TIMEOUT)
-                .map_err(|e| IngestError::Offsets(e.to_string()))?;
+                .map_err(|e| StartError::Offsets(e.to_string()))?;
             // No record at or after the time: start at the end.
             for e in tpl.clone().elements() {
                 if matches!(e.offset(), Offset::Offset(o) if o < 0) || e.offset() == Offset::Invalid
                 {
                     tpl.set_partition_offset(e.topic(), e.partition(), Offset::End)
-                        .map_err(|e| IngestError::Assign(e.to_string()))?;
+                        .map_err(|e| StartError::Assign(e.to_string()))?;
                 }
             }
         }
         consumer
             .assign(&tpl)
-            .map_err(|e| IngestError::Assign(e.to_string()))?;
+            .map_err(|e| StartError::Assign(e.to_string()))?;
 
         let status = Arc::new(Status::default());
         status.connected.store(true, Ordering::Relaxed);
@@ -288,9 +213,9 @@ impl Ingest {
         register_counters();
         tracing::info!(
             brokers = %cfg.brokers,
-            topics = ?cfg.topics,
+            topics = %cfg.topics.join(","),
             partitions = tpl.count(),
-            start = ?cfg.start,
+            start = cfg.start.label(),
             "Kafka ingest assigned"
         );
 
@@ -312,7 +237,7 @@ impl Ingest {
         let thread = std::thread::Builder::new()
             .name("herald-ingest".into())
             .spawn(move || worker.run())
-            .map_err(IngestError::Thread)?;
+            .map_err(StartError::Thread)?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -320,13 +245,13 @@ impl Ingest {
         })
     }
 
-    pub fn status(&self) -> &Arc<Status> {
+    pub(crate) fn status(&self) -> &Arc<Status> {
         &self.status
     }
 
     /// Stops the thread and waits for it (it notices within `POLL_WAIT`,
     /// or after a metadata refresh in progress).
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -369,7 +294,7 @@ struct Worker {
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
     metadata_interval: Duration,
-    backpressure: Duration,
+    backpressure: Option<Duration>,
 }
 
 // === impl Worker ===
@@ -384,8 +309,7 @@ impl Worker {
                 match self.consumer.poll(wait) {
                     Some(Ok(msg)) => burst.push(msg),
                     Some(Err(error)) => {
-                        metrics::counter!(m::KAFKA_ERRORS, "kind" => error_kind(&error))
-                            .increment(1);
+                        ErrorKind::of(&error).count();
                         tracing::warn!(%error, "Kafka consumer error");
                         break;
                     }
@@ -396,7 +320,9 @@ impl Worker {
             }
             if !burst.is_empty() {
                 // Behind on delivery: let the writers catch up first.
-                self.fanout.room_blocking(self.backpressure, &self.stop);
+                if let Some(max) = self.backpressure {
+                    self.fanout.room_blocking(max, &self.stop);
+                }
                 dispatch(&self.fanout, &self.topics, &burst);
             }
             drop(burst);
@@ -479,29 +405,25 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
             .flat_map(|h| h.iter())
             .map(|h| (h.key, h.value));
         match record::map(msg.key(), headers, msg.payload()) {
-            Ok(mapped) => {
+            Ok(mut event) => {
                 let topic = topics
                     .iter()
                     .find(|t| ***t == *msg.topic())
                     .cloned()
                     .unwrap_or_else(|| Arc::from(msg.topic()));
-                out.push(Outgoing {
-                    target: mapped.target,
-                    event: mapped.event,
-                    data: mapped.data,
-                    id: Some(EventId::Kafka {
-                        topic,
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                    }),
-                    // The record's timestamp (create or log-append time):
-                    // delivery lag is measured from when it entered Kafka.
-                    timestamp_us: msg
-                        .timestamp()
-                        .to_millis()
-                        .filter(|ms| *ms > 0)
-                        .map_or(0, |ms| ms as u64 * 1000),
+                event.id = Some(EventId::Kafka {
+                    topic,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
                 });
+                // The record's timestamp (create or log-append time):
+                // delivery lag is measured from when it entered Kafka.
+                event.timestamp_us = msg
+                    .timestamp()
+                    .to_millis()
+                    .filter(|ms| *ms > 0)
+                    .map_or(0, |ms| ms as u64 * 1000);
+                out.push(event);
             }
             Err(skip) => {
                 metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(1);
@@ -517,118 +439,6 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
     }
     if !out.is_empty() {
         fanout.publish(&out, Source::Kafka);
-    }
-}
-
-// === impl Publisher ===
-
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("topic", &self.topic)
-            .finish()
-    }
-}
-
-impl Publisher {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, IngestError> {
-        let mut cc = client_config(cfg);
-        cc.set(
-            "message.timeout.ms",
-            cfg.publish_timeout.as_millis().to_string(),
-        )
-        // A publish is a request waiting for its answer: send at once.
-        .set("linger.ms", "1");
-        apply_user_properties(&mut cc, cfg);
-        Ok(Self {
-            producer: cc
-                .create()
-                .map_err(|e| IngestError::Client(e.to_string()))?,
-            topic: Arc::from(cfg.publish_topic.as_str()),
-        })
-    }
-
-    /// Produces each event (keyed and headered per the record mapping) and
-    /// waits for every acknowledgement; returns their ids in order.
-    pub async fn publish(
-        &self,
-        events: &[(Target, Option<&str>, &str)],
-    ) -> Result<Vec<EventId>, PublishFailure> {
-        let mut pending = Vec::with_capacity(events.len());
-        for (target, event, data) in events {
-            // Ordering: Kafka keeps order within a partition, so events that
-            // must stay in order share one. A user's events are keyed by the
-            // user (the contract); a topic's events are keyed by the topic
-            // name (routing follows the `sse-topic` header, the key only
-            // picks the partition); broadcasts carry no key (that is what
-            // makes them broadcasts) and all go to partition 0.
-            let mut headers = OwnedHeaders::new();
-            let mut key = None;
-            let mut partition = None;
-            match target {
-                Target::User(u) => key = Some(u.as_str()),
-                Target::Topic(t) => {
-                    key = Some(t.as_str());
-                    headers = headers.insert(Header {
-                        key: TOPIC_HEADER,
-                        value: Some(t.as_str()),
-                    })
-                }
-                Target::Broadcast => partition = Some(0),
-            }
-            if let Some(e) = event {
-                headers = headers.insert(Header {
-                    key: EVENT_HEADER,
-                    value: Some(*e),
-                });
-            }
-            let mut record = FutureRecord::to(&self.topic)
-                .payload(*data)
-                .headers(headers);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            pending.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e.to_string()),
-            );
-        }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut first_error = None;
-        for p in pending {
-            let result = match p {
-                Ok(fut) => match fut.await {
-                    Ok(Ok(d)) => Ok(EventId::Kafka {
-                        topic: self.topic.clone(),
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    Ok(Err((e, _))) => Err(e.to_string()),
-                    Err(_) => Err("the producer was shut down".to_owned()),
-                },
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(id) => ids.push(Some(id)),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    ids.push(None);
-                }
-            }
-        }
-        match first_error {
-            None => Ok(ids.into_iter().flatten().collect()),
-            Some(first) => Err(PublishFailure {
-                failed: ids.iter().filter(|i| i.is_none()).count(),
-                total: ids.len(),
-                first,
-                ids,
-            }),
-        }
     }
 }
 

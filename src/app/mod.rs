@@ -1,0 +1,283 @@
+//! Wiring: what a node is made of, in what order it starts, and how it
+//! stops.
+//!
+//! Startup ([`start_on`]): the metrics recorder, the dispatcher (registry
+//! and replay buffer), Kafka ingest and producer (Kafka mode; topics checked
+//! first), the HTTP endpoints each given what they use, housekeeping tasks
+//! (`tasks`), the accept loops, then readiness.
+//!
+//! Shutdown (`drain`), each stage bounded by the overall deadline:
+//! 1. readiness off, new streams refused (503), accepting stops;
+//! 2. every SSE stream is ended, spread over the drain period, each with a
+//!    `retry:` hint, so clients do not all reconnect in the same instant;
+//! 3. connections are told to wind down (keep-alive off) and awaited;
+//! 4. Kafka ingest stops; whatever remains at the deadline is dropped with
+//!    the runtime.
+
+mod drain;
+mod tasks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::fmt::OrNone;
+use crate::guard::{Bucket, PerIp, Publishers};
+use crate::http::publish::Publish;
+use crate::http::subscribe::Subscribe;
+use crate::http::{Api, Health, Routes};
+use crate::kafka::{self, Ingest, Producer};
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics as m;
+use crate::publish::Sink;
+use crate::registry::Registry;
+use crate::server::{self, ConnectLimits, ConnectionCap, HttpSettings, Serve};
+use crate::stream::{self, Streams};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound (the message names the address).
+    #[error("{0}")]
+    Bind(#[from] std::io::Error),
+    /// Kafka ingest or the producer could not start.
+    #[error("{0}")]
+    Kafka(#[from] kafka::StartError),
+    /// The task starting Kafka ingest failed.
+    #[error("starting Kafka ingest failed: {0}")]
+    Ingest(#[from] tokio::task::JoinError),
+}
+
+/// A started server. Dropping it does not stop it: call [`Running::shutdown`]
+/// and await [`Running::stopped`] (tests use a fixture that does both).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    api: Arc<Api>,
+    cap: Arc<ConnectionCap>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Starts the drain (idempotent).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves when the drain has finished (or hit its deadline).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+
+    /// The dispatcher (its registry of open streams, its replay buffer).
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.api.health.fanout
+    }
+
+    /// The metrics recorder (`None` with `--metrics false`).
+    pub fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.api.health.metrics.as_ref()
+    }
+
+    /// Where the node is in its life.
+    pub fn phase(&self) -> Phase {
+        self.api.health.lifecycle.phase()
+    }
+
+    /// HTTP connections open now, and the cap.
+    pub fn http_connections(&self) -> (u64, u64) {
+        (self.cap.in_use(), self.cap.max())
+    }
+}
+
+/// Binds the configured listeners and starts serving; returns at once.
+pub async fn start(config: Config, max_connections: u64) -> Result<Running, StartError> {
+    let s = &config.server;
+    let listener = server::bind(s.listen, s.reuse_port, "listen")?;
+    let admin = match s.admin_listen {
+        Some(a) => Some(server::bind(a, s.reuse_port, "admin-listen")?),
+        None => None,
+    };
+    start_on(config, listener, admin, max_connections).await
+}
+
+/// Starts serving on listeners the caller bound. In Kafka mode, ingest is
+/// started (and the topics checked) before anything is served; a failure
+/// there is returned as an error.
+pub async fn start_on(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    max_connections: u64,
+) -> Result<Running, StartError> {
+    let metrics = config.metrics.then(m::install);
+    let registry = Arc::new(Registry::new(config.streams.shards));
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let fanout = Arc::new(Fanout::new(
+        registry,
+        epoch,
+        config.streams.queue,
+        config.streams.replay,
+    ));
+    let (ingest, sink) = match config.kafka.clone() {
+        Some(k) => {
+            let f = fanout.clone();
+            let age = config.streams.replay.max_age;
+            let producer = Producer::new(&k)?;
+            let ingest = tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
+            (Some(ingest), Sink::Kafka(Arc::new(producer)))
+        }
+        None => (
+            None,
+            Sink::Local {
+                fanout: fanout.clone(),
+                backpressure: config.publish.backpressure,
+            },
+        ),
+    };
+    let lifecycle = Arc::new(Lifecycle::new(ingest.as_ref().map(|i| i.status().clone())));
+    let streams = Arc::new(Streams::new(
+        fanout.clone(),
+        lifecycle.clone(),
+        stream::Settings {
+            retry: config.streams.retry,
+            coalesce: config.streams.write_coalesce,
+            account: config.metrics,
+        },
+    ));
+    let cap = Arc::new(ConnectionCap::new(max_connections));
+    let auth = Arc::new(config.auth.clone());
+    let cors = Arc::new(config.cors.clone());
+    let limits = config.limits;
+    let api = Arc::new(Api {
+        subscribe: Subscribe {
+            streams: streams.clone(),
+            auth: auth.clone(),
+            cors: cors.clone(),
+            max_per_user: limits.streams_per_user,
+        },
+        publish: Publish {
+            sink,
+            auth,
+            publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
+            max_body: config.publish.max_body,
+        },
+        health: Health {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+            fanout: fanout.clone(),
+            connections: cap.clone(),
+        },
+        cors,
+    });
+
+    let stop = CancellationToken::new();
+    let housekeeping = tasks::spawn(&config, &streams, metrics, &stop);
+
+    let stop_accept = CancellationToken::new();
+    let graceful = CancellationToken::new();
+    let (tracker, all_closed) = mpsc::channel::<()>(1);
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let serve = |routes| Serve {
+        api: api.clone(),
+        routes,
+        cap: cap.clone(),
+        limits: Arc::new(ConnectLimits {
+            per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
+            rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
+        }),
+        http: Arc::new(HttpSettings {
+            header_read_timeout: config.server.header_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+            write_timeout: config.server.write_timeout,
+            fast_path: config.server.sse_fast_path,
+            tls: config.server.tls.clone(),
+        }),
+        stop_accept: stop_accept.clone(),
+        graceful: graceful.clone(),
+        tracker: tracker.clone(),
+    };
+    let main_routes = if admin.is_some() {
+        Routes::Api
+    } else {
+        Routes::All
+    };
+    let mut accepts = vec![tokio::spawn(server::accept_loop(
+        listener,
+        serve(main_routes),
+    ))];
+    if let Some(admin) = admin {
+        accepts.push(tokio::spawn(server::accept_loop(
+            admin,
+            serve(Routes::Admin),
+        )));
+    }
+    drop(tracker);
+
+    lifecycle.set(Phase::Serving);
+    tracing::info!(
+        %addr,
+        admin = %OrNone(admin_addr),
+        max_connections = cap.max(),
+        epoch = format_args!("{epoch:x}"),
+        "herald serving"
+    );
+
+    let drain = drain::Drain {
+        lifecycle,
+        fanout,
+        stop_accept,
+        accepts,
+        housekeeping,
+        graceful,
+        all_closed,
+        ingest,
+        shutdown: config.shutdown,
+        retry: config.streams.retry,
+    };
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            drain.run().await;
+        })
+    };
+
+    Ok(Running {
+        addr,
+        admin_addr,
+        api,
+        cap,
+        stop,
+        task,
+    })
+}
+
+/// Runs until `signal` resolves, then drains. For `main`.
+pub async fn run(
+    config: Config,
+    max_connections: u64,
+    signal: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = start(config, max_connections).await?;
+    signal.await;
+    running.shutdown();
+    running.stopped().await;
+    Ok(())
+}

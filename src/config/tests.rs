@@ -1,0 +1,235 @@
+use super::*;
+
+fn parsed(args: &[&str]) -> Result<Cli, String> {
+    Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())
+}
+
+fn cli(args: &[&str]) -> Cli {
+    parsed(args).unwrap()
+}
+
+/// The message a bad value gets, from clap's parser or from `validate`.
+fn refused(args: &[&str]) -> String {
+    match parsed(args) {
+        Err(e) => e,
+        Ok(c) => c.validate().unwrap_err().to_string(),
+    }
+}
+
+#[test]
+fn defaults_validate() {
+    let c = Config::default_for_tests();
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.streams.heartbeat, Duration::from_secs(15));
+    assert_eq!(c.server.max_connections, None);
+    assert_eq!(c.streams.shards, 64);
+    assert_eq!(c.streams.queue.max_bytes, 256 * 1024);
+    assert_eq!(c.streams.replay.max_bytes, 64 << 20);
+    assert_eq!(c.publish.max_body, 1 << 20);
+    assert_eq!(c.server.max_header_bytes, 16 * 1024);
+    assert_eq!(c.server.write_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(c.publish.backpressure, Some(Duration::from_secs(5)));
+    assert_eq!(c.streams.write_coalesce, None);
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert!(c.server.sse_fast_path && c.metrics && c.auth.query_param);
+}
+
+#[test]
+fn errors_name_the_flag() {
+    for (args, flag) in [
+        (&["--listen", "nope"][..], "--listen"),
+        (&["--heartbeat-interval", "15"], "--heartbeat-interval"),
+        (&["--shards", "3"], "--shards"),
+        (&["--write-coalesce", "2s"], "--write-coalesce"),
+        (&["--publish-backpressure", "61s"], "--publish-backpressure"),
+        (
+            &["--publish-backpressure", "soon"],
+            "--publish-backpressure",
+        ),
+        (&["--queue-max-frames", "0"], "--queue-max-frames"),
+        (&["--queue-max-bytes", "lots"], "--queue-max-bytes"),
+        (&["--max-header-bytes", "100"], "--max-header-bytes"),
+        (&["--max-connect-rate", "1e-30"], "--max-connect-rate"),
+        (&["--log", "debugg"], "--log"),
+        (&["--log-format", "yaml"], "--log-format"),
+        (&["--shutdown-drain", "20s"], "--shutdown-deadline"),
+        (
+            &["--jwt-public-key", "/nonexistent.pem"],
+            "--jwt-public-key",
+        ),
+        (&["--cors-origins", "app.example"], "--cors-origins"),
+        (
+            &["--cors-origins", "*", "--cors-credentials"],
+            "--cors-origins",
+        ),
+        (
+            &["--tls-cert", "Cargo.toml", "--tls-key", "Cargo.toml"],
+            "--tls-cert",
+        ),
+        (
+            &[
+                "--tls-cert",
+                "tests/keys/tls-cert.pem",
+                "--tls-key",
+                "tests/keys/ec-private.pem",
+            ],
+            "--tls-key",
+        ),
+    ] {
+        let e = refused(args);
+        assert!(e.contains(flag), "{args:?}: {e}");
+    }
+    assert!(refused(&["--publish-backpressure", "61s"]).contains("at most 1m"));
+    let e = refused(&["--listen", "0.0.0.0:8080"]);
+    assert!(e.contains("--insecure-no-auth"), "{e}");
+    let e = refused(&["--publish-secret", "short"]);
+    assert!(
+        e.contains("--publish-secret") && !e.contains("short\""),
+        "{e}"
+    );
+    assert!(refused(&["--jwt-public-key", "Cargo.toml"]).contains("PEM"));
+}
+
+#[test]
+fn typed_values() {
+    assert!(cli(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"])
+        .validate()
+        .is_ok());
+    let keyed = cli(&[
+        "--listen",
+        "0.0.0.0:8080",
+        "--jwt-secret",
+        "0123456789abcdef0123",
+    ])
+    .validate()
+    .unwrap();
+    assert!(keyed.auth.streams_protected() && keyed.auth.publish_protected());
+    let c = cli(&["--listen", "localhost:0"]).validate().unwrap();
+    assert!(c.server.listen.ip().is_loopback());
+    let c = cli(&["--cors-origins", "https://a.example/, http://b.example"])
+        .validate()
+        .unwrap();
+    assert_eq!(c.cors.origins, ["https://a.example", "http://b.example"]);
+    assert!(cli(&[
+        "--tls-cert",
+        "tests/keys/tls-cert.pem",
+        "--tls-key",
+        "tests/keys/tls-key.pem"
+    ])
+    .validate()
+    .unwrap()
+    .server
+    .tls
+    .is_some());
+    let c = cli(&[
+        "--write-coalesce",
+        "25ms",
+        "--write-timeout",
+        "0",
+        "--publish-backpressure",
+        "0ms",
+        "--queue-max-bytes",
+        "64KiB",
+        "--max-streams-per-user",
+        "3",
+        "--publish-rate",
+        "2.5",
+        "--reuse-port",
+        "--sse-fast-path",
+        "no",
+    ])
+    .validate()
+    .unwrap();
+    assert_eq!(c.streams.write_coalesce, Some(Duration::from_millis(25)));
+    assert_eq!(c.server.write_timeout, None);
+    assert_eq!(c.publish.backpressure, None);
+    assert_eq!(c.streams.queue.max_bytes, 65536);
+    assert_eq!(c.limits.streams_per_user, NonZeroUsize::new(3));
+    assert_eq!(c.limits.publish_rate, Some(2.5));
+    assert!(c.server.reuse_port && !c.server.sse_fast_path);
+}
+
+#[test]
+fn help_groups_flags_by_domain() {
+    let help = Cli::command().render_help().to_string();
+    for heading in [
+        "Listening:",
+        "Streams:",
+        "Publishing:",
+        "Auth and CORS:",
+        "Limits:",
+        "Kafka:",
+        "Logging, metrics and shutdown:",
+    ] {
+        assert!(help.contains(heading), "--help lacks {heading}");
+    }
+    let at = |s: &str| help.find(s).unwrap();
+    assert!(at("Kafka:") < at("--kafka-brokers") && at("Limits:") < at("--write-timeout"));
+}
+
+#[test]
+fn kafka_flags() {
+    let c = cli(&[
+        "--kafka-brokers",
+        "127.0.0.1:9092",
+        "--kafka-topics",
+        "a,b,a",
+    ])
+    .validate()
+    .unwrap();
+    let k = c.kafka.unwrap();
+    assert_eq!(k.topics, ["a", "b"]);
+    assert_eq!(k.publish_topic, "a");
+    assert_eq!(k.start, StartPosition::Latest);
+    let c = cli(&[
+        "--kafka-brokers",
+        "h:1",
+        "--kafka-topics",
+        "t",
+        "--kafka-start",
+        "replay-window",
+        "--kafka-property",
+        "security.protocol=SASL_SSL",
+        "--kafka-property",
+        "x=a=b",
+    ])
+    .validate()
+    .unwrap();
+    let k = c.kafka.unwrap();
+    assert_eq!(k.start, StartPosition::ReplayWindow);
+    assert_eq!(k.properties[1], ("x".to_owned(), "a=b".to_owned()));
+    assert!(cli(&[]).validate().unwrap().kafka.is_none());
+
+    let k = ["--kafka-brokers", "h:1", "--kafka-topics", "t"];
+    let cases: [(Vec<&str>, &str); 8] = [
+        (vec!["--kafka-topics", "t"], "--kafka-topics"),
+        (vec!["--kafka-brokers", "h:1"], "--kafka-topics"),
+        (
+            vec!["--kafka-brokers", "nohostport", "--kafka-topics", "t"],
+            "--kafka-brokers",
+        ),
+        (
+            vec!["--kafka-brokers", "tcp://h:1", "--kafka-topics", "t"],
+            "--kafka-brokers",
+        ),
+        (
+            vec!["--kafka-brokers", "h:1", "--kafka-topics", "bad topic"],
+            "--kafka-topics",
+        ),
+        ([&k[..], &["--kafka-start", "x"]].concat(), "--kafka-start"),
+        (
+            [&k[..], &["--kafka-property", "novalue"]].concat(),
+            "--kafka-property",
+        ),
+        (
+            [&k[..], &["--kafka-publish-topic", "u"]].concat(),
+            "--kafka-publish-topic",
+        ),
+    ];
+    for (args, flag) in cases {
+        let e = refused(&args);
+        assert!(e.contains(flag), "{args:?}: {e}");
+    }
+}

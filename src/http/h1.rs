@@ -1,0 +1,391 @@
+//! herald's own HTTP/1.1 writer for SSE streams: a subscribe request that
+//! arrives whole in the connection's first segment is served without hyper.
+//!
+//! Why (measured, see BENCHMARKS.md): an SSE stream is one request followed
+//! by an endless body, so after the head hyper's machinery is pure overhead:
+//! its per-connection read and write buffers (8 KiB each, allocated up front),
+//! a ~1.5 KB connection future, and a dispatcher that polls the body one
+//! frame at a time. With 10,000 idle streams hyper cost ~19-32 KB RSS per
+//! connection; this path holds a stream in a fraction of that.
+//!
+//! It is a transport only: the subscribe admission (`subscribe::admit`) and
+//! every stream behaviour (`crate::stream`) are shared with hyper's path.
+//! What it does:
+//! - [`classify`] *peeks* (consumes nothing) the first bytes. It takes a
+//!   complete `GET /api/sse/subscribe/...` HTTP/1.1 head with no body whose
+//!   target and headers parse with the parsers hyper uses (`httparse`,
+//!   `http::Uri`, `HeaderName`/`HeaderValue`); anything else (other routes,
+//!   h2c, HEAD, HTTP/1.0, a head split over segments, a target `http`
+//!   refuses) goes to hyper untouched, so nothing is read two ways.
+//! - [`serve`] consumes the head and asks the admission. A refusal is written
+//!   as a complete response and the connection closed. A stream gets its
+//!   response head and first bytes in one write, then: [`Stream::poll_next`]
+//!   -> one chunked, vectored write, until the stream ends; the read side is
+//!   watched for the client going away, both polled in one `poll_fn` (no
+//!   future built per wait).
+//! - Ends: a clean end writes the final chunk and FIN; an abort (slow) drops
+//!   the connection (the dispatcher also trips the connection's `Abort`, for
+//!   a task stuck in a write); the client closing ends it at the next read
+//!   event. Every write goes through `TimedIo` (`--write-timeout`).
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::abort::Abort;
+use crate::stream::{io_reason, CloseReason, Next, Stream};
+use crate::timed_io::TimedIo;
+
+use super::subscribe::{Admission, Subscribe, PREFIX};
+
+/// Largest head this path looks at; longer heads go to hyper.
+const PEEK_BYTES: usize = 4096;
+/// Most headers parsed.
+const MAX_HEADERS: usize = 48;
+
+/// A request this path serves: its head, parsed, and its length to consume.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    head_len: usize,
+    parts: Parts,
+}
+
+/// Who serves a new connection.
+#[derive(Debug)]
+pub(crate) enum Route {
+    H1(Box<Taken>),
+    Hyper,
+    /// Nothing arrived in time, or the peer closed: drop the connection.
+    Close,
+}
+
+/// Peeks at the first segment and decides who serves the connection.
+pub(crate) async fn classify(stream: &TcpStream, wait: Duration) -> Route {
+    // Heap, not stack: a stack buffer would live in every connection
+    // task's future for the task's whole life.
+    let mut buf = vec![0u8; PEEK_BYTES];
+    let n = match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Close,
+        Ok(Ok(n)) => n,
+    };
+    match take(&buf[..n]) {
+        Some(t) => Route::H1(Box::new(t)),
+        None => Route::Hyper,
+    }
+}
+
+/// The request head, if this path takes it (see the module doc).
+fn take(bytes: &[u8]) -> Option<Taken> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let target = req.path?;
+    if !target.starts_with(PREFIX) {
+        return None;
+    }
+    let uri = Uri::try_from(target).ok()?;
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .version(Version::HTTP_11);
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        // A body on a GET, or a protocol switch: hyper's to frame.
+        if name == http::header::CONTENT_LENGTH
+            || name == http::header::TRANSFER_ENCODING
+            || name == http::header::UPGRADE
+            || name == http::header::EXPECT
+        {
+            return None;
+        }
+        builder = builder.header(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    let (parts, ()) = builder.body(()).ok()?.into_parts();
+    Some(Taken { head_len, parts })
+}
+
+/// Serves a taken request: the admission's answer, or the stream until it
+/// ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    taken: Box<Taken>,
+    peer: SocketAddr,
+    subscribe: &Subscribe,
+    write_timeout: Option<Duration>,
+    conn: &Arc<Abort>,
+) -> io::Result<()> {
+    let mut io = TimedIo::new(stream, write_timeout, conn.clone());
+    // The setup's state (head, admission, first write) lives in its own box,
+    // freed once the stream is live: a task's future is allocated at the size
+    // of its largest state, for the connection's whole life.
+    let Some(mut s) = Box::pin(start(&mut io, taken, peer, subscribe, conn)).await? else {
+        return Ok(());
+    };
+    run(&mut io, &mut s).await
+}
+
+/// Consumes the head, decides it; writes a refusal (`None`), or the stream's
+/// response head with its first bytes.
+async fn start(
+    io: &mut TimedIo<TcpStream>,
+    taken: Box<Taken>,
+    peer: SocketAddr,
+    subscribe: &Subscribe,
+    conn: &Arc<Abort>,
+) -> io::Result<Option<Stream>> {
+    // Consume exactly the head we peeked.
+    let mut head = vec![0u8; taken.head_len];
+    io.get_mut().read_exact(&mut head).await?;
+    drop(head);
+    match subscribe.admit(&taken.parts, peer, conn) {
+        Admission::Answer(resp) => {
+            let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
+            write_all(io, &[&head, resp.body().bytes()]).await?;
+            let _ = io.shutdown().await;
+            Ok(None)
+        }
+        Admission::Stream(resp, mut stream) => {
+            let head = response_head(&resp, Framing::Chunked);
+            let first = match poll_fn(|cx| stream.poll_next(cx)).await {
+                Next::Data(b) => b,
+                _ => Bytes::new(),
+            };
+            let mut size = [0u8; 18];
+            let len = chunk_size_line(first.len(), &mut size);
+            if let Err(e) = write_all(io, &[&head, &size[..len], &first, b"\r\n"]).await {
+                stream.end(io_reason(&e));
+                return Err(e);
+            }
+            Ok(Some(stream))
+        }
+    }
+}
+
+/// The live stream: whatever the core hands out, into the socket.
+async fn run(io: &mut TimedIo<TcpStream>, s: &mut Stream) -> io::Result<()> {
+    let mut scratch = [0u8; 64];
+    loop {
+        let next = poll_fn(|cx| match s.poll_next(cx) {
+            Poll::Ready(next) => Poll::Ready(Some(next)),
+            Poll::Pending => poll_client_gone(io.get_ref(), &mut scratch, cx).map(|()| None),
+        })
+        .await;
+        let written = match next {
+            Some(Next::Data(batch)) => write_chunk(io, &batch).await,
+            Some(Next::End) => {
+                // Once per stream: boxed, so it does not size every future.
+                let r = Box::pin(write_all(io, &[b"0\r\n\r\n"])).await;
+                let _ = Box::pin(io.shutdown()).await;
+                return r;
+            }
+            Some(Next::Abort) => return Ok(()),
+            None => {
+                s.end(CloseReason::Client);
+                return Ok(());
+            }
+        };
+        if let Err(e) = written {
+            s.end(io_reason(&e));
+            return Err(e);
+        }
+    }
+}
+
+/// `Ready` once the client has closed its side (or the socket failed);
+/// anything it sends meanwhile is read and discarded.
+fn poll_client_gone(stream: &TcpStream, scratch: &mut [u8], cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        match stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => match stream.try_read(scratch) {
+                Ok(0) => return Poll::Ready(()),
+                // Anything a client sends on a stream is ignored.
+                Ok(_) => {}
+                // Readiness cleared: poll again to register the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            },
+        }
+    }
+}
+
+/// How a response's body is framed on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// An endless stream: chunked, connection kept.
+    Chunked,
+    /// A complete body of this length, then the connection closes.
+    Close(usize),
+}
+
+/// The HTTP/1.1 response head for `resp` (its status and headers, a `date`,
+/// and the body framing).
+fn response_head<B>(resp: &Response<B>, framing: Framing) -> Vec<u8> {
+    use std::fmt::Write;
+    let status = resp.status();
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in resp.headers() {
+        s.push_str(name.as_str());
+        s.push_str(": ");
+        s.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        s.push_str("\r\n");
+    }
+    let _ = write!(
+        s,
+        "date: {}\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
+    );
+    match framing {
+        Framing::Chunked => s.push_str("transfer-encoding: chunked\r\n\r\n"),
+        Framing::Close(n) => {
+            let _ = write!(s, "content-length: {n}\r\nconnection: close\r\n\r\n");
+        }
+    }
+    s.into_bytes()
+}
+
+/// Writes one chunk of the chunked encoding: size line, data, CRLF.
+pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut size = [0u8; 18];
+    let len = chunk_size_line(data.len(), &mut size);
+    write_all(io, &[&size[..len], data, b"\r\n"]).await
+}
+
+/// `{len:x}\r\n` into `out`; returns its length.
+fn chunk_size_line(n: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(n >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Writes all of `parts` with vectored writes, resuming after short writes.
+/// The socket is tried first (it is almost always writable); a write that
+/// cannot proceed waits, bounded by the `TimedIo`'s write timeout.
+async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let n = poll_fn(|cx| {
+            let mut skip = written;
+            let mut slices = [IoSlice::new(&[]); 4];
+            let mut k = 0;
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
+                }
+                slices[k] = IoSlice::new(&p[skip..]);
+                skip = 0;
+                k += 1;
+                if k == slices.len() {
+                    break;
+                }
+            }
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        for (n, want) in [
+            (1usize, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (0x1a2b, "1a2b\r\n"),
+        ] {
+            let len = chunk_size_line(n, &mut b);
+            assert_eq!(std::str::from_utf8(&b[..len]).unwrap(), want);
+        }
+        let len = chunk_size_line(usize::MAX, &mut b);
+        assert_eq!(len, 18);
+    }
+
+    #[test]
+    fn takes_only_what_it_reads_like_hyper() {
+        let t = take(b"GET /api/sse/subscribe/u?topic=a HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n")
+            .unwrap();
+        assert_eq!(t.parts.uri.path(), "/api/sse/subscribe/u");
+        assert_eq!(t.parts.uri.query(), Some("topic=a"));
+        assert_eq!(t.parts.headers.get_all("cookie").iter().count(), 2);
+        for handed_over in [
+            &b"HEAD /api/sse/subscribe/u HTTP/1.1\r\n\r\n"[..],
+            b"GET /api/sse/subscribe/u HTTP/1.0\r\n\r\n",
+            b"GET /api/publish HTTP/1.1\r\n\r\n",
+            b"GET /api/sse/subscribe/u HTTP/1.1\r\ncontent-length: 1\r\n\r\nx",
+            b"GET /api/sse/subscribe/u HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"GET /api/sse/subscribe/u HTTP/1.1\r\nhost: x\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(
+                take(handed_over).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(handed_over)
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads() {
+        let mut r = Response::new(());
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let h = String::from_utf8(response_head(&r, Framing::Chunked)).unwrap();
+        assert!(
+            h.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: "),
+            "{h}"
+        );
+        assert!(h.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n"), "{h}");
+        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+        let h = String::from_utf8(response_head(&r, Framing::Close(12))).unwrap();
+        assert!(h.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{h}");
+        assert!(
+            h.ends_with("content-length: 12\r\nconnection: close\r\n\r\n"),
+            "{h}"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Settings and error handling shared by the consumer and the producer: the
+//! librdkafka client configuration, user properties, start errors, and the
+//! closed set of error kinds used as a metrics label.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::config::KafkaConfig;
+use crate::metrics as m;
+
+/// Bound on startup metadata and offset lookups.
+pub(crate) const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why Kafka ingest or the producer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(String),
+    #[error("cannot read metadata of Kafka topic {topic:?} from {brokers} within {STARTUP_TIMEOUT:?}: {error}")]
+    Metadata {
+        topic: String,
+        brokers: String,
+        error: String,
+    },
+    #[error("Kafka topic {0:?} does not exist (herald does not create topics)")]
+    UnknownTopic(String),
+    #[error("cannot look up start offsets (offsets for times): {0}")]
+    Offsets(String),
+    #[error("cannot assign partitions: {0}")]
+    Assign(String),
+    #[error("cannot start the ingest thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The client configuration both sides start from.
+pub(crate) fn config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        // librdkafka's default backs off up to 10 s between reconnects; an
+        // SSE fan-out wants records flowing again soon after a broker returns.
+        .set("reconnect.backoff.max.ms", "1000");
+    c
+}
+
+/// Applies `--kafka-property` settings last, so they override herald's.
+pub(crate) fn apply_user_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+}
+
+/// Kafka error kinds, a closed set for the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    Transport,
+    Consume,
+    Other,
+}
+
+impl ErrorKind {
+    pub(crate) const ALL: [ErrorKind; 3] =
+        [ErrorKind::Transport, ErrorKind::Consume, ErrorKind::Other];
+
+    pub(crate) fn of(error: &KafkaError) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(
+                C::BrokerTransportFailure | C::AllBrokersDown | C::Resolve | C::OperationTimedOut,
+            ) => ErrorKind::Transport,
+            _ if matches!(error, KafkaError::MessageConsumption(_)) => ErrorKind::Consume,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Transport => "transport",
+            ErrorKind::Consume => "consume",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Counts one error of this kind.
+    pub(crate) fn count(self) {
+        metrics::counter!(m::KAFKA_ERRORS, "kind" => self.label()).increment(1);
+    }
+}

@@ -1,0 +1,22 @@
+//! Kafka: the consumer that feeds the dispatcher (ingest), the producer
+//! behind `POST /api/publish` in Kafka mode, the settings they share, and
+//! the pure record -> event mapping.
+//!
+//! - `consumer`: one dedicated thread (never the HTTP workers: a burst of
+//!   connections cannot starve consumption, a slow broker cannot stall
+//!   HTTP) reading every partition of every configured topic, assigned
+//!   directly, never shared through a consumer group; start positions,
+//!   partition pickup, broker health; whole polled bursts dispatched in
+//!   partition order under one lock.
+//! - `producer`: publishes, answered on the broker's acknowledgement.
+//! - `client`: client settings, start errors, error kinds.
+//! - `record`: key / headers / value -> [`crate::event::Event`].
+
+pub(crate) mod client;
+pub(crate) mod consumer;
+pub(crate) mod producer;
+pub(crate) mod record;
+
+pub(crate) use client::StartError;
+pub(crate) use consumer::{Ingest, Status};
+pub(crate) use producer::{ProduceFailure, Producer};

@@ -1,0 +1,83 @@
+//! The node's phase (starting, serving, draining) and the health of what it
+//! depends on (Kafka ingest): what readiness answers, what refuses new
+//! streams while draining. Written by `app`, read everywhere else.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::kafka::Status as IngestStatus;
+
+/// Where the node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Listeners bound, not yet serving.
+    Starting,
+    /// Serving.
+    Serving,
+    /// Draining for shutdown: no new streams, not ready.
+    Draining,
+}
+
+/// The phase, and ingest's health in Kafka mode.
+#[derive(Debug)]
+pub struct Lifecycle {
+    phase: AtomicU8,
+    ingest: Option<Arc<IngestStatus>>,
+}
+
+/// Why the node is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Starting,
+    Draining,
+    KafkaUnreachable,
+}
+
+impl NotReady {
+    pub fn message(self) -> &'static str {
+        match self {
+            NotReady::Starting => "not ready: starting",
+            NotReady::Draining => "not ready: draining",
+            NotReady::KafkaUnreachable => {
+                "not ready: Kafka is unreachable (open streams are still served)"
+            }
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn new(ingest: Option<Arc<IngestStatus>>) -> Self {
+        Self {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            ingest,
+        }
+    }
+
+    pub fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.phase() == Phase::Draining
+    }
+
+    /// `Ok` when the node serves and what it depends on is reachable.
+    pub fn ready(&self) -> Result<(), NotReady> {
+        match self.phase() {
+            Phase::Starting => Err(NotReady::Starting),
+            Phase::Draining => Err(NotReady::Draining),
+            Phase::Serving if self.ingest.as_ref().is_some_and(|i| !i.connected()) => {
+                Err(NotReady::KafkaUnreachable)
+            }
+            Phase::Serving => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The stream core: everything an SSE stream does, whichever transport
+//! carries it. herald's HTTP/1.1 writer (`http::h1`) and hyper's body
+//! (`http::body`: HTTP/1.1 with the fast path off, h2, h2c, TLS) only move
+//! the bytes a [`Stream`] hands them and report how the connection ended.
+//!
+//! A stream, from open to close:
+//! 1. [`Streams::open`] registers it with the dispatcher (which decides the
+//!    resume: replayed frames, or a gap), enters its token's expiry, and
+//!    ends it at once if the node is draining.
+//! 2. [`Stream::poll_next`] hands out, in order: the preamble (or the reset
+//!    event after a gap) and the replayed frames, packed into writes of up
+//!    to [`PREFIX_WRITE_BYTES`]; then whatever the queue holds per wake-up,
+//!    as one write, at most one write per `--write-coalesce` window.
+//! 3. It ends when the queue closes ([`Next::End`]: shutdown, token expiry,
+//!    after what was queued; [`Next::Abort`]: slow, cut off now), or when
+//!    the transport reports the client gone or a failed write
+//!    ([`Stream::end`]).
+//! 4. Dropping it unregisters it and counts the close by its reason.
+//!
+//! Accounting: frames handed to the transport count as delivered (on the
+//! subscriber, summed at scrape time); one delivery-lag sample per
+//! [`LAG_SAMPLE_EVERY`] writes.
+//!
+//! Where to add a stream feature: here, once. A transport learns nothing
+//! new unless the feature changes how bytes leave (a new [`Next`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::Sleep;
+
+use crate::abort::Abort;
+use crate::event::Name;
+use crate::expiry::Expiries;
+use crate::fanout::{unix_micros, Fanout};
+use crate::lifecycle::Lifecycle;
+use crate::metrics as m;
+pub use crate::registry::queue::CloseReason;
+use crate::registry::queue::Queue;
+use crate::registry::Subscription;
+use crate::sse::frame::{self, ResetReason};
+use crate::sse::EventId;
+
+/// The preamble and replayed frames leave in writes of about this size.
+pub const PREFIX_WRITE_BYTES: usize = 64 * 1024;
+
+/// One delivery-lag sample per this many written batches per stream: the
+/// histogram's buckets are shared by every core, so sampling keeps them from
+/// becoming a per-write contention point.
+pub const LAG_SAMPLE_EVERY: u32 = 16;
+
+/// How every stream behaves (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The reconnection delay advertised to browsers (`retry:`).
+    pub retry: Duration,
+    /// Least time between two writes to one stream (`--write-coalesce`).
+    pub coalesce: Option<Duration>,
+    /// Count opens, closes and deliveries (`--metrics`).
+    pub account: bool,
+}
+
+/// Opens streams: the dispatcher, token expiries and the node's phase.
+#[derive(Debug)]
+pub struct Streams {
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) expiries: Expiries,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) settings: Settings,
+}
+
+/// What an admitted subscribe request opens.
+#[derive(Debug)]
+pub struct OpenRequest {
+    pub user: Name,
+    pub topics: Vec<Name>,
+    pub resume: Option<EventId>,
+    /// The token's `exp` (seconds since the epoch): the stream ends then.
+    pub expires_at: Option<u64>,
+    pub peer: SocketAddr,
+    /// The connection's kill switch.
+    pub conn: Arc<Abort>,
+}
+
+/// An open stream and the id it continues after (the
+/// `herald-resumed-after` response header).
+#[derive(Debug)]
+pub struct Opened {
+    pub after: EventId,
+    pub stream: Stream,
+}
+
+/// What a transport does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Write these bytes (one write).
+    Data(Bytes),
+    /// The stream ended cleanly: finish the response (HTTP/1.1's last
+    /// chunk, h2's END_STREAM) and close.
+    End,
+    /// Cut the stream off now: close the connection (HTTP/1.1) or reset the
+    /// stream (h2).
+    Abort,
+}
+
+/// One SSE stream's state, shared by every transport.
+#[derive(Debug)]
+pub struct Stream {
+    sub: Subscription,
+    /// The preamble and replayed frames not yet handed out; freed once they
+    /// are, so a live stream does not carry it.
+    prefix: Option<Box<Prefix>>,
+    /// `--write-coalesce`.
+    window: Option<Duration>,
+    /// The window's timer: allocated on the first write, then reused.
+    hold: Option<Pin<Box<Sleep>>>,
+    /// Set after a write within a window: the next batch waits for the timer.
+    holding: bool,
+    account: bool,
+    /// Batches written, for sampling the lag histogram.
+    batches: u32,
+    /// Why the stream ended, once it has (the queue's reason, or what the
+    /// transport reported).
+    ended: Option<CloseReason>,
+}
+
+#[derive(Debug)]
+struct Prefix {
+    head: Option<Bytes>,
+    replay: std::vec::IntoIter<Bytes>,
+}
+
+// === impl Streams ===
+
+impl Streams {
+    pub fn new(fanout: Arc<Fanout>, lifecycle: Arc<Lifecycle>, settings: Settings) -> Self {
+        Self {
+            fanout,
+            expiries: Expiries::default(),
+            lifecycle,
+            settings,
+        }
+    }
+
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
+    }
+
+    /// Registers a stream and builds its first bytes.
+    pub fn open(&self, req: OpenRequest) -> Opened {
+        let requested = req.resume.as_ref().map(ToString::to_string);
+        let sub = self.fanout.subscribe(
+            req.user,
+            req.topics,
+            Some(req.peer),
+            Some(req.conn),
+            req.resume,
+        );
+        let subscriber = sub.subscription.subscriber();
+        if let Some(at) = req.expires_at {
+            self.expiries.add(at, subscriber);
+        }
+        let retry = self.settings.retry.as_millis() as u64;
+        // A stream registered after the drain took its snapshot of open
+        // streams would be missed by it: end it here instead (it still gets
+        // its preamble).
+        if self.lifecycle.draining() {
+            subscriber.end(CloseReason::Shutdown, Some(frame::retry_hint(retry)));
+        }
+        let head = if sub.gap {
+            frame::reset(
+                retry,
+                ResetReason::NotRetained,
+                requested.as_deref(),
+                &sub.after,
+            )
+        } else {
+            frame::preamble(retry, &sub.after)
+        };
+        Opened {
+            after: sub.after,
+            stream: Stream::new(sub.subscription, head, sub.replay, &self.settings),
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    pub fn new(sub: Subscription, head: Bytes, replay: Vec<Bytes>, settings: &Settings) -> Self {
+        if settings.account {
+            metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+        }
+        Self {
+            sub,
+            prefix: Some(Box::new(Prefix {
+                head: Some(head),
+                replay: replay.into_iter(),
+            })),
+            window: settings.coalesce,
+            hold: None,
+            holding: false,
+            account: settings.account,
+            batches: 0,
+            ended: None,
+        }
+    }
+
+    /// The next thing to write, or how the stream ends. `Pending` stores the
+    /// task's waker in the queue (and the coalescing timer): nothing is
+    /// allocated per wait.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        if let Some(prefix) = &mut self.prefix {
+            let (chunk, replayed) = prefix.next_write();
+            if prefix.is_done() {
+                self.prefix = None;
+            }
+            self.account(replayed, 0);
+            return Poll::Ready(Next::Data(chunk));
+        }
+        if self.holding {
+            // Something to send within the window since the last write: let
+            // the window pass so what arrives meanwhile joins it.
+            if self.queue().poll_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(sleep) = &mut self.hold {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.holding = false;
+        }
+        match self.queue().poll_drain(cx) {
+            Poll::Ready(Ok(batch)) => {
+                self.account(batch.events, batch.oldest_us);
+                if let Some(window) = self.window {
+                    let at = tokio::time::Instant::now() + window;
+                    match &mut self.hold {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => self.hold = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                    self.holding = true;
+                }
+                Poll::Ready(Next::Data(batch.bytes))
+            }
+            Poll::Ready(Err(reason)) => {
+                self.ended.get_or_insert(reason);
+                Poll::Ready(if reason.delivers_queued() {
+                    Next::End
+                } else {
+                    Next::Abort
+                })
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The transport saw the stream end (the client left, a write failed);
+    /// the first reason recorded wins.
+    pub fn end(&mut self, reason: CloseReason) {
+        self.ended.get_or_insert(reason);
+    }
+
+    /// Records that `events` event frames were handed out; `oldest_us` is
+    /// the oldest one's timestamp (0: none, e.g. replayed frames).
+    fn account(&mut self, events: usize, oldest_us: u64) {
+        if !self.account || events == 0 {
+            return;
+        }
+        self.sub
+            .subscriber()
+            .delivered
+            .fetch_add(events as u64, Ordering::Relaxed);
+        if oldest_us != 0 && self.batches.is_multiple_of(LAG_SAMPLE_EVERY) {
+            static LAG: OnceLock<metrics::Histogram> = OnceLock::new();
+            let lag_us = unix_micros().saturating_sub(oldest_us);
+            LAG.get_or_init(|| metrics::histogram!(m::DELIVERY_LAG))
+                .record(lag_us as f64 / 1e6);
+        }
+        self.batches = self.batches.wrapping_add(1);
+    }
+
+    fn queue(&self) -> &Queue {
+        &self.sub.subscriber().queue
+    }
+
+    /// Why the stream ended, as it would be counted now.
+    pub fn reason(&self) -> CloseReason {
+        let sub = self.sub.subscriber();
+        // An aborted (stalled) connection drops the stream without polling
+        // it again, so the queue is the authority on why it closed.
+        self.queue()
+            .closed()
+            .or(self.ended)
+            .or_else(|| sub.abort.as_ref().and_then(|a| a.recorded()))
+            .unwrap_or(CloseReason::Client)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.account {
+            metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => self.reason().label())
+                .increment(1);
+        }
+    }
+}
+
+/// The close reason a failed read or write on a stream's connection means.
+pub fn io_reason(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::TimedOut => CloseReason::WriteTimeout,
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::WriteZero => CloseReason::Client,
+        _ => CloseReason::Error,
+    }
+}
+
+// === impl Prefix ===
+
+impl Prefix {
+    /// The head and/or up to ~[`PREFIX_WRITE_BYTES`] of replayed frames, as
+    /// one buffer; and how many replayed frames it holds.
+    fn next_write(&mut self) -> (Bytes, usize) {
+        let head = self.head.take();
+        if self.replay.len() == 0 {
+            return (head.unwrap_or_default(), 0);
+        }
+        let queued = head.as_ref().map_or(0, Bytes::len)
+            + self.replay.as_slice().iter().map(Bytes::len).sum::<usize>();
+        let mut buf = BytesMut::with_capacity(PREFIX_WRITE_BYTES.min(queued));
+        if let Some(h) = head {
+            buf.put_slice(&h);
+        }
+        let mut frames = 0;
+        while buf.len() < PREFIX_WRITE_BYTES {
+            match self.replay.next() {
+                Some(f) => {
+                    buf.put_slice(&f);
+                    frames += 1;
+                }
+                None => break,
+            }
+        }
+        (buf.freeze(), frames)
+    }
+
+    fn is_done(&self) -> bool {
+        self.head.is_none() && self.replay.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;
