@@ -66,4 +66,10 @@ pub(crate) mod timed_io;
 pub mod tls;
 
 pub use app::{run, start, Running, StartError};
+
+/// Internals the benches measure (not a public API).
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::http::h1::write_chunk;
+}
 pub use config::{Cli, Config, ConfigError};

@@ -414,3 +414,55 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Node;
+    use crate::config::Config;
+
+    /// A connection task's future is allocated at the size of its largest
+    /// state, for the connection's whole life, so a state that grows (a
+    /// stack buffer, a timer, TLS inlined) grows every idle stream: it
+    /// happened once (+1.7 KB, found by hand). These bounds fail such a
+    /// change. Sizes in a debug build, as tests run (release builds are
+    /// smaller); today's are printed.
+    #[tokio::test]
+    async fn per_connection_futures_stay_small() {
+        // The connection task of every plain connection (704 B on
+        // 2026-12-01; 848 B before the stream core).
+        const CONNECTION_MAX: usize = 768;
+        // herald's HTTP/1.1 writer serving one stream, boxed by the task
+        // (632 B on 2026-12-01; 960 B before).
+        const H1_STREAM_MAX: usize = 704;
+
+        let node = Node::build(&Config::default_for_tests(), 100)
+            .await
+            .unwrap();
+        let token = CancellationToken::new();
+        let (tracker, _all_closed) = mpsc::channel(1);
+        let serve = node.serve(Routes::All, &token, &token, &tracker);
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let connection = size_of_val(&connection(&builder, stream, peer, &serve));
+
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let taken = h1::taken_for_tests(b"GET /api/sse/subscribe/u HTTP/1.1\r\n\r\n").unwrap();
+        let abort = Abort::new();
+        let h1_stream = size_of_val(&h1::serve(
+            stream,
+            taken,
+            peer,
+            &serve.api.subscribe,
+            serve.http.write_timeout,
+            &abort,
+        ));
+        eprintln!("connection future {connection} B, HTTP/1.1 stream future {h1_stream} B");
+        assert!(connection <= CONNECTION_MAX, "{connection} B");
+        assert!(h1_stream <= H1_STREAM_MAX, "{h1_stream} B");
+    }
+}

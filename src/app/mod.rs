@@ -114,6 +114,132 @@ pub async fn start(config: Config, max_connections: u64) -> Result<Running, Star
     start_on(config, listener, admin, max_connections).await
 }
 
+/// What a node is made of, before it serves.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) api: Arc<Api>,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) cap: Arc<ConnectionCap>,
+    pub(crate) limits: Arc<ConnectLimits>,
+    pub(crate) http: Arc<HttpSettings>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) ingest: Option<Ingest>,
+    /// This run's id epoch.
+    pub(crate) epoch: u64,
+}
+
+impl Node {
+    /// Builds the node: the metrics recorder, the dispatcher, Kafka ingest
+    /// and producer (Kafka mode; blocking up to the startup timeout), and
+    /// the endpoints, each given what it uses.
+    pub(crate) async fn build(config: &Config, max_connections: u64) -> Result<Self, StartError> {
+        let metrics = config.metrics.then(m::install);
+        let registry = Arc::new(Registry::new(config.streams.shards));
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let fanout = Arc::new(Fanout::new(
+            registry,
+            epoch,
+            config.streams.queue,
+            config.streams.replay,
+        ));
+        let (ingest, sink) = match config.kafka.clone() {
+            Some(k) => {
+                let f = fanout.clone();
+                let age = config.streams.replay.max_age;
+                let producer = Producer::new(&k)?;
+                let ingest =
+                    tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
+                (Some(ingest), Sink::Kafka(Arc::new(producer)))
+            }
+            None => (
+                None,
+                Sink::Local {
+                    fanout: fanout.clone(),
+                    backpressure: config.publish.backpressure,
+                },
+            ),
+        };
+        let lifecycle = Arc::new(Lifecycle::new(ingest.as_ref().map(|i| i.status().clone())));
+        let streams = Arc::new(Streams::new(
+            fanout.clone(),
+            lifecycle.clone(),
+            stream::Settings {
+                retry: config.streams.retry,
+                coalesce: config.streams.write_coalesce,
+                account: config.metrics,
+            },
+        ));
+        let cap = Arc::new(ConnectionCap::new(max_connections));
+        let auth = Arc::new(config.auth.clone());
+        let cors = Arc::new(config.cors.clone());
+        let limits = config.limits;
+        let api = Arc::new(Api {
+            subscribe: Subscribe {
+                streams: streams.clone(),
+                auth: auth.clone(),
+                cors: cors.clone(),
+                max_per_user: limits.streams_per_user,
+            },
+            publish: Publish {
+                sink,
+                auth,
+                publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
+                max_body: config.publish.max_body,
+            },
+            health: Health {
+                lifecycle: lifecycle.clone(),
+                metrics: metrics.clone(),
+                fanout,
+                connections: cap.clone(),
+            },
+            cors,
+        });
+        Ok(Self {
+            api,
+            streams,
+            lifecycle,
+            cap,
+            limits: Arc::new(ConnectLimits {
+                per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
+                rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
+            }),
+            http: Arc::new(HttpSettings {
+                header_read_timeout: config.server.header_read_timeout,
+                max_header_bytes: config.server.max_header_bytes,
+                write_timeout: config.server.write_timeout,
+                fast_path: config.server.sse_fast_path,
+                tls: config.server.tls.clone(),
+            }),
+            metrics,
+            ingest,
+            epoch,
+        })
+    }
+
+    /// What an accept loop for `routes` shares with its connections.
+    pub(crate) fn serve(
+        &self,
+        routes: Routes,
+        stop_accept: &CancellationToken,
+        graceful: &CancellationToken,
+        tracker: &mpsc::Sender<()>,
+    ) -> Serve {
+        Serve {
+            api: self.api.clone(),
+            routes,
+            cap: self.cap.clone(),
+            limits: self.limits.clone(),
+            http: self.http.clone(),
+            stop_accept: stop_accept.clone(),
+            graceful: graceful.clone(),
+            tracker: tracker.clone(),
+        }
+    }
+}
+
 /// Starts serving on listeners the caller bound. In Kafka mode, ingest is
 /// started (and the topics checked) before anything is served; a failure
 /// there is returned as an error.
@@ -123,96 +249,15 @@ pub async fn start_on(
     admin: Option<TcpListener>,
     max_connections: u64,
 ) -> Result<Running, StartError> {
-    let metrics = config.metrics.then(m::install);
-    let registry = Arc::new(Registry::new(config.streams.shards));
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let fanout = Arc::new(Fanout::new(
-        registry,
-        epoch,
-        config.streams.queue,
-        config.streams.replay,
-    ));
-    let (ingest, sink) = match config.kafka.clone() {
-        Some(k) => {
-            let f = fanout.clone();
-            let age = config.streams.replay.max_age;
-            let producer = Producer::new(&k)?;
-            let ingest = tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
-            (Some(ingest), Sink::Kafka(Arc::new(producer)))
-        }
-        None => (
-            None,
-            Sink::Local {
-                fanout: fanout.clone(),
-                backpressure: config.publish.backpressure,
-            },
-        ),
-    };
-    let lifecycle = Arc::new(Lifecycle::new(ingest.as_ref().map(|i| i.status().clone())));
-    let streams = Arc::new(Streams::new(
-        fanout.clone(),
-        lifecycle.clone(),
-        stream::Settings {
-            retry: config.streams.retry,
-            coalesce: config.streams.write_coalesce,
-            account: config.metrics,
-        },
-    ));
-    let cap = Arc::new(ConnectionCap::new(max_connections));
-    let auth = Arc::new(config.auth.clone());
-    let cors = Arc::new(config.cors.clone());
-    let limits = config.limits;
-    let api = Arc::new(Api {
-        subscribe: Subscribe {
-            streams: streams.clone(),
-            auth: auth.clone(),
-            cors: cors.clone(),
-            max_per_user: limits.streams_per_user,
-        },
-        publish: Publish {
-            sink,
-            auth,
-            publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
-            max_body: config.publish.max_body,
-        },
-        health: Health {
-            lifecycle: lifecycle.clone(),
-            metrics: metrics.clone(),
-            fanout: fanout.clone(),
-            connections: cap.clone(),
-        },
-        cors,
-    });
-
+    let mut node = Node::build(&config, max_connections).await?;
     let stop = CancellationToken::new();
-    let housekeeping = tasks::spawn(&config, &streams, metrics, &stop);
+    let housekeeping = tasks::spawn(&config, &node.streams, node.metrics.clone(), &stop);
 
     let stop_accept = CancellationToken::new();
     let graceful = CancellationToken::new();
     let (tracker, all_closed) = mpsc::channel::<()>(1);
     let addr = listener.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
-    let serve = |routes| Serve {
-        api: api.clone(),
-        routes,
-        cap: cap.clone(),
-        limits: Arc::new(ConnectLimits {
-            per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
-            rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
-        }),
-        http: Arc::new(HttpSettings {
-            header_read_timeout: config.server.header_read_timeout,
-            max_header_bytes: config.server.max_header_bytes,
-            write_timeout: config.server.write_timeout,
-            fast_path: config.server.sse_fast_path,
-            tls: config.server.tls.clone(),
-        }),
-        stop_accept: stop_accept.clone(),
-        graceful: graceful.clone(),
-        tracker: tracker.clone(),
-    };
     let main_routes = if admin.is_some() {
         Routes::Api
     } else {
@@ -220,34 +265,34 @@ pub async fn start_on(
     };
     let mut accepts = vec![tokio::spawn(server::accept_loop(
         listener,
-        serve(main_routes),
+        node.serve(main_routes, &stop_accept, &graceful, &tracker),
     ))];
     if let Some(admin) = admin {
         accepts.push(tokio::spawn(server::accept_loop(
             admin,
-            serve(Routes::Admin),
+            node.serve(Routes::Admin, &stop_accept, &graceful, &tracker),
         )));
     }
     drop(tracker);
 
-    lifecycle.set(Phase::Serving);
+    node.lifecycle.set(Phase::Serving);
     tracing::info!(
         %addr,
         admin = %OrNone(admin_addr),
-        max_connections = cap.max(),
-        epoch = format_args!("{epoch:x}"),
+        max_connections = node.cap.max(),
+        epoch = format_args!("{:x}", node.epoch),
         "herald serving"
     );
 
     let drain = drain::Drain {
-        lifecycle,
-        fanout,
+        lifecycle: node.lifecycle.clone(),
+        fanout: node.streams.fanout.clone(),
         stop_accept,
         accepts,
         housekeeping,
         graceful,
         all_closed,
-        ingest,
+        ingest: node.ingest.take(),
         shutdown: config.shutdown,
         retry: config.streams.retry,
     };
@@ -262,8 +307,8 @@ pub async fn start_on(
     Ok(Running {
         addr,
         admin_addr,
-        api,
-        cap,
+        api: node.api,
+        cap: node.cap,
         stop,
         task,
     })

@@ -84,6 +84,12 @@ pub(crate) async fn classify(stream: &TcpStream, wait: Duration) -> Route {
     }
 }
 
+/// A taken request, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn taken_for_tests(head: &[u8]) -> Option<Box<Taken>> {
+    take(head).map(Box::new)
+}
+
 /// The request head, if this path takes it (see the module doc).
 fn take(bytes: &[u8]) -> Option<Taken> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -268,7 +274,7 @@ fn response_head<B>(resp: &Response<B>, framing: Framing) -> Vec<u8> {
 }
 
 /// Writes one chunk of the chunked encoding: size line, data, CRLF.
-pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::Result<()> {
+pub async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
