@@ -69,11 +69,11 @@ fn main() -> ExitCode {
         }
     };
     let deadline = config.shutdown.deadline;
-    let result = rt.block_on(herald::run(
-        config,
-        max_connections,
-        herald::shutdown::signal(),
-    ));
+    let result = rt.block_on(async {
+        // Handlers first: a SIGTERM during startup still drains.
+        let signal = herald::shutdown::signal();
+        herald::run(config, max_connections, signal).await
+    });
     rt.shutdown_timeout(deadline / 10);
     match result {
         Ok(()) => ExitCode::SUCCESS,

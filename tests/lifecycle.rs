@@ -523,3 +523,70 @@ on_every_transport!(
     idle_streams_get_heartbeat_comments,
     shutdown_ends_open_streams_within_the_deadline,
 );
+
+/// What a new user trips on at the command line: errors name the flag and,
+/// when the value came from the environment, the variable; booleans take
+/// 1/0; a bad log filter is refused; an address in use says which; logs to
+/// a pipe carry no colour codes.
+#[test]
+fn the_binary_explains_configuration_mistakes() {
+    let bin = env!("CARGO_BIN_EXE_herald");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(bin);
+        c.args(args).env_remove("NO_COLOR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[], &[("HERALD_WRITE_TIMEOUT", "soon")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--write-timeout") && err.contains("HERALD_WRITE_TIMEOUT"),
+        "{err}"
+    );
+    let (code, err) = run(&["--write-timeout", "soon"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--write-timeout") && !err.contains("HERALD_"), "{err}");
+    let (code, err) = run(&["--log", "debugg"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--log") && err.contains("not a level"), "{err}");
+    let (code, err) = run(&["--queue-max-bytes", "64MB!"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--queue-max-bytes") && err.contains("64KiB"), "{err}");
+
+    // An address in use: exit 1, naming the address and the flag.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = run(&["--listen", &addr], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (--listen)")),
+        "{err}"
+    );
+
+    // Booleans from the environment take 1; the text log on a pipe is plain.
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--write-timeout", "0"])
+        .env_remove("NO_COLOR")
+        .env("HERALD_REUSE_PORT", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("herald serving"))
+        .expect("herald started");
+    assert!(!serving.contains('\u{1b}'), "colour codes in a pipe: {serving:?}");
+    assert!(serving.contains("admin=none"), "{serving}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
