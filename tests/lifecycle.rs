@@ -551,13 +551,22 @@ fn the_binary_explains_configuration_mistakes() {
     );
     let (code, err) = run(&["--write-timeout", "soon"], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--write-timeout") && !err.contains("HERALD_"), "{err}");
+    assert!(
+        err.contains("--write-timeout") && !err.contains("HERALD_"),
+        "{err}"
+    );
     let (code, err) = run(&["--log", "debugg"], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--log") && err.contains("not a level"), "{err}");
+    assert!(
+        err.contains("--log") && err.contains("not a level"),
+        "{err}"
+    );
     let (code, err) = run(&["--queue-max-bytes", "64MB!"], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--queue-max-bytes") && err.contains("64KiB"), "{err}");
+    assert!(
+        err.contains("--queue-max-bytes") && err.contains("64KiB"),
+        "{err}"
+    );
 
     // An address in use: exit 1, naming the address and the flag.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -583,7 +592,10 @@ fn the_binary_explains_configuration_mistakes() {
         .map_while(Result::ok)
         .find(|l| l.contains("herald serving"))
         .expect("herald started");
-    assert!(!serving.contains('\u{1b}'), "colour codes in a pipe: {serving:?}");
+    assert!(
+        !serving.contains('\u{1b}'),
+        "colour codes in a pipe: {serving:?}"
+    );
     assert!(serving.contains("admin=none"), "{serving}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
