@@ -1,11 +1,10 @@
 //! The node's phase (starting, serving, draining) and the health of what it
 //! depends on (Kafka ingest): what readiness answers, what refuses new
-//! streams while draining. Written by `app`, read everywhere else.
+//! streams while draining. Written by `app` (and the Kafka consumer, for its
+//! health), read everywhere else; it imports nothing of herald's.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use crate::kafka::Status as IngestStatus;
 
 /// Where the node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +21,27 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Lifecycle {
     phase: AtomicU8,
-    ingest: Option<Arc<IngestStatus>>,
+    ingest: Option<Arc<IngestHealth>>,
+}
+
+/// What the Kafka consumer reports about itself (it writes, readiness and
+/// metrics read).
+#[derive(Debug, Default)]
+pub struct IngestHealth {
+    /// The last metadata refresh succeeded.
+    pub(crate) connected: AtomicBool,
+    /// Partitions assigned.
+    pub(crate) partitions: AtomicUsize,
+}
+
+impl IngestHealth {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions.load(Ordering::Relaxed)
+    }
 }
 
 /// Why the node is not ready.
@@ -46,7 +65,7 @@ impl NotReady {
 }
 
 impl Lifecycle {
-    pub fn new(ingest: Option<Arc<IngestStatus>>) -> Self {
+    pub fn new(ingest: Option<Arc<IngestHealth>>) -> Self {
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             ingest,

@@ -17,7 +17,7 @@
 //! `assign`; nothing is ever committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, StartPosition};
 use crate::fanout::{Fanout, Source};
+use crate::lifecycle::IngestHealth as Status;
 use crate::metrics as m;
 use crate::sse::EventId;
 
@@ -44,15 +45,6 @@ pub(crate) const MAX_BURST: usize = 512;
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Bound on the periodic metadata refresh (the health probe).
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What readiness and metrics need to know about ingest.
-#[derive(Debug, Default)]
-pub struct Status {
-    /// The last metadata refresh succeeded.
-    connected: AtomicBool,
-    /// Partitions assigned.
-    partitions: AtomicUsize,
-}
 
 /// How often librdkafka reports statistics (consumer lag per partition).
 const STATS_INTERVAL_MS: &str = "1000";
@@ -108,18 +100,6 @@ pub(crate) struct Ingest {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Status>,
-}
-
-// === impl Status ===
-
-impl Status {
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    pub fn partitions(&self) -> usize {
-        self.partitions.load(Ordering::Relaxed)
-    }
 }
 
 // === impl Ingest ===

@@ -18,5 +18,5 @@ pub(crate) mod producer;
 pub(crate) mod record;
 
 pub(crate) use client::StartError;
-pub(crate) use consumer::{Ingest, Status};
+pub(crate) use consumer::Ingest;
 pub(crate) use producer::{ProduceFailure, Producer};
