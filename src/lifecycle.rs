@@ -3,7 +3,7 @@
 //! streams while draining. Written by `app` (and the Kafka consumer, for its
 //! health), read everywhere else; it imports nothing of herald's.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Where the node is in its life.
@@ -30,8 +30,6 @@ pub struct Lifecycle {
 pub struct IngestHealth {
     /// The last metadata refresh succeeded.
     pub(crate) connected: AtomicBool,
-    /// Partitions assigned.
-    pub(crate) partitions: AtomicUsize,
 }
 
 impl IngestHealth {
@@ -39,9 +37,6 @@ impl IngestHealth {
         self.connected.load(Ordering::Relaxed)
     }
 
-    pub fn partitions(&self) -> usize {
-        self.partitions.load(Ordering::Relaxed)
-    }
 }
 
 /// Why the node is not ready.

@@ -448,11 +448,6 @@ impl Fanout {
     pub fn replay_len(&self) -> (usize, usize) {
         self.state.lock().replay.len()
     }
-
-    /// The id of the last event dispatched.
-    pub fn latest(&self) -> EventId {
-        self.state.lock().latest.clone()
-    }
 }
 
 // === impl PushSink ===

@@ -186,7 +186,6 @@ impl Ingest {
 
         let status = Arc::new(Status::default());
         status.connected.store(true, Ordering::Relaxed);
-        status.partitions.store(tpl.count(), Ordering::Relaxed);
         metrics::gauge!(m::KAFKA_PARTITIONS).set(tpl.count() as f64);
         metrics::gauge!(m::KAFKA_CONNECTED).set(1.0);
         metrics::counter!(m::KAFKA_ASSIGNMENTS).increment(1);
@@ -332,9 +331,6 @@ impl Worker {
                                 tracing::info!(%topic, from = known, to = count, "Kafka partitions added; consuming them from the beginning");
                                 self.partitions.insert(topic.to_string(), count);
                                 let total: i32 = self.partitions.values().sum();
-                                self.status
-                                    .partitions
-                                    .store(total as usize, Ordering::Relaxed);
                                 metrics::gauge!(m::KAFKA_PARTITIONS).set(total as f64);
                                 metrics::counter!(m::KAFKA_ASSIGNMENTS).increment(1);
                             }
