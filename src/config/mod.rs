@@ -68,11 +68,11 @@ pub struct Cli {
 pub struct ListenArgs {
     /// Address to serve SSE, publish, health and metrics on (IP:PORT or
     /// HOST:PORT).
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse::listen_addr)]
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR", value_parser = parse::listen_addr)]
     pub listen: SocketAddr,
 
     /// Separate address for /metrics, /healthz and /readyz (optional).
-    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_parser = parse::listen_addr)]
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse::listen_addr)]
     pub admin_listen: Option<SocketAddr>,
 
     /// Set SO_REUSEPORT on the listener, so several herald processes can
@@ -110,11 +110,11 @@ pub struct ListenArgs {
 #[command(next_help_heading = "Streams")]
 pub struct StreamArgs {
     /// Interval between heartbeat comments on every stream.
-    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse::duration_10ms)]
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "15s", value_name = "DURATION", value_parser = parse::duration_10ms)]
     pub heartbeat_interval: Duration,
 
     /// Reconnection delay advertised to browsers (`retry:`).
-    #[arg(long, env = "HERALD_SSE_RETRY", default_value = "3s", value_parser = parse::duration)]
+    #[arg(long, env = "HERALD_SSE_RETRY", default_value = "3s", value_name = "DURATION", value_parser = parse::duration)]
     pub sse_retry: Duration,
 
     /// Most frames queued for one connection before it is closed as slow.
@@ -122,7 +122,7 @@ pub struct StreamArgs {
     pub queue_max_frames: usize,
 
     /// Most bytes queued for one connection before it is closed as slow.
-    #[arg(long, env = "HERALD_QUEUE_MAX_BYTES", default_value = DEFAULT_QUEUE_BYTES, value_parser = parse::size_nonzero)]
+    #[arg(long, env = "HERALD_QUEUE_MAX_BYTES", default_value = DEFAULT_QUEUE_BYTES, value_name = "SIZE", value_parser = parse::size_nonzero)]
     pub queue_max_bytes: usize,
 
     /// Most events kept for resuming clients.
@@ -130,11 +130,11 @@ pub struct StreamArgs {
     pub replay_max_events: usize,
 
     /// Most frame bytes kept for resuming clients.
-    #[arg(long, env = "HERALD_REPLAY_MAX_BYTES", default_value = DEFAULT_REPLAY_BYTES, value_parser = parse::size)]
+    #[arg(long, env = "HERALD_REPLAY_MAX_BYTES", default_value = DEFAULT_REPLAY_BYTES, value_name = "SIZE", value_parser = parse::size)]
     pub replay_max_bytes: usize,
 
     /// Oldest event kept for resuming clients.
-    #[arg(long, env = "HERALD_REPLAY_MAX_AGE", default_value = "5m", value_parser = parse::duration)]
+    #[arg(long, env = "HERALD_REPLAY_MAX_AGE", default_value = "5m", value_name = "DURATION", value_parser = parse::duration)]
     pub replay_max_age: Duration,
 
     /// Least time between two writes to one stream: events arriving sooner
@@ -142,7 +142,7 @@ pub struct StreamArgs {
     /// was quiet writes at once, so this only delays streams receiving more
     /// than one event per window, and it cuts their syscalls per event
     /// (0 = write every wake-up). At most 1s.
-    #[arg(long, env = "HERALD_WRITE_COALESCE", default_value = "0ms", value_parser = parse::coalesce_window)]
+    #[arg(long, env = "HERALD_WRITE_COALESCE", default_value = "0ms", value_name = "DURATION", value_parser = parse::coalesce_window)]
     pub write_coalesce: Duration,
 
     /// Registry shards (a power of two).
@@ -155,7 +155,7 @@ pub struct StreamArgs {
 #[command(next_help_heading = "Publishing")]
 pub struct PublishArgs {
     /// Largest accepted publish request body (bytes, or 1MiB...).
-    #[arg(long, env = "HERALD_PUBLISH_MAX_BODY", default_value = "1MiB", value_parser = parse::size_nonzero)]
+    #[arg(long, env = "HERALD_PUBLISH_MAX_BODY", default_value = "1MiB", value_name = "SIZE", value_parser = parse::size_nonzero)]
     pub publish_max_body: usize,
 
     /// When herald falls behind on delivery (many streams with deep queues),
@@ -163,7 +163,7 @@ pub struct PublishArgs {
     /// then gets a 503 and nothing is published; the Kafka consumer pauses
     /// up to this long per burst (0 = never wait: queues overflow and
     /// their streams close as slow). At most 60s.
-    #[arg(long, env = "HERALD_PUBLISH_BACKPRESSURE", default_value = "5s", value_parser = parse::backpressure_wait)]
+    #[arg(long, env = "HERALD_PUBLISH_BACKPRESSURE", default_value = "5s", value_name = "DURATION", value_parser = parse::backpressure_wait)]
     pub publish_backpressure: Duration,
 }
 
@@ -210,7 +210,7 @@ pub struct AuthArgs {
     /// Origins allowed to call herald from a browser (CORS), comma-separated,
     /// e.g. `https://app.example.com`; `*` for any (only without
     /// --cors-credentials). Empty: no CORS headers.
-    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_parser = parse::cors_origin)]
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = parse::cors_origin)]
     pub cors_origins: Vec<String>,
 
     /// Allow credentials (cookies) on cross-origin requests
@@ -234,31 +234,31 @@ pub struct LimitArgs {
 
     /// Most new connections per second for the node (0 = no limit); past it
     /// a 503 with Retry-After. Smooths reconnect storms.
-    #[arg(long, env = "HERALD_MAX_CONNECT_RATE", default_value = "0", value_parser = parse::rate)]
+    #[arg(long, env = "HERALD_MAX_CONNECT_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub max_connect_rate: f64,
 
     /// Most publish requests per second per publisher (token subject, the
     /// publisher secret, or the client address when publishing is open);
     /// 0 = no limit. Past it a 429 with Retry-After.
-    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value = "0", value_parser = parse::rate)]
+    #[arg(long, env = "HERALD_PUBLISH_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub publish_rate: f64,
 
     /// Most publish body bytes per second per publisher (0 = no limit).
-    #[arg(long, env = "HERALD_PUBLISH_BYTES_RATE", default_value = "0", value_parser = parse::rate)]
+    #[arg(long, env = "HERALD_PUBLISH_BYTES_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub publish_bytes_rate: f64,
 
     /// Longest wait for a request's head (slowloris): the connection is
     /// closed after it.
-    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse::duration_100ms)]
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub header_read_timeout: Duration,
 
     /// Largest request head (8KiB to 1MiB); past it a 431.
-    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse::header_size)]
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_name = "SIZE", value_parser = parse::header_size)]
     pub max_header_bytes: usize,
 
     /// A write that waits this long on a peer that reads nothing closes the
     /// connection (0 = never).
-    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse::duration)]
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse::duration)]
     pub write_timeout: Duration,
 }
 
@@ -290,12 +290,12 @@ impl StartPosition {
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port[,host:port...]). Without it herald
     /// runs embedded: events come only from the HTTP publish API.
-    #[arg(long, env = "HERALD_KAFKA_BROKERS", value_parser = parse::kafka_brokers)]
+    #[arg(long, env = "HERALD_KAFKA_BROKERS", value_name = "HOST:PORT,...", value_parser = parse::kafka_brokers)]
     pub kafka_brokers: Option<String>,
 
     /// Kafka topics to consume, comma-separated. Every node reads every
     /// partition of each (no consumer group splits them).
-    #[arg(long, env = "HERALD_KAFKA_TOPICS", value_delimiter = ',', value_parser = parse::kafka_topic)]
+    #[arg(long, env = "HERALD_KAFKA_TOPICS", value_delimiter = ',', value_name = "TOPIC", value_parser = parse::kafka_topic)]
     pub kafka_topics: Vec<String>,
 
     /// Where to start reading at startup.
@@ -309,23 +309,23 @@ pub struct KafkaArgs {
         long = "kafka-property",
         env = "HERALD_KAFKA_PROPERTY",
         value_delimiter = ';',
-        value_parser = parse::property
+        value_name = "KEY=VALUE", value_parser = parse::property
     )]
     pub kafka_property: Vec<(String, String)>,
 
     /// Topic that POST /api/publish produces to (default: the first of
     /// --kafka-topics; must be one of them, so published events come back).
-    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TOPIC", value_parser = parse::kafka_topic)]
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TOPIC", value_name = "TOPIC", value_parser = parse::kafka_topic)]
     pub kafka_publish_topic: Option<String>,
 
     /// How long a publish waits for the broker's acknowledgement before it is
     /// answered 503.
-    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse::duration_100ms)]
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub kafka_publish_timeout: Duration,
 
     /// How often to check the topics for new partitions (and the broker for
     /// health).
-    #[arg(long, env = "HERALD_KAFKA_METADATA_INTERVAL", default_value = "10s", value_parser = parse::duration_100ms)]
+    #[arg(long, env = "HERALD_KAFKA_METADATA_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub kafka_metadata_interval: Duration,
 }
 
@@ -344,7 +344,7 @@ pub enum LogFormat {
 pub struct OpsArgs {
     /// Log filter: a level (error, warn, info, debug, trace, off) and/or
     /// target=level pairs, e.g. info,herald=debug.
-    #[arg(long, env = "HERALD_LOG", default_value = "info", value_parser = parse::log_filter)]
+    #[arg(long, env = "HERALD_LOG", default_value = "info", value_name = "FILTER", value_parser = parse::log_filter)]
     pub log: String,
 
     /// Log format.
@@ -357,12 +357,12 @@ pub struct OpsArgs {
     pub metrics: bool,
 
     /// On SIGTERM/SIGINT, streams are ended spread over this period.
-    #[arg(long, env = "HERALD_SHUTDOWN_DRAIN", default_value = "2s", value_parser = parse::duration)]
+    #[arg(long, env = "HERALD_SHUTDOWN_DRAIN", default_value = "2s", value_name = "DURATION", value_parser = parse::duration)]
     pub shutdown_drain: Duration,
 
     /// On SIGTERM/SIGINT, the process exits within this deadline whatever
     /// connections remain. Must exceed --shutdown-drain.
-    #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "10s", value_parser = parse::duration)]
+    #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "10s", value_name = "DURATION", value_parser = parse::duration)]
     pub shutdown_deadline: Duration,
 }
 
