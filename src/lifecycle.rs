@@ -36,7 +36,6 @@ impl IngestHealth {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
-
 }
 
 /// Why the node is not ready.
