@@ -11,7 +11,7 @@
 //! Lock order is dispatch > registry shard > connection queue. Under the
 //! dispatch and shard locks only pushes happen: the wakers of the queues that
 //! went non-empty and the streams that overflowed are collected there, and
-//! woken, closed and logged after every lock is released ([`Delivery`]).
+//! woken, closed and logged after every lock is released (`Delivery`).
 //!
 //! Slow clients: a push that overflows a queue closes that connection
 //! (reason `slow`); it is counted, and logged at most once a second with a
