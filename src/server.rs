@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use hyper_util::server::conn::auto;
 use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,11 +43,18 @@ use crate::registry::queue::CloseReason;
 use crate::timed_io::TimedIo;
 
 /// Over-cap connections being answered 503 at once; more are just closed.
-const MAX_REJECTING: usize = 256;
+pub(crate) const MAX_REJECTING: usize = 256;
+/// The admin listener's own connection budget: health probes and scrapes
+/// keep working when the API listener is at its cap (an orchestrator must
+/// not restart a healthy node in a flood).
+pub(crate) const ADMIN_CONNECTIONS: u64 = 64;
 /// Longest wait on an over-cap connection's request before answering.
 const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keep-alive: a ping after this long without a frame from the peer,
+/// and the connection is closed if the ping is not answered within
+/// `H2_PING_TIMEOUT` (a dead peer holding streams open).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -113,7 +121,10 @@ pub(crate) struct ConnectLimits {
 /// How connections are served (from the configuration).
 #[derive(Debug, Clone)]
 pub(crate) struct HttpSettings {
+    /// From accept to a whole first request head (TLS handshake included).
     pub(crate) header_read_timeout: Duration,
+    /// Longest a connection served by hyper may stay with no request open.
+    pub(crate) idle_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) write_timeout: Option<Duration>,
     /// Serve HTTP/1.1 subscribe requests on herald's own writer.
@@ -148,6 +159,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(serve.http.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
@@ -225,7 +238,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
 }
 
 /// One connection: herald's HTTP/1.1 writer when its first segment is a
-/// subscribe request it takes, hyper otherwise.
+/// subscribe request it takes, hyper otherwise. From accept, the client has
+/// `--header-read-timeout` to finish the TLS handshake and send a whole
+/// first request head, however it spends it.
 pub(crate) async fn connection(
     builder: &auto::Builder<TokioExecutor>,
     stream: TcpStream,
@@ -233,6 +248,7 @@ pub(crate) async fn connection(
     serve: &Serve,
 ) {
     let abort = Abort::new();
+    let head_deadline = tokio::time::Instant::now() + serve.http.header_read_timeout;
     if let Some(tls) = serve
         .http
         .tls
@@ -241,12 +257,21 @@ pub(crate) async fn connection(
     {
         // Boxed: the handshake's state is large, and an inline branch would
         // size every plain connection's future too.
-        Box::pin(serve_tls(tls.clone(), builder, stream, peer, serve, abort)).await;
+        Box::pin(serve_tls(
+            tls.clone(),
+            builder,
+            stream,
+            peer,
+            serve,
+            abort,
+            head_deadline,
+        ))
+        .await;
         return;
     }
     let route = if serve.http.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
-            r = h1::classify(&stream, serve.http.header_read_timeout) => r,
+            r = h1::classify(&stream, head_deadline) => r,
             _ = serve.graceful.cancelled() => Route::Close,
         }
     } else {
@@ -270,13 +295,24 @@ pub(crate) async fn connection(
         }
         // Boxed: streams on herald's writer must not carry hyper's
         // connection future.
-        Route::Hyper => Box::pin(serve_connection(builder, stream, peer, serve, abort)).await,
+        Route::Hyper => {
+            Box::pin(serve_connection(
+                builder,
+                stream,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))
+            .await
+        }
+        Route::TimedOut => Limit::HeaderTimeout.count(),
         Route::Close => {}
     }
 }
 
-/// A TLS connection: handshake (bounded by `HANDSHAKE_TIMEOUT`), then
-/// hyper (ALPN picks h2 or HTTP/1.1).
+/// A TLS connection: the handshake within the head deadline, then hyper
+/// (ALPN picks h2 or HTTP/1.1).
 async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     builder: &auto::Builder<TokioExecutor>,
@@ -284,9 +320,10 @@ async fn serve_tls(
     peer: SocketAddr,
     serve: &Serve,
     abort: Arc<Abort>,
+    head_deadline: tokio::time::Instant,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::time::timeout_at(head_deadline, acceptor.accept(stream));
     let tls_stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => s,
@@ -294,35 +331,61 @@ async fn serve_tls(
                 tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                Limit::HeaderTimeout.count();
+                return;
+            }
         },
         _ = serve.graceful.cancelled() => return,
     };
-    serve_connection(builder, tls_stream, peer, serve, abort).await;
+    serve_connection(builder, tls_stream, peer, serve, abort, head_deadline).await;
 }
 
+/// A connection served by hyper. A watchdog closes it when no first request
+/// arrived by `head_deadline` (a preface prefix, an h2 handshake with no
+/// stream, a silent TLS client), and when no request has been open for
+/// `--idle-timeout` after that; on drain, a connection with no request open
+/// is closed at once.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     stream: I,
     peer: SocketAddr,
     serve: &Serve,
     abort: Arc<Abort>,
+    head_deadline: tokio::time::Instant,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let api = serve.api.clone();
     let routes = serve.routes;
     let conn_abort = abort.clone();
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
     let svc = service_fn(move |req| {
         let api = api.clone();
         let abort = conn_abort.clone();
-        async move { Ok::<_, Infallible>(http::handle(&api, routes, req, peer, &abort).await) }
+        let open = requests.start();
+        async move {
+            let resp = http::handle(&api, routes, req, peer, &abort).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
+        }
     });
     let io = TimedIo::new(stream, serve.http.write_timeout, abort.clone());
     let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(io), svc), abort);
+    let watchdog = activity.watchdog(head_deadline, serve.http.idle_timeout);
     let result = tokio::select! {
         r = &mut conn => r,
+        limit = watchdog => {
+            if let Some(l) = limit {
+                l.count();
+            }
+            tracing::debug!(%peer, "connection closed: no request (head timeout or idle)");
+            return;
+        }
         _ = serve.graceful.cancelled() => {
+            if activity.open() == 0 {
+                return;
+            }
             conn.inner_mut().graceful_shutdown();
             conn.await
         }
@@ -340,6 +403,90 @@ async fn serve_connection<I>(
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
         Err(Aborted) => tracing::debug!(%peer, "connection aborted (slow client)"),
+    }
+}
+
+/// A hyper connection's requests: how many are open (a response whose body
+/// is not finished counts, so a live stream keeps its connection busy) and
+/// how many there have been.
+#[derive(Debug, Default)]
+struct Activity {
+    open: AtomicUsize,
+    requests: AtomicU64,
+    /// Notified when the last open request ends.
+    idle: Notify,
+}
+
+/// An open request; dropped with its response body.
+#[derive(Debug)]
+struct Open(Arc<Activity>);
+
+/// A response body that keeps its request counted as open until dropped.
+#[derive(Debug)]
+struct Tracked {
+    body: http::Body,
+    _open: Open,
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection should close for want of requests:
+    /// none by `head_deadline` (`Some(HeaderTimeout)`), or none open for
+    /// `idle` after that (`None`).
+    async fn watchdog(&self, head_deadline: tokio::time::Instant, idle: Duration) -> Option<Limit> {
+        tokio::time::sleep_until(head_deadline).await;
+        if self.requests.load(Ordering::Acquire) == 0 {
+            return Some(Limit::HeaderTimeout);
+        }
+        loop {
+            let ended = self.idle.notified();
+            if self.open() > 0 {
+                ended.await;
+                continue;
+            }
+            let seen = self.requests.load(Ordering::Acquire);
+            tokio::time::sleep(idle).await;
+            if self.open() == 0 && self.requests.load(Ordering::Acquire) == seen {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = http::BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -121,6 +121,8 @@ pub(crate) struct Node {
     pub(crate) streams: Arc<Streams>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) cap: Arc<ConnectionCap>,
+    /// The admin listener's own budget.
+    pub(crate) admin_cap: Arc<ConnectionCap>,
     pub(crate) limits: Arc<ConnectLimits>,
     pub(crate) http: Arc<HttpSettings>,
     pub(crate) metrics: Option<PrometheusHandle>,
@@ -202,12 +204,14 @@ impl Node {
             streams,
             lifecycle,
             cap,
+            admin_cap: Arc::new(ConnectionCap::new(crate::server::ADMIN_CONNECTIONS)),
             limits: Arc::new(ConnectLimits {
                 per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
                 rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
             }),
             http: Arc::new(HttpSettings {
                 header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
                 write_timeout: config.server.write_timeout,
                 fast_path: config.server.sse_fast_path,
@@ -230,7 +234,11 @@ impl Node {
         Serve {
             api: self.api.clone(),
             routes,
-            cap: self.cap.clone(),
+            cap: if routes == Routes::Admin {
+                self.admin_cap.clone()
+            } else {
+                self.cap.clone()
+            },
             limits: self.limits.clone(),
             http: self.http.clone(),
             stop_accept: stop_accept.clone(),

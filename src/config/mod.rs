@@ -33,9 +33,12 @@ pub const DEFAULT_QUEUE_BYTES: &str = "256KiB";
 /// first; enough for a browser tab that lost its network for a while.
 pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
 pub const DEFAULT_REPLAY_BYTES: &str = "64MiB";
-/// File descriptors kept back from the connection cap for listeners, logs,
-/// Kafka sockets and the rest of the process.
-pub const FD_RESERVE: u64 = 64;
+/// File descriptors kept back from the connection cap: 64 for listeners,
+/// logs, Kafka sockets and the rest of the process, plus the connections
+/// that can be open beyond the cap: 256 being answered a refusal
+/// (`server::MAX_REJECTING`) and 64 on the admin listener
+/// (`server::ADMIN_CONNECTIONS`).
+pub const FD_RESERVE: u64 = 64 + 256 + 64;
 
 /// herald: Server-Sent Events fan-out server.
 ///
@@ -247,17 +250,25 @@ pub struct LimitArgs {
     #[arg(long, env = "HERALD_PUBLISH_BYTES_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub publish_bytes_rate: f64,
 
-    /// Longest wait for a request's head (slowloris): the connection is
-    /// closed after it.
+    /// From accept, the time a client has to finish its TLS handshake and
+    /// send a whole first request head (slowloris); the connection is closed
+    /// after it.
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub header_read_timeout: Duration,
+
+    /// A connection with no request open (no stream, no pending answer)
+    /// this long is closed (keep-alive and HTTP/2 connections).
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_name = "DURATION", value_parser = parse::duration_100ms)]
+    pub idle_timeout: Duration,
 
     /// Largest request head (8KiB to 1MiB); past it a 431.
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_name = "SIZE", value_parser = parse::header_size)]
     pub max_header_bytes: usize,
 
-    /// A write that waits this long on a peer that reads nothing closes the
-    /// connection (0 = never).
+    /// A peer that reads nothing for this long is cut off: a write that
+    /// waits this long closes the connection, and a stream whose oldest
+    /// queued frame waited this long is closed as slow at its next frame
+    /// (heartbeats included) (0 = never).
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse::duration)]
     pub write_timeout: Duration,
 }
@@ -414,8 +425,10 @@ pub struct ServerConfig {
     pub worker_threads: Option<NonZeroUsize>,
     /// Serve HTTP/1.1 streams on herald's own writer.
     pub sse_fast_path: bool,
-    /// Longest wait for a request head.
+    /// From accept to a whole first request head.
     pub header_read_timeout: Duration,
+    /// Longest a connection may stay with no request open.
+    pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Longest a write may wait on a peer that does not read.
@@ -621,6 +634,7 @@ impl Cli {
                 worker_threads: NonZeroUsize::new(l.worker_threads),
                 sse_fast_path: l.sse_fast_path,
                 header_read_timeout: lim.header_read_timeout,
+                idle_timeout: lim.idle_timeout,
                 max_header_bytes: lim.max_header_bytes,
                 write_timeout: nonzero(lim.write_timeout),
             },
@@ -630,6 +644,7 @@ impl Cli {
                 queue: queue::Limits {
                     max_frames: s.queue_max_frames,
                     max_bytes: s.queue_max_bytes,
+                    stall: nonzero(lim.write_timeout),
                 },
                 replay: replay::Limits {
                     max_events: s.replay_max_events,

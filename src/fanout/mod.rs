@@ -11,7 +11,7 @@
 //! Lock order is dispatch > registry shard > connection queue. Under the
 //! dispatch and shard locks only pushes happen: the wakers of the queues that
 //! went non-empty and the streams that overflowed are collected there, and
-//! woken, closed and logged after every lock is released ([`Delivery`]).
+//! woken, closed and logged after every lock is released (`Delivery`).
 //!
 //! Slow clients: a push that overflows a queue closes that connection
 //! (reason `slow`); it is counted, and logged at most once a second with a
@@ -148,6 +148,8 @@ struct PushSink<'a> {
     frame: &'a Bytes,
     /// The event's timestamp, 0 for frames that are not events.
     ts_us: u64,
+    /// The dispatcher's clock for this batch (µs since the epoch).
+    now_us: u64,
     limits: queue::Limits,
     out: &'a mut Delivery,
     queued: u64,
@@ -223,6 +225,11 @@ impl Fanout {
         }
     }
 
+    /// Records how late the runtime's lag probe woke (see `congestion`).
+    pub fn record_lag(&self, late: std::time::Duration) {
+        self.congestion.record_lag(late);
+    }
+
     /// Whether herald is behind on delivery (see `congestion`): sampled at
     /// most every few ms, cheap to ask per publish.
     pub fn congested(&self) -> bool {
@@ -293,7 +300,7 @@ impl Fanout {
                     } else {
                         ev.timestamp_us
                     };
-                    self.route(&ev.target, &bytes, ts, out);
+                    self.route(&ev.target, &bytes, ts, now_us, out);
                     st.latest = id.clone();
                     ids.push(id);
                 }
@@ -312,10 +319,11 @@ impl Fanout {
         ids
     }
 
-    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, out: &mut Delivery) {
+    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, now_us: u64, out: &mut Delivery) {
         let mut sink = PushSink {
             frame,
             ts_us,
+            now_us,
             limits: self.queue_limits,
             out,
             queued: 0,
@@ -429,6 +437,7 @@ impl Fanout {
             let mut sink = PushSink {
                 frame: &frame::HEARTBEAT,
                 ts_us: 0,
+                now_us: unix_micros(),
                 limits: self.queue_limits,
                 out,
                 queued: 0,
@@ -454,7 +463,9 @@ impl Fanout {
 
 impl RouteSink for PushSink<'_> {
     fn push(&mut self, sub: &Arc<Subscriber>) {
-        let (outcome, waker) = sub.queue.try_push(self.frame, self.ts_us, self.limits);
+        let (outcome, waker) = sub
+            .queue
+            .try_push(self.frame, self.ts_us, self.now_us, self.limits);
         match outcome {
             Push::Queued => self.queued += 1,
             Push::Overflow { dropped } => {

@@ -38,7 +38,7 @@ use hyper::body::Incoming;
 use crate::abort::Abort;
 use crate::config::Cors;
 
-pub(crate) use body::Body;
+pub(crate) use body::{Body, BodyError};
 pub(crate) use health::Health;
 
 /// Every HTTP endpoint, each with what it uses.

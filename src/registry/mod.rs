@@ -25,7 +25,7 @@ use crate::abort::Abort;
 use crate::event::{Name, Target};
 use queue::Queue;
 
-use shard::{Maps, Shard};
+use shard::{Key, Maps, Shard};
 pub use subscriber::{Subscriber, Subscription};
 
 /// Receives the subscribers an event routes to.
@@ -90,9 +90,11 @@ impl Registry {
         let mut topics = topics;
         topics.sort();
         topics.dedup();
+        let slots = (0..=topics.len()).map(|_| Default::default()).collect();
         Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
+            slots,
             topics: topics.into_boxed_slice(),
             peer,
             queue: Queue::new(),
@@ -106,11 +108,16 @@ impl Registry {
     pub fn register(self: &Arc<Self>, sub: Arc<Subscriber>) -> Subscription {
         {
             let mut maps = self.shard(&sub.user).inner.lock();
-            Maps::insert(&mut maps.users, &sub.user, &sub);
+            Maps::insert(&mut maps.users, &sub.user, Key::User, &sub);
             maps.connections += 1;
         }
-        for t in sub.topics.iter() {
-            Maps::insert(&mut self.shard(t).inner.lock().topics, t, &sub);
+        for (i, t) in sub.topics.iter().enumerate() {
+            Maps::insert(
+                &mut self.shard(t).inner.lock().topics,
+                t,
+                Key::Topic(i),
+                &sub,
+            );
         }
         Subscription::new(sub, self.clone())
     }
@@ -130,12 +137,17 @@ impl Registry {
             .fetch_add(sub.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
         {
             let mut maps = self.shard(&sub.user).inner.lock();
-            if Maps::remove(&mut maps.users, &sub.user, sub) {
+            if Maps::remove(&mut maps.users, &sub.user, Key::User, sub) {
                 maps.connections -= 1;
             }
         }
-        for t in sub.topics.iter() {
-            Maps::remove(&mut self.shard(t).inner.lock().topics, t, sub);
+        for (i, t) in sub.topics.iter().enumerate() {
+            Maps::remove(
+                &mut self.shard(t).inner.lock().topics,
+                t,
+                Key::Topic(i),
+                sub,
+            );
         }
     }
 
@@ -259,6 +271,33 @@ mod tests {
         assert_eq!(route(&r, &Target::User(name("a"))), vec![ia2]);
         drop(a2);
         drop(b);
+        assert_eq!(r.connections(), 0);
+        assert_eq!(r.keys(), (0, 0));
+    }
+
+    #[test]
+    fn removal_in_any_order_keeps_every_list_consistent() {
+        let r = Arc::new(Registry::new(4));
+        let mut subs: Vec<Option<Subscription>> = (0..300)
+            .map(|i| {
+                let topics = vec![name("t"), name(&format!("x{}", i % 7))];
+                Some(r.insert(name(&format!("u{}", i % 5)), topics, None, None))
+            })
+            .collect();
+        // A fixed shuffle: every 7th, then the rest backwards.
+        let mut order: Vec<usize> = (0..300).step_by(7).collect();
+        order.extend((0..300).rev().filter(|i| i % 7 != 0));
+        for (k, &i) in order.iter().enumerate() {
+            subs[i] = None;
+            if k % 37 == 0 {
+                let left: Vec<u64> = subs.iter().flatten().map(|s| s.subscriber().id).collect();
+                let mut want = left.clone();
+                want.sort();
+                assert_eq!(route(&r, &Target::Topic(name("t"))), want);
+                assert_eq!(route(&r, &Target::Broadcast), want);
+                assert_eq!(r.connections(), left.len());
+            }
+        }
         assert_eq!(r.connections(), 0);
         assert_eq!(r.keys(), (0, 0));
     }

@@ -4,7 +4,7 @@
 //! any reason (client gone, slow, shutdown, error) leaves no trace.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use crate::abort::Abort;
 use crate::event::{Name, Target};
 
 use super::queue::{CloseReason, Queue};
+use super::shard::Key;
 use super::Registry;
 
 /// A registered connection.
@@ -31,6 +32,10 @@ pub struct Subscriber {
     /// per batch), so no cache line is shared between cores; `/metrics` sums
     /// these at scrape time (see `Registry::delivered`).
     pub delivered: AtomicU64,
+    /// Its position in its user's list, and in each topic's list (aligned
+    /// with `topics`): written and read only under that list's shard lock
+    /// (atomics only because the subscriber is shared).
+    pub(crate) slots: Box<[AtomicU32]>,
 }
 
 /// Owns a registration; dropping it unregisters.
@@ -50,6 +55,22 @@ impl Subscriber {
             Target::User(u) => *u == self.user,
             Target::Topic(t) => self.topics.contains(t),
         }
+    }
+
+    fn slot_index(key: Key) -> usize {
+        match key {
+            Key::User => 0,
+            Key::Topic(i) => i + 1,
+        }
+    }
+
+    /// Its position in a list (see `slots`).
+    pub(crate) fn slot(&self, key: Key) -> usize {
+        self.slots[Self::slot_index(key)].load(Ordering::Relaxed) as usize
+    }
+
+    pub(crate) fn set_slot(&self, key: Key, pos: usize) {
+        self.slots[Self::slot_index(key)].store(pos as u32, Ordering::Relaxed);
     }
 
     /// Kills the underlying connection, if it has a kill switch.

@@ -7,6 +7,7 @@ use crate::registry::Registry;
 const LIMITS: Limits = Limits {
     max_frames: 1024,
     max_bytes: 1 << 20,
+    stall: None,
 };
 
 fn settings(coalesce: Option<Duration>) -> Settings {
@@ -37,7 +38,7 @@ fn push(s: &Stream, frame: &'static [u8]) {
         .sub
         .subscriber()
         .queue
-        .try_push(&Bytes::from_static(frame), 1, LIMITS);
+        .try_push(&Bytes::from_static(frame), 1, 0, LIMITS);
     drop(waker);
 }
 
