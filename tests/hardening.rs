@@ -262,3 +262,29 @@ async fn clients_that_stop_reading_cannot_hold_publishers() {
     .await;
     drop((stalled, kept));
 }
+
+/// At the connection cap, the admin listener still answers health probes
+/// and scrapes: it has its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_at_the_connection_cap() {
+    let s = TestServer::with_cap(2, |c| {
+        c.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let _a = s.subscribe("a").await;
+    let _b = s.subscribe("b").await;
+    let refused = s
+        .raw(b"GET /api/sse/subscribe/c HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let admin = s.admin_addr.unwrap();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = s
+            .http
+            .get(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} at the cap");
+    }
+}
