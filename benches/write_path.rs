@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
         coalesce: None,
         account: false,
     };
-    let mut stream = Stream::new(sub, Bytes::from_static(b": herald\n\n"), vec![], &settings);
+    let mut stream = Stream::new(sub, Bytes::from_static(b": herald\n\n"), &settings);
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(
         stream.poll_next(&mut cx),

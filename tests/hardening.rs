@@ -288,3 +288,100 @@ async fn the_admin_listener_answers_at_the_connection_cap() {
         assert_eq!(resp.status(), 200, "{path} at the cap");
     }
 }
+
+/// RSS of this process (the server runs in it), KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 500 streams resuming from the oldest retained id and reading nothing:
+/// each holds at most one replay chunk, not a copy of its whole range, so
+/// together they stay far below 500 queues' worth of memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_streams_that_read_nothing_hold_bounded_memory() {
+    const STREAMS: usize = 500;
+    let s = TestServer::with(|c| c.streams.replay.max_events = 10_000).await;
+    let data = "r".repeat(1000);
+    let mut first = None;
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| json!({"broadcast": true, "data": data}))
+            .collect();
+        let (status, reply) = s.publish(Value::Array(batch)).await;
+        assert_eq!(status, 200);
+        first.get_or_insert(reply["ids"][0].as_str().unwrap().to_owned());
+    }
+    let first = first.unwrap();
+    let before = rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..STREAMS {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(2048).unwrap();
+        let mut c = sock.connect(s.addr).await.unwrap();
+        c.write_all(
+            format!(
+                "GET /api/sse/subscribe/r HTTP/1.1\r\nhost: x\r\nlast-event-id: {first}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        held.push(c);
+    }
+    s.wait_connections(STREAMS).await;
+    // Let every stream write until its socket is full.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_kib().saturating_sub(before);
+    let bound = (STREAMS * 256) as u64; // KiB: 500 x the default queue byte bound
+    eprintln!("RSS grew {grown} KiB for {STREAMS} resuming streams (bound {bound} KiB)");
+    assert!(grown < bound / 2, "RSS grew {grown} KiB");
+    drop(held);
+}
+
+/// 1,000 streams resuming at once from ids herald does not hold (the lookup
+/// is indexed, the range read outside the lock): a publish meanwhile is
+/// answered promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_during_a_thousand_unknown_id_resumes_is_answered_promptly() {
+    let s = TestServer::with(|c| c.streams.replay.max_events = 10_000).await;
+    // A full buffer of Kafka positions (what a lookup of a Kafka id scans
+    // when it is not indexed).
+    let events: Vec<herald::event::Event<'_>> = (0..10_000)
+        .map(|i| {
+            let mut e = herald::event::Event::new(herald::event::Target::Broadcast, "k");
+            e.id = Some(herald::sse::EventId::Kafka {
+                topic: "orders".into(),
+                partition: 0,
+                offset: i,
+            });
+            e
+        })
+        .collect();
+    s.fanout.publish(&events, herald::fanout::Source::Kafka);
+    let mut conns = Vec::new();
+    for i in 0..1000 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(
+            format!(
+                "GET /api/sse/subscribe/k{i} HTTP/1.1\r\nhost: x\r\nlast-event-id: orders:0:{}\r\n\r\n",
+                1_000_000 + i
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        conns.push(c);
+    }
+    let t = Instant::now();
+    let (status, _) = s.publish(json!({"broadcast": true, "data": 1})).await;
+    let took = t.elapsed();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(500), "a publish took {took:?}");
+    s.wait_connections(1000).await;
+    drop(conns);
+}

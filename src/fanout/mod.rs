@@ -37,7 +37,7 @@ use crate::event::{Event, Name, Target};
 use crate::metrics as m;
 use crate::registry::queue::{self, CloseReason, Push};
 use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
-use crate::replay::{self, After, Replay};
+use crate::replay::{self, Chunk, Range, Replay};
 use crate::sse::{frame, EventId};
 
 /// Where an event came from (a metrics label).
@@ -87,8 +87,12 @@ pub struct Subscribed {
     /// The id the stream continues after: every later event reaches the
     /// connection (replay, then live).
     pub after: EventId,
-    /// Frames to send first, in order.
-    pub replay: Vec<Bytes>,
+    /// The id of the last event dispatched before the subscription: live
+    /// events start after it.
+    pub latest: EventId,
+    /// The retained events to replay first (read a chunk at a time with
+    /// [`Fanout::replay_chunk`]).
+    pub replay: Option<Range>,
     /// The requested resume point was too old or unknown: events were missed.
     pub gap: bool,
 }
@@ -392,42 +396,56 @@ impl Fanout {
         let Some(resume) = resume else {
             return Subscribed {
                 subscription,
-                after: latest,
-                replay: Vec::new(),
+                after: latest.clone(),
+                latest,
+                replay: None,
                 gap: false,
             };
         };
-        let sub = subscription.subscriber().clone();
-        let seen = match &resume {
-            EventId::Local { .. } => resume.local_seq(self.epoch),
-            EventId::Kafka { .. } => st.replay.seq_of(&resume),
-        };
-        let answer = match seen {
-            Some(seen) => st.replay.after(seen, st.seq, |t| sub.wants(t)),
-            None => After::Gap,
-        };
+        // O(1) under the lock: the range is read later, a chunk at a time.
+        let range = st
+            .replay
+            .seq_of(&resume, |id| id.local_seq(self.epoch))
+            .and_then(|seen| st.replay.resume(seen, st.seq));
         drop(st);
-        match answer {
-            After::Complete(replay) => {
+        match range {
+            Some(range) => {
                 self.counters.resume_clean.increment(1);
-                self.counters.replayed.increment(replay.len() as u64);
                 Subscribed {
                     subscription,
                     after: resume,
-                    replay,
+                    latest,
+                    replay: Some(range),
                     gap: false,
                 }
             }
-            After::Gap => {
+            None => {
                 self.counters.resume_gap.increment(1);
                 Subscribed {
                     subscription,
-                    after: latest,
-                    replay: Vec::new(),
+                    after: latest.clone(),
+                    latest,
+                    replay: None,
                     gap: true,
                 }
             }
         }
+    }
+
+    /// Reads the next chunk (about `max_bytes`) of a resuming stream's
+    /// range: the retained events `wants` accepts. A short hold of the
+    /// dispatch lock (bounded by `replay::CHUNK_SCAN` entries).
+    pub fn replay_chunk(
+        &self,
+        range: &mut Range,
+        max_bytes: usize,
+        wants: impl Fn(&Target) -> bool,
+    ) -> Chunk {
+        let chunk = self.state.lock().replay.chunk(range, max_bytes, wants);
+        if let Chunk::Frames(_, n) = &chunk {
+            self.counters.replayed.increment(*n as u64);
+        }
+        chunk
     }
 
     /// Queues a heartbeat comment to every connection. A connection whose

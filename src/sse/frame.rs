@@ -212,6 +212,23 @@ pub fn reset(
     b.freeze()
 }
 
+/// A [`RESET_EVENT`]: events were missed; its id is where the stream
+/// continues, its data says why and from where.
+pub fn reset_event(
+    reason: ResetReason,
+    requested: Option<&str>,
+    after: impl std::fmt::Display,
+) -> Bytes {
+    let after = after.to_string();
+    let data = serde_json::json!({
+        "reason": reason.label(),
+        "lastEventId": requested,
+        "resumedAfter": after,
+    })
+    .to_string();
+    event(&after, Some(RESET_EVENT), &data)
+}
+
 /// `retry:` alone: the last frame of a stream the server ends (drain), so
 /// clients spread their reconnects.
 pub fn retry_hint(retry_ms: u64) -> Bytes {

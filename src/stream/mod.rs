@@ -44,7 +44,8 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 pub use crate::registry::queue::CloseReason;
 use crate::registry::queue::Queue;
-use crate::registry::Subscription;
+use crate::registry::{Subscriber, Subscription};
+use crate::replay::{Chunk, Range};
 use crate::sse::frame::{self, ResetReason};
 use crate::sse::EventId;
 
@@ -134,7 +135,19 @@ pub struct Stream {
 #[derive(Debug)]
 struct Prefix {
     head: Option<Bytes>,
-    replay: std::vec::IntoIter<Bytes>,
+    replay: Option<Replaying>,
+}
+
+/// A resume being read from the replay buffer, a chunk per write: the
+/// stream holds one chunk at most, never a copy of its whole range.
+#[derive(Debug)]
+struct Replaying {
+    fanout: Arc<Fanout>,
+    range: Range,
+    /// Where live events start (a gap found mid-replay resets to it).
+    latest: EventId,
+    /// The id the client asked to resume after.
+    requested: Option<String>,
 }
 
 // === impl Streams ===
@@ -184,9 +197,15 @@ impl Streams {
         } else {
             frame::preamble(retry, &sub.after)
         };
+        let replay = sub.replay.map(|range| Replaying {
+            fanout: self.fanout.clone(),
+            range,
+            latest: sub.latest,
+            requested,
+        });
         Opened {
             after: sub.after,
-            stream: Stream::new(sub.subscription, head, sub.replay, &self.settings),
+            stream: Stream::with_replay(sub.subscription, head, replay, &self.settings),
         }
     }
 }
@@ -194,7 +213,17 @@ impl Streams {
 // === impl Stream ===
 
 impl Stream {
-    pub fn new(sub: Subscription, head: Bytes, replay: Vec<Bytes>, settings: &Settings) -> Self {
+    /// A stream that starts with `head` (its preamble, or a reset).
+    pub fn new(sub: Subscription, head: Bytes, settings: &Settings) -> Self {
+        Self::with_replay(sub, head, None, settings)
+    }
+
+    fn with_replay(
+        sub: Subscription,
+        head: Bytes,
+        replay: Option<Replaying>,
+        settings: &Settings,
+    ) -> Self {
         if settings.account {
             metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
         }
@@ -202,7 +231,7 @@ impl Stream {
             sub,
             prefix: Some(Box::new(Prefix {
                 head: Some(head),
-                replay: replay.into_iter(),
+                replay,
             })),
             window: settings.coalesce,
             hold: None,
@@ -218,12 +247,14 @@ impl Stream {
     /// allocated per wait.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         if let Some(prefix) = &mut self.prefix {
-            let (chunk, replayed) = prefix.next_write();
+            let (chunk, replayed) = prefix.next_write(self.sub.subscriber());
             if prefix.is_done() {
                 self.prefix = None;
             }
             self.account(replayed, 0);
-            return Poll::Ready(Next::Data(chunk));
+            if !chunk.is_empty() {
+                return Poll::Ready(Next::Data(chunk));
+            }
         }
         if self.holding {
             // Something to send within the window since the last write: let
@@ -330,34 +361,54 @@ pub fn io_reason(e: &io::Error) -> CloseReason {
 // === impl Prefix ===
 
 impl Prefix {
-    /// The head and/or up to ~[`PREFIX_WRITE_BYTES`] of replayed frames, as
-    /// one buffer; and how many replayed frames it holds.
-    fn next_write(&mut self) -> (Bytes, usize) {
+    /// The head (if not yet written) and the next chunk of the replay,
+    /// about [`PREFIX_WRITE_BYTES`], as one buffer; and how many replayed
+    /// frames it holds. Empty only once the prefix is done.
+    fn next_write(&mut self, sub: &Subscriber) -> (Bytes, usize) {
         let head = self.head.take();
-        if self.replay.len() == 0 {
+        let Some(r) = &mut self.replay else {
             return (head.unwrap_or_default(), 0);
-        }
-        let queued = head.as_ref().map_or(0, Bytes::len)
-            + self.replay.as_slice().iter().map(Bytes::len).sum::<usize>();
-        let mut buf = BytesMut::with_capacity(PREFIX_WRITE_BYTES.min(queued));
-        if let Some(h) = head {
-            buf.put_slice(&h);
-        }
-        let mut frames = 0;
-        while buf.len() < PREFIX_WRITE_BYTES {
-            match self.replay.next() {
-                Some(f) => {
-                    buf.put_slice(&f);
-                    frames += 1;
+        };
+        loop {
+            let (tail, frames) =
+                match r
+                    .fanout
+                    .replay_chunk(&mut r.range, PREFIX_WRITE_BYTES, |t| sub.wants(t))
+                {
+                    // The scan bound came first, nothing matched yet: go on.
+                    Chunk::Frames(b, 0) if b.is_empty() && head.is_none() => continue,
+                    Chunk::Frames(b, n) => (b, n),
+                    Chunk::Done => {
+                        self.replay = None;
+                        (Bytes::new(), 0)
+                    }
+                    Chunk::Gap => {
+                        // Evicted while this client was still reading: say so,
+                        // and continue where live events start.
+                        let reset = frame::reset_event(
+                            ResetReason::NotRetained,
+                            r.requested.as_deref(),
+                            &r.latest,
+                        );
+                        self.replay = None;
+                        (reset, 0)
+                    }
+                };
+            return match head {
+                None => (tail, frames),
+                Some(h) if tail.is_empty() => (h, 0),
+                Some(h) => {
+                    let mut buf = BytesMut::with_capacity(h.len() + tail.len());
+                    buf.put_slice(&h);
+                    buf.put_slice(&tail);
+                    (buf.freeze(), frames)
                 }
-                None => break,
-            }
+            };
         }
-        (buf.freeze(), frames)
     }
 
     fn is_done(&self) -> bool {
-        self.head.is_none() && self.replay.len() == 0
+        self.head.is_none() && self.replay.is_none()
     }
 }
 
