@@ -190,12 +190,14 @@ impl Node {
                 auth,
                 publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
                 max_body: config.publish.max_body,
+                body_timeout: config.server.header_read_timeout,
             },
             health: Health {
                 lifecycle: lifecycle.clone(),
                 metrics: metrics.clone(),
                 fanout,
                 connections: cap.clone(),
+                refreshed: Default::default(),
             },
             cors,
         });

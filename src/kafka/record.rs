@@ -31,18 +31,21 @@ pub(crate) enum Skip {
     BadTopicHeader,
     #[error("the sse-event header is not a valid event type (UTF-8, no CR/LF/NUL, 1-128 bytes)")]
     BadEventHeader,
+    #[error("the sse-event header names one of herald's own events (herald-...)")]
+    ReservedEvent,
 }
 
 // === impl Skip ===
 
 impl Skip {
     /// Every reason, for registering the metric's label values.
-    pub(crate) const ALL: [Skip; 5] = [
+    pub(crate) const ALL: [Skip; 6] = [
         Skip::ValueNotUtf8,
         Skip::NoValue,
         Skip::BadKey,
         Skip::BadTopicHeader,
         Skip::BadEventHeader,
+        Skip::ReservedEvent,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Skip {
             Skip::BadKey => "bad_key",
             Skip::BadTopicHeader => "bad_topic_header",
             Skip::BadEventHeader => "bad_event_header",
+            Skip::ReservedEvent => "reserved_event",
         }
     }
 }
@@ -76,7 +80,10 @@ pub(crate) fn map<'a>(
     let event = match event {
         Some(e) => {
             let e = std::str::from_utf8(e).map_err(|_| Skip::BadEventHeader)?;
-            frame::check_event_type(e).map_err(|_| Skip::BadEventHeader)?;
+            frame::check_event_type(e).map_err(|err| match err {
+                frame::FieldError::Reserved => Skip::ReservedEvent,
+                _ => Skip::BadEventHeader,
+            })?;
             Some(e)
         }
         None => None,
@@ -147,5 +154,7 @@ mod tests {
         let h = [("sse-topic", Some(&b"\xff"[..]))];
         assert_eq!(map(None, h, Some(b"x")), Err(Skip::BadTopicHeader));
         assert_eq!(Skip::BadKey.as_str(), "bad_key");
+        let h = [("sse-event", Some(&b"herald-reset"[..]))];
+        assert_eq!(map(None, h, Some(b"x")), Err(Skip::ReservedEvent));
     }
 }

@@ -59,15 +59,24 @@ pub enum FieldError {
     LineBreak,
     #[error("is longer than {MAX_EVENT_TYPE_BYTES} bytes")]
     TooLong,
+    #[error("starts with {RESERVED_PREFIX:?}, which herald keeps for its own events (herald-reset, herald-token-expired)")]
+    Reserved,
 }
 
-/// Checks an SSE event type: non-empty, short, no CR/LF/NUL.
+/// Event types starting with this are herald's own: pages act on them.
+pub const RESERVED_PREFIX: &str = "herald-";
+
+/// Checks an SSE event type a publisher gives: non-empty, short, no
+/// CR/LF/NUL, not one of herald's own (`herald-`).
 pub fn check_event_type(s: &str) -> Result<(), FieldError> {
     if s.is_empty() {
         return Err(FieldError::Empty);
     }
     if s.len() > MAX_EVENT_TYPE_BYTES {
         return Err(FieldError::TooLong);
+    }
+    if s.starts_with(RESERVED_PREFIX) {
+        return Err(FieldError::Reserved);
     }
     check_single_line(s)
 }
@@ -304,5 +313,8 @@ mod tests {
             check_event_type(&"e".repeat(MAX_EVENT_TYPE_BYTES + 1)),
             Err(FieldError::TooLong)
         );
+        assert_eq!(check_event_type(RESET_EVENT), Err(FieldError::Reserved));
+        assert_eq!(check_event_type(TOKEN_EXPIRED_EVENT), Err(FieldError::Reserved));
+        assert_eq!(check_event_type("heraldic"), Ok(()));
     }
 }
