@@ -385,3 +385,78 @@ async fn a_publish_during_a_thousand_unknown_id_resumes_is_answered_promptly() {
     s.wait_connections(1000).await;
     drop(conns);
 }
+
+/// The per-user stream limit holds under concurrent opens: it is checked
+/// and taken in one step under the user's shard lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_cannot_overshoot_the_per_user_limit() {
+    let s = TestServer::with(|c| c.limits.streams_per_user = std::num::NonZeroUsize::new(5)).await;
+    let opens: Vec<_> = (0..40)
+        .map(|_| {
+            let http = support::client();
+            let url = s.url("/api/sse/subscribe/many");
+            tokio::spawn(async move { http.get(url).send().await.unwrap() })
+        })
+        .collect();
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for o in opens {
+        let resp = o.await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok.push(resp),
+            429 => refused += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(ok.len(), 5, "{refused} refused");
+    assert_eq!(
+        s.fanout
+            .registry()
+            .user_streams(&herald::event::Name::new("many").unwrap()),
+        5
+    );
+}
+
+/// Over HTTP/2, one stream whose queue overflows (its client stopped
+/// reading it) ends alone: the connection and its other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_overflowing_does_not_take_its_connection_down() {
+    let s = TestServer::on_with(support::Transport::H2c, |c| {
+        c.streams.queue.max_frames = 16;
+        c.streams.queue.max_bytes = 1 << 20;
+    })
+    .await;
+    // Whether the stuck stream's queue was closed as slow.
+    struct Closed(bool);
+    impl herald::registry::RouteSink for Closed {
+        fn push(&mut self, sub: &Arc<herald::registry::Subscriber>) {
+            self.0 |= sub.queue.closed() == Some(herald::stream::CloseReason::Slow);
+        }
+    }
+    let overflowed = || {
+        let mut c = Closed(false);
+        let stuck = herald::event::Target::User(herald::event::Name::new("stuck").unwrap());
+        s.fanout.registry().route(&stuck, &mut c);
+        c.0
+    };
+    let mut reader = s.subscribe("reader").await;
+    // Opened and never read: its HTTP/2 window fills, then its queue.
+    let _stuck = s
+        .http
+        .get(s.url("/api/sse/subscribe/stuck"))
+        .send()
+        .await
+        .unwrap();
+    s.wait_connections(2).await;
+    let pad = "s".repeat(16 * 1024);
+    let mut n = 0;
+    while !overflowed() {
+        assert!(n < 2000, "the stuck stream never overflowed");
+        s.publish_ok(json!({"user": "stuck", "data": pad})).await;
+        n += 1;
+    }
+    s.publish_ok(json!({"user": "reader", "data": "still here"}))
+        .await;
+    assert_eq!(reader.next().await.data, r#""still here""#);
+    assert_eq!(s.http_connections().0, 1, "one h2 connection, still open");
+}

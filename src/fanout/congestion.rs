@@ -202,7 +202,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let user = Name::new(&format!("{prefix}{i}")).unwrap();
-                f.subscribe(user, vec![], None, None, None)
+                f.subscribe(crate::fanout::Join::user(user)).unwrap()
             })
             .collect()
     }

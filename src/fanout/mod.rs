@@ -36,6 +36,7 @@ use crate::abort::Abort;
 use crate::event::{Event, Name, Target};
 use crate::metrics as m;
 use crate::registry::queue::{self, CloseReason, Push};
+pub use crate::registry::Full;
 use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
 use crate::replay::{self, Chunk, Range, Replay};
 use crate::sse::{frame, EventId};
@@ -77,6 +78,38 @@ impl Held {
     fn count(self, source: Source) {
         counter!(m::PUBLISH_BACKPRESSURE, "source" => source.label(), "outcome" => self.label())
             .increment(1);
+    }
+}
+
+/// Who joins the fan-out (see [`Fanout::subscribe`]).
+#[derive(Debug)]
+pub struct Join {
+    pub user: Name,
+    pub topics: Vec<Name>,
+    pub peer: Option<SocketAddr>,
+    /// The connection's kill switch (and where its transport records what
+    /// ended it).
+    pub conn: Option<Arc<Abort>>,
+    /// Other streams share the connection (HTTP/2).
+    pub shared_conn: bool,
+    /// Resume after this id.
+    pub resume: Option<EventId>,
+    /// `--max-streams-per-user`.
+    pub max_per_user: Option<std::num::NonZeroUsize>,
+}
+
+impl Join {
+    /// A stream of `user` with nothing else set.
+    pub fn user(user: Name) -> Self {
+        Self {
+            user,
+            topics: Vec::new(),
+            peer: None,
+            conn: None,
+            shared_conn: false,
+            resume: None,
+            max_per_user: None,
+        }
     }
 }
 
@@ -378,29 +411,30 @@ impl Fanout {
     }
 
     /// Registers a connection and decides what it gets before live events:
-    /// with `resume`, the retained events after that id (or a gap).
-    pub fn subscribe(
-        &self,
-        user: Name,
-        topics: Vec<Name>,
-        peer: Option<SocketAddr>,
-        abort: Option<Arc<Abort>>,
-        resume: Option<EventId>,
-    ) -> Subscribed {
+    /// with `resume`, the retained events after that id (or a gap). `Full`
+    /// when its user holds `max_per_user` streams already.
+    pub fn subscribe(&self, join: Join) -> Result<Subscribed, Full> {
         // Allocated before the dispatch lock; registered under it.
-        let sub = self.registry.subscriber(user, topics, peer, abort);
+        let sub = self.registry.subscriber(
+            join.user,
+            join.topics,
+            join.peer,
+            join.conn,
+            join.shared_conn,
+        );
+        let resume = join.resume;
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
-        let subscription = self.registry.register(sub);
+        let subscription = self.registry.register(sub, join.max_per_user)?;
         let latest = st.latest.clone();
         let Some(resume) = resume else {
-            return Subscribed {
+            return Ok(Subscribed {
                 subscription,
                 after: latest.clone(),
                 latest,
                 replay: None,
                 gap: false,
-            };
+            });
         };
         // O(1) under the lock: the range is read later, a chunk at a time.
         let range = st
@@ -408,7 +442,7 @@ impl Fanout {
             .seq_of(&resume, |id| id.local_seq(self.epoch))
             .and_then(|seen| st.replay.resume(seen, st.seq));
         drop(st);
-        match range {
+        Ok(match range {
             Some(range) => {
                 self.counters.resume_clean.increment(1);
                 Subscribed {
@@ -429,7 +463,7 @@ impl Fanout {
                     gap: true,
                 }
             }
-        }
+        })
     }
 
     /// Reads the next chunk (about `max_bytes`) of a resuming stream's

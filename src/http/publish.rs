@@ -153,9 +153,7 @@ impl Publish {
         match tokio::time::timeout(self.body_timeout, collect).await {
             Err(_) => Err(Refusal::SlowBody(self.body_timeout)),
             Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Refusal::TooLarge(max))
-            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge(max)),
             Ok(Err(e)) => Err(Refusal::Unreadable(format!("could not read the body: {e}"))),
         }
     }
@@ -230,7 +228,12 @@ impl Refusal {
 
 /// `application/json`, or any `type/subtype+json`, parameters aside.
 fn is_json_media_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
     };

@@ -113,17 +113,21 @@ impl Subscribe {
                 return answer(denied_response(&denied));
             }
         };
+        let too_many = |max: NonZeroUsize| {
+            Limit::PerUser.count();
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        };
         if let Some(max) = self.max_per_user {
-            let open = self.streams.fanout.registry().user_streams(&params.user);
-            if open >= max.get() {
-                Limit::PerUser.count();
-                let mut r = json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return answer(r);
+            // Advisory (HEAD, early answer); the stream itself is counted
+            // and refused atomically when it registers.
+            if self.streams.fanout.registry().user_streams(&params.user) >= max.get() {
+                return answer(too_many(max));
             }
         }
         let mut head = Response::new(());
@@ -138,14 +142,22 @@ impl Subscribe {
         if req.method == Method::HEAD {
             return Admission::Answer(head.map(|()| Body::empty()));
         }
-        let opened = self.streams.open(OpenRequest {
+        let opened = match self.streams.open(OpenRequest {
             user: params.user,
             topics: params.topics,
             resume: params.resume,
             expires_at: grant.expires_at,
             peer,
             conn: conn.clone(),
-        });
+            shared_conn: req.version == http::Version::HTTP_2,
+            max_per_user: self.max_per_user,
+        }) {
+            Ok(o) => o,
+            Err(_) => {
+                let max = self.max_per_user.unwrap_or(NonZeroUsize::MIN);
+                return answer(too_many(max));
+            }
+        };
         if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
             head.headers_mut().insert(RESUMED_AFTER_HEADER, v);
         }

@@ -35,6 +35,10 @@ pub trait RouteSink {
     fn push(&mut self, sub: &Arc<Subscriber>);
 }
 
+/// A user already holds as many streams as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
 /// The sharded registry of open SSE connections.
 #[derive(Debug)]
 pub struct Registry {
@@ -75,21 +79,34 @@ impl Registry {
         peer: Option<SocketAddr>,
         abort: Option<Arc<Abort>>,
     ) -> Subscription {
-        let sub = self.subscriber(user, topics, peer, abort);
-        self.register(sub)
+        let sub = self.subscriber(user, topics, peer, abort, false);
+        match self.register(sub, None) {
+            Ok(s) => s,
+            Err(Full) => unreachable!("no limit given"),
+        }
     }
 
-    /// A new, not yet registered subscriber (allocates; takes no lock).
+    /// A new, not yet registered subscriber (allocates; locks a shard only
+    /// to share a topic name already registered). `shared_conn`: HTTP/2,
+    /// other streams on the same connection.
     pub fn subscriber(
         &self,
         user: Name,
         topics: Vec<Name>,
         peer: Option<SocketAddr>,
         abort: Option<Arc<Abort>>,
+        shared_conn: bool,
     ) -> Arc<Subscriber> {
         let mut topics = topics;
         topics.sort();
         topics.dedup();
+        // One copy of each topic name for all its streams: a stream of 64
+        // long topic names then holds 64 pointers, not 64 strings.
+        for t in topics.iter_mut() {
+            if let Some((known, _)) = self.shard(t).inner.lock().topics.get_key_value(t) {
+                *t = known.clone();
+            }
+        }
         let slots = (0..=topics.len()).map(|_| Default::default()).collect();
         Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -99,15 +116,26 @@ impl Registry {
             peer,
             queue: Queue::new(),
             abort,
+            shared_conn,
             delivered: AtomicU64::new(0),
         })
     }
 
-    /// Registers `sub` under its user and topics. The returned handle
+    /// Registers `sub` under its user and topics, unless its user already
+    /// holds `max_per_user` streams (checked and taken under the user's
+    /// shard lock: concurrent opens cannot overshoot). The returned handle
     /// unregisters on drop.
-    pub fn register(self: &Arc<Self>, sub: Arc<Subscriber>) -> Subscription {
+    pub fn register(
+        self: &Arc<Self>,
+        sub: Arc<Subscriber>,
+        max_per_user: Option<std::num::NonZeroUsize>,
+    ) -> Result<Subscription, Full> {
         {
             let mut maps = self.shard(&sub.user).inner.lock();
+            let open = maps.users.get(&sub.user).map_or(0, Vec::len);
+            if max_per_user.is_some_and(|m| open >= m.get()) {
+                return Err(Full);
+            }
             Maps::insert(&mut maps.users, &sub.user, Key::User, &sub);
             maps.connections += 1;
         }
@@ -119,7 +147,7 @@ impl Registry {
                 &sub,
             );
         }
-        Subscription::new(sub, self.clone())
+        Ok(Subscription::new(sub, self.clone()))
     }
 
     /// Open streams of `user`.

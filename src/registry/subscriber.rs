@@ -28,6 +28,10 @@ pub struct Subscriber {
     pub queue: Queue,
     /// Kills the connection when the queue overflows (see `abort.rs`).
     pub abort: Option<Arc<Abort>>,
+    /// Other streams share the connection (HTTP/2): an overflow ends only
+    /// this stream (its body answers with an error, and hyper resets it),
+    /// never the connection.
+    pub shared_conn: bool,
     /// Event frames written to this connection. Only its writer adds (once
     /// per batch), so no cache line is shared between cores; `/metrics` sums
     /// these at scrape time (see `Registry::delivered`).
@@ -73,9 +77,10 @@ impl Subscriber {
         self.slots[Self::slot_index(key)].store(pos as u32, Ordering::Relaxed);
     }
 
-    /// Kills the underlying connection, if it has a kill switch.
+    /// Kills the underlying connection, if it has a kill switch and is
+    /// this stream's alone.
     pub fn abort(&self) {
-        if let Some(a) = &self.abort {
+        if let Some(a) = self.abort.as_ref().filter(|_| !self.shared_conn) {
             a.trip();
         }
     }

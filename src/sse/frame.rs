@@ -314,7 +314,10 @@ mod tests {
             Err(FieldError::TooLong)
         );
         assert_eq!(check_event_type(RESET_EVENT), Err(FieldError::Reserved));
-        assert_eq!(check_event_type(TOKEN_EXPIRED_EVENT), Err(FieldError::Reserved));
+        assert_eq!(
+            check_event_type(TOKEN_EXPIRED_EVENT),
+            Err(FieldError::Reserved)
+        );
         assert_eq!(check_event_type("heraldic"), Ok(()));
     }
 }

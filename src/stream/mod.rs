@@ -39,7 +39,7 @@ use tokio::time::Sleep;
 use crate::abort::Abort;
 use crate::event::Name;
 use crate::expiry::Expiries;
-use crate::fanout::{unix_micros, Fanout};
+use crate::fanout::{unix_micros, Fanout, Full, Join};
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 pub use crate::registry::queue::CloseReason;
@@ -88,6 +88,10 @@ pub struct OpenRequest {
     pub peer: SocketAddr,
     /// The connection's kill switch.
     pub conn: Arc<Abort>,
+    /// Other streams share the connection (HTTP/2).
+    pub shared_conn: bool,
+    /// `--max-streams-per-user`.
+    pub max_per_user: Option<std::num::NonZeroUsize>,
 }
 
 /// An open stream and the id it continues after (the
@@ -166,16 +170,19 @@ impl Streams {
         &self.fanout
     }
 
-    /// Registers a stream and builds its first bytes.
-    pub fn open(&self, req: OpenRequest) -> Opened {
+    /// Registers a stream and builds its first bytes; `Full` when its user
+    /// holds `--max-streams-per-user` streams already.
+    pub fn open(&self, req: OpenRequest) -> Result<Opened, Full> {
         let requested = req.resume.as_ref().map(ToString::to_string);
-        let sub = self.fanout.subscribe(
-            req.user,
-            req.topics,
-            Some(req.peer),
-            Some(req.conn),
-            req.resume,
-        );
+        let sub = self.fanout.subscribe(Join {
+            user: req.user,
+            topics: req.topics,
+            peer: Some(req.peer),
+            conn: Some(req.conn),
+            shared_conn: req.shared_conn,
+            resume: req.resume,
+            max_per_user: req.max_per_user,
+        })?;
         let subscriber = sub.subscription.subscriber();
         if let Some(at) = req.expires_at {
             self.expiries.add(at, subscriber);
@@ -203,10 +210,10 @@ impl Streams {
             latest: sub.latest,
             requested,
         });
-        Opened {
+        Ok(Opened {
             after: sub.after,
             stream: Stream::with_replay(sub.subscription, head, replay, &self.settings),
-        }
+        })
     }
 }
 

@@ -46,7 +46,10 @@ fn open(s: &Streams, resume: Option<EventId>) -> Opened {
         expires_at: None,
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: Abort::new(),
+        shared_conn: false,
+        max_per_user: None,
     })
+    .unwrap()
 }
 
 fn publish(s: &Streams, n: usize, size: usize) -> Vec<EventId> {
