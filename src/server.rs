@@ -190,23 +190,24 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
             }
         };
         let _ = stream.set_nodelay(true);
-        // Admission limits (API listeners only): connect rate, then per
-        // client address.
+        // Admission limits (API listeners only): per client address first
+        // (refused there, a client spends none of the node's connect rate),
+        // then the node's connect rate.
         let mut ip_slot = None;
         if serve.routes != Routes::Admin {
-            if let Some(bucket) = &serve.limits.rate {
-                if let Err(wait) = bucket.take(1.0) {
-                    Limit::ConnectRate.count();
-                    refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
-                    continue;
-                }
-            }
             match serve.limits.per_ip.acquire(peer.ip()) {
                 Some(slot) => ip_slot = slot,
                 None => {
                     Limit::PerIp.count();
                     let max = serve.limits.per_ip.max();
                     refuse_later(&rejecting, stream, Refusal::per_ip(max));
+                    continue;
+                }
+            }
+            if let Some(bucket) = &serve.limits.rate {
+                if let Err(wait) = bucket.take(1.0) {
+                    Limit::ConnectRate.count();
+                    refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
                     continue;
                 }
             }

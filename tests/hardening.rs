@@ -460,3 +460,77 @@ async fn an_h2_stream_overflowing_does_not_take_its_connection_down() {
     assert_eq!(reader.next().await.data, r#""still here""#);
     assert_eq!(s.http_connections().0, 1, "one h2 connection, still open");
 }
+
+/// `--max-connections-per-ip` counts HTTP/2 streams too: one connection
+/// cannot carry an address past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_limit_counts_http2_streams() {
+    let s = TestServer::on_with(support::Transport::H2c, |c| {
+        c.limits.connections_per_ip = std::num::NonZeroUsize::new(3);
+    })
+    .await;
+    // The connection holds one slot, each stream one more.
+    let _a = s.subscribe("a").await;
+    let _b = s.subscribe("b").await;
+    let third = s
+        .http
+        .get(s.url("/api/sse/subscribe/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+    let body: Value = serde_json::from_str(&third.text().await.unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("HTTP/2 streams"),
+        "{body}"
+    );
+    drop(_b);
+    support::eventually(|| s.fanout.registry().connections() == 1, "b closed").await;
+    let again = s
+        .http
+        .get(s.url("/api/sse/subscribe/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "the stream's slot came back");
+}
+
+/// A connection refused by its address's limit spends none of the node's
+/// connect rate: one address flooding cannot keep everyone else out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_does_not_spend_the_node_connect_rate() {
+    let s = TestServer::with(|c| {
+        c.limits.connections_per_ip = std::num::NonZeroUsize::new(1);
+        c.limits.connect_rate = Some(5.0);
+    })
+    .await;
+    let flood = "127.0.0.9".parse().unwrap();
+    let connect = |src: std::net::IpAddr| async move {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        sock.connect(s.addr).await.unwrap()
+    };
+    let mut held = connect(flood).await;
+    held.write_all(b"GET /api/sse/subscribe/held HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.wait_connections(1).await;
+    for _ in 0..50 {
+        let mut c = connect(flood).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut reply)).await;
+        assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    }
+    // Another address still gets in at once.
+    let mut other = connect("127.0.0.10".parse().unwrap()).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    other.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}

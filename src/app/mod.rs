@@ -138,9 +138,7 @@ impl Node {
     pub(crate) async fn build(config: &Config, max_connections: u64) -> Result<Self, StartError> {
         let metrics = config.metrics.then(m::install);
         let registry = Arc::new(Registry::new(config.streams.shards));
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let epoch = run_epoch();
         let fanout = Arc::new(Fanout::new(
             registry,
             epoch,
@@ -178,12 +176,14 @@ impl Node {
         let auth = Arc::new(config.auth.clone());
         let cors = Arc::new(config.cors.clone());
         let limits = config.limits;
+        let per_ip = Arc::new(PerIp::new(limits.connections_per_ip));
         let api = Arc::new(Api {
             subscribe: Subscribe {
                 streams: streams.clone(),
                 auth: auth.clone(),
                 cors: cors.clone(),
                 max_per_user: limits.streams_per_user,
+                per_ip: per_ip.clone(),
             },
             publish: Publish {
                 sink,
@@ -208,7 +208,7 @@ impl Node {
             cap,
             admin_cap: Arc::new(ConnectionCap::new(crate::server::ADMIN_CONNECTIONS)),
             limits: Arc::new(ConnectLimits {
-                per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
+                per_ip,
                 rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
             }),
             http: Arc::new(HttpSettings {
@@ -248,6 +248,18 @@ impl Node {
             tracker: tracker.clone(),
         }
     }
+}
+
+/// This run's id epoch: its start time in ms, shifted, with 16 random bits
+/// below (seeded by the OS), so two processes started in the same
+/// millisecond never share an id space (see `sse::id`).
+fn run_epoch() -> u64 {
+    use std::hash::BuildHasher;
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    (ms << 16) | (random & 0xffff)
 }
 
 /// Starts serving on listeners the caller bound. In Kafka mode, ingest is

@@ -36,10 +36,10 @@ use crate::abort::Abort;
 use crate::auth::{self, Auth, Denied, Sources};
 use crate::config::Cors;
 use crate::event::Name;
-use crate::guard::Limit;
+use crate::guard::{Limit, PerIp};
 use crate::sse::frame::RESUMED_AFTER_HEADER;
 use crate::sse::EventId;
-use crate::stream::{OpenRequest, Stream, Streams};
+use crate::stream::{Lease, OpenRequest, Stream, Streams};
 
 use super::{json_error, Body};
 
@@ -69,6 +69,9 @@ pub(crate) struct Subscribe {
     pub(crate) cors: Arc<Cors>,
     /// `--max-streams-per-user`.
     pub(crate) max_per_user: Option<NonZeroUsize>,
+    /// `--max-connections-per-ip`, which also counts HTTP/2 streams (each
+    /// is as good as a connection to a client).
+    pub(crate) per_ip: Arc<PerIp>,
 }
 
 /// The decision on a subscribe request.
@@ -142,6 +145,27 @@ impl Subscribe {
         if req.method == Method::HEAD {
             return Admission::Answer(head.map(|()| Body::empty()));
         }
+        let h2 = req.version == http::Version::HTTP_2;
+        let lease = if h2 {
+            match self.per_ip.acquire(peer.ip()) {
+                Some(slot) => slot.map(|s| Box::new(s) as Lease),
+                None => {
+                    Limit::PerIp.count();
+                    let mut r = json_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!(
+                            "this address already holds {} connections and HTTP/2 streams (--max-connections-per-ip); close some first",
+                            self.per_ip.max()
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return answer(r);
+                }
+            }
+        } else {
+            None
+        };
         let opened = match self.streams.open(OpenRequest {
             user: params.user,
             topics: params.topics,
@@ -149,8 +173,9 @@ impl Subscribe {
             expires_at: grant.expires_at,
             peer,
             conn: conn.clone(),
-            shared_conn: req.version == http::Version::HTTP_2,
+            shared_conn: h2,
             max_per_user: self.max_per_user,
+            lease,
         }) {
             Ok(o) => o,
             Err(_) => {

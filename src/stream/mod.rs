@@ -92,7 +92,13 @@ pub struct OpenRequest {
     pub shared_conn: bool,
     /// `--max-streams-per-user`.
     pub max_per_user: Option<std::num::NonZeroUsize>,
+    /// Whatever the admission reserved for the stream's life (an HTTP/2
+    /// stream's per-address slot), released when it ends.
+    pub lease: Option<Lease>,
 }
+
+/// Something held for a stream's life and released when it ends.
+pub type Lease = Box<dyn std::any::Any + Send + Sync>;
 
 /// An open stream and the id it continues after (the
 /// `herald-resumed-after` response header).
@@ -134,6 +140,8 @@ pub struct Stream {
     /// Why the stream ended, once it has (the queue's reason, or what the
     /// transport reported).
     ended: Option<CloseReason>,
+    /// Held until the stream ends (see [`OpenRequest::lease`]).
+    _lease: Option<Lease>,
 }
 
 #[derive(Debug)]
@@ -174,6 +182,7 @@ impl Streams {
     /// holds `--max-streams-per-user` streams already.
     pub fn open(&self, req: OpenRequest) -> Result<Opened, Full> {
         let requested = req.resume.as_ref().map(ToString::to_string);
+        let lease = req.lease;
         let sub = self.fanout.subscribe(Join {
             user: req.user,
             topics: req.topics,
@@ -212,7 +221,8 @@ impl Streams {
         });
         Ok(Opened {
             after: sub.after,
-            stream: Stream::with_replay(sub.subscription, head, replay, &self.settings),
+            stream: Stream::with_replay(sub.subscription, head, replay, &self.settings)
+                .leasing(lease),
         })
     }
 }
@@ -246,7 +256,13 @@ impl Stream {
             account: settings.account,
             batches: 0,
             ended: None,
+            _lease: None,
         }
+    }
+
+    fn leasing(mut self, lease: Option<Lease>) -> Self {
+        self._lease = lease;
+        self
     }
 
     /// The next thing to write, or how the stream ends. `Pending` stores the

@@ -48,6 +48,7 @@ fn open(s: &Streams, resume: Option<EventId>) -> Opened {
         conn: Abort::new(),
         shared_conn: false,
         max_per_user: None,
+        lease: None,
     })
     .unwrap()
 }
