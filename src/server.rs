@@ -5,7 +5,7 @@
 //! - Survives accept errors: EMFILE/ENFILE/ENOBUFS/ENOMEM back off (doubling
 //!   from 5 ms to 1 s) instead of spinning; others are logged and skipped.
 //! - Caps connections with a semaphore; past the cap a connection gets a
-//!   plain `503` naming the cap and is closed (at most `MAX_REJECTING` of
+//!   JSON `503` naming the cap and is closed (at most `MAX_REJECTING` of
 //!   those at once; beyond that it is just closed).
 //! - Serves a plain connection whose first segment is a whole HTTP/1.1
 //!   subscribe request on herald's own writer (`http::h1`), everything else
@@ -272,7 +272,7 @@ pub(crate) async fn connection(
     }
     let route = if serve.http.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
-            r = h1::classify(&stream, head_deadline) => r,
+            r = h1::classify(&stream, head_deadline, serve.http.max_header_bytes) => r,
             _ = serve.graceful.cancelled() => Route::Close,
         }
     } else {
@@ -308,6 +308,10 @@ pub(crate) async fn connection(
             .await
         }
         Route::TimedOut => Limit::HeaderTimeout.count(),
+        Route::TooLarge => {
+            Limit::HeaderTooLarge.count();
+            h1::refuse_large_head(stream, serve.http.max_header_bytes).await;
+        }
         Route::Close => {}
     }
 }
@@ -504,7 +508,7 @@ impl Refusal {
     fn cap(cap: u64) -> Self {
         Self {
             status: "503 Service Unavailable",
-            body: format!("herald is at its connection limit ({cap} connections); retry shortly or connect to another node\n"),
+            body: format!("herald is at its connection limit ({cap} connections); retry shortly or connect to another node"),
             retry_after: 1,
         }
     }
@@ -512,7 +516,7 @@ impl Refusal {
     fn connect_rate(wait: Duration) -> Self {
         Self {
             status: "503 Service Unavailable",
-            body: "herald is accepting new connections at its limited rate (--max-connect-rate); retry shortly\n".into(),
+            body: "herald is accepting new connections at its limited rate (--max-connect-rate); retry shortly".into(),
             retry_after: guard::retry_after_secs(wait),
         }
     }
@@ -520,7 +524,7 @@ impl Refusal {
     fn per_ip(max: usize) -> Self {
         Self {
             status: "429 Too Many Requests",
-            body: format!("this address already holds {max} connections (--max-connections-per-ip); close some first\n"),
+            body: format!("this address already holds {max} connections (--max-connections-per-ip); close some first"),
             retry_after: 5,
         }
     }
@@ -545,8 +549,9 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
         body,
         retry_after,
     } = why;
+    let body = serde_json::json!({ "error": body }).to_string();
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let mut buf = [0u8; 2048];

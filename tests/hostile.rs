@@ -25,8 +25,12 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
     let mut witness = server.subscribe("w").await;
 
     // Routing.
-    let (s, _, body) = server.get("/nope").await;
-    assert_eq!((s, body.as_str()), (404, "no route for /nope\n"));
+    let (s, headers, body) = server.get("/nope").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (404, r#"{"error":"no route for /nope"}"#)
+    );
+    assert_eq!(headers["content-type"], "application/json");
     let resp = server
         .http
         .delete(server.url("/api/publish"))

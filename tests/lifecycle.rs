@@ -204,7 +204,9 @@ async fn connections_past_the_cap_get_503_with_a_message() {
         .await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(
-        reply.contains("connection limit (2 connections)"),
+        reply.contains("connection limit (2 connections)")
+            && reply.contains("content-type: application/json")
+            && reply.contains(r#"{"error":"herald is at its connection limit"#),
         "{reply}"
     );
     drop(_a);
@@ -582,7 +584,7 @@ fn the_binary_explains_configuration_mistakes() {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--write-timeout", "0"])
         .env_remove("NO_COLOR")
-        .env("HERALD_REUSE_PORT", "1")
+        .env("HERALD_INSECURE_NO_AUTH", "1")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

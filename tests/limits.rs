@@ -196,7 +196,9 @@ async fn slow_headers_are_cut_off() {
     );
     let reply = s.raw(huge.as_bytes()).await;
     assert!(
-        reply.starts_with("HTTP/1.1 431"),
+        reply.starts_with("HTTP/1.1 431")
+            && reply.contains("application/json")
+            && reply.contains("--max-header-bytes"),
         "{}",
         &reply[..reply.len().min(200)]
     );

@@ -79,7 +79,8 @@ pub struct ListenArgs {
     pub admin_listen: Option<SocketAddr>,
 
     /// Set SO_REUSEPORT on the listener, so several herald processes can
-    /// share one port (kernel load-balances new connections).
+    /// share one port (kernel load-balances new connections). Kafka mode
+    /// only: every process then reads every event.
     #[arg(long, env = "HERALD_REUSE_PORT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub reuse_port: bool,
 
@@ -607,6 +608,42 @@ impl Cli {
                 "listen",
                 &l.listen,
                 "is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could read any user's stream and publish. Configure a key, or pass --insecure-no-auth to serve open anyway",
+            ));
+        }
+        // Flags that would do nothing are refused, not ignored.
+        if !auth.streams_protected() {
+            for (flag, set) in [
+                ("jwt-audience", a.jwt_audience.is_some()),
+                ("jwt-issuer", a.jwt_issuer.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        flag,
+                        &"(set)",
+                        "needs --jwt-secret or --jwt-public-key: without a key no token is checked",
+                    ));
+                }
+            }
+            if !a.jwt_query_param {
+                return Err(err(
+                    "jwt-query-param",
+                    &"false",
+                    "needs --jwt-secret or --jwt-public-key: without a key no token is read",
+                ));
+            }
+        }
+        if a.cors_credentials && a.cors_origins.is_empty() {
+            return Err(err(
+                "cors-credentials",
+                &"true",
+                "needs --cors-origins: without origins no CORS header is sent",
+            ));
+        }
+        if l.reuse_port && kafka.is_none() {
+            return Err(err(
+                "reuse-port",
+                &"true",
+                "needs --kafka-brokers: in embedded mode each process has its own streams and publishes, so processes sharing a port would split the fan-out (a publish would reach only the streams of the process that took it)",
             ));
         }
         if a.cors_credentials && a.cors_origins.iter().any(|o| o == "*") {

@@ -49,8 +49,6 @@ use crate::timed_io::TimedIo;
 
 use super::subscribe::{Admission, Subscribe, PREFIX};
 
-/// Largest head this path looks at; longer heads go to hyper.
-const PEEK_BYTES: usize = 4096;
 /// Most headers parsed.
 const MAX_HEADERS: usize = 48;
 
@@ -70,14 +68,20 @@ pub(crate) enum Route {
     Close,
     /// Nothing arrived by the head deadline: drop the connection.
     TimedOut,
+    /// A head longer than `--max-header-bytes` arrived: answer 431.
+    TooLarge,
 }
 
 /// Peeks at the first segment and decides who serves the connection. No
 /// byte by `deadline`: close.
-pub(crate) async fn classify(stream: &TcpStream, deadline: tokio::time::Instant) -> Route {
+pub(crate) async fn classify(
+    stream: &TcpStream,
+    deadline: tokio::time::Instant,
+    max_head: usize,
+) -> Route {
     // Heap, not stack: a stack buffer would live in every connection
-    // task's future for the task's whole life.
-    let mut buf = vec![0u8; PEEK_BYTES];
+    // task's future for the task's whole life. Freed once classified.
+    let mut buf = vec![0u8; max_head + 1];
     let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
         Ok(Ok(0)) | Ok(Err(_)) => return Route::Close,
         Err(_) => return Route::TimedOut,
@@ -85,8 +89,29 @@ pub(crate) async fn classify(stream: &TcpStream, deadline: tokio::time::Instant)
     };
     match take(&buf[..n]) {
         Some(t) => Route::H1(Box::new(t)),
+        None if n > max_head && head_incomplete(&buf[..n]) => Route::TooLarge,
         None => Route::Hyper,
     }
+}
+
+/// Whether `bytes` are an HTTP/1 request head that has not ended yet.
+fn head_incomplete(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(bytes),
+        Ok(httparse::Status::Partial)
+    )
+}
+
+/// Answers a head past `--max-header-bytes` with a JSON 431 and closes.
+pub(crate) async fn refuse_large_head(mut stream: TcpStream, max_head: usize) {
+    let resp = super::json_error(
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        &format!("the request head is larger than {max_head} bytes (--max-header-bytes)"),
+    );
+    let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
+    let _ = write_all(&mut stream, &[&head, resp.body().bytes()]).await;
+    let _ = stream.shutdown().await;
 }
 
 /// A taken request, for tests elsewhere in the crate.
