@@ -88,6 +88,42 @@ async fn server(
     .await
 }
 
+/// A producer may stamp a record with any time: one from the far future
+/// (once an overflow that killed the ingest thread) is delivered, and the
+/// node stays ready; a reserved event type is skipped, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_record_timestamp_or_event_type_leaves_ingest_running() {
+    let cluster = cluster();
+    let server = server(&cluster, |_| {}).await;
+    let p = producer(&cluster.bootstrap_servers());
+    let mut c = server.subscribe("t").await;
+    let far = FutureRecord::to(TOPIC)
+        .partition(1)
+        .key("t")
+        .payload("far future")
+        .timestamp(i64::MAX);
+    p.send(far, Duration::from_secs(10)).await.unwrap();
+    produce(
+        &p,
+        Some(1),
+        Some("t"),
+        &[("sse-event", b"herald-reset")],
+        b"forged",
+    )
+    .await;
+    produce(&p, Some(1), Some("t"), &[], b"after").await;
+    assert_eq!(c.next().await.data, "far future");
+    assert_eq!(c.next().await.data, "after", "the forged reset is skipped");
+    assert_eq!(server.get("/readyz").await.0, 200);
+    assert!(
+        support::metric(
+            &server.metrics(),
+            "herald_kafka_records_skipped_total",
+            Some("reserved_event")
+        ) >= 1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_map_to_users_topics_broadcasts_and_event_types() {
     let cluster = cluster();

@@ -108,6 +108,16 @@ pub(crate) fn map<'a>(
     })
 }
 
+/// A record's timestamp (ms since the epoch, any i64 a producer chose) as
+/// µs since the epoch; 0 (none) when absent, before the epoch, or too far
+/// ahead to represent.
+pub(crate) fn timestamp_us(ms: Option<i64>) -> u64 {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .filter(|ms| *ms > 0)
+        .and_then(|ms| ms.checked_mul(1000))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +146,19 @@ mod tests {
 
         let m = map(None, [("other", Some(&b"v"[..]))], Some(b"")).unwrap();
         assert_eq!((m.target, &*m.data), (Target::Broadcast, ""));
+    }
+
+    #[test]
+    fn any_timestamp_converts_without_overflow() {
+        assert_eq!(timestamp_us(Some(1_700_000_000_000)), 1_700_000_000_000_000);
+        assert_eq!(timestamp_us(None), 0);
+        assert_eq!(timestamp_us(Some(-1)), 0);
+        assert_eq!(timestamp_us(Some(0)), 0);
+        assert_eq!(timestamp_us(Some(i64::MAX)), 0);
+        assert_eq!(
+            timestamp_us(Some(i64::MAX / 1000)),
+            (i64::MAX / 1000) as u64 * 1000
+        );
     }
 
     #[test]
