@@ -93,8 +93,9 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<String>,
 
-    /// Most simultaneous HTTP connections; past it new ones get a 503.
-    /// 0 = as many as the open-file limit allows.
+    /// Most simultaneous HTTP connections on the main listener; past it new
+    /// ones get a 503 (probe and scrape on --admin-listen, which has its
+    /// own budget). 0 = as many as the open-file limit allows.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
 
@@ -237,7 +238,8 @@ pub struct LimitArgs {
     pub max_connections_per_ip: usize,
 
     /// Most new connections per second for the node (0 = no limit); past it
-    /// a 503 with Retry-After. Smooths reconnect storms.
+    /// a 503 with Retry-After. Smooths reconnect storms; probes and scrapes
+    /// on the main listener count too (use --admin-listen).
     #[arg(long, env = "HERALD_MAX_CONNECT_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub max_connect_rate: f64,
 
