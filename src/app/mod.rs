@@ -149,7 +149,9 @@ impl Node {
             Some(k) => {
                 let f = fanout.clone();
                 let age = config.streams.replay.max_age;
-                let producer = Producer::new(&k)?;
+                let kc = k.clone();
+                let producer =
+                    tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await??;
                 let ingest =
                     tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
                 (Some(ingest), Sink::Kafka(Arc::new(producer)))

@@ -207,19 +207,10 @@ impl Refusal {
             }
             Refusal::Sink(PublishError::Kafka(failure)) => {
                 tracing::warn!(error = %failure, "publish to Kafka failed");
-                let ids: Vec<Option<String>> = failure
-                    .ids
-                    .iter()
-                    .map(|i| i.as_ref().map(ToString::to_string))
-                    .collect();
-                let body = serde_json::json!({
-                    "error": format!("{failure} (within --kafka-publish-timeout); retry later"),
-                    "ids": ids,
-                });
-                response(
+                retry_later(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "application/json",
-                    Bytes::from(body.to_string()),
+                    &format!("{failure}; retry the same request (it was all or nothing)"),
+                    1,
                 )
             }
         }
