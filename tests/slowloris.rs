@@ -91,7 +91,11 @@ async fn an_unfinished_first_request_is_closed_within_the_head_timeout() {
         write(&mut c, bytes).await;
         let took = closed_after(&mut c, t).await;
         assert!(took >= HEAD - Duration::from_millis(50), "{what}: {took:?}");
-        assert!(took < SLACK, "{what}: held {took:?}");
+        // One deadline from accept, not one per stage (once up to twice).
+        assert!(
+            took < HEAD + Duration::from_millis(400),
+            "{what}: held {took:?}"
+        );
     }
     // Nothing at all.
     let t = Instant::now();

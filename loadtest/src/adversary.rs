@@ -74,23 +74,47 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
     let oldest = oldest_id(target).await;
     for (name, first) in [
         ("slowloris_preface_byte", &b"P"[..]),
-        ("slowloris_half_head", b"GET /api/sse/subscribe/x HTTP/1.1\r\nhost"),
+        (
+            "slowloris_half_head",
+            b"GET /api/sse/subscribe/x HTTP/1.1\r\nhost",
+        ),
         ("slowloris_h2c_no_stream", H2_PREFACE),
     ] {
         let kind = report.kind(name);
         for i in 0..n {
-            tokio::spawn(hold(target, src(i), first.to_vec(), kind.clone(), until, None));
+            tokio::spawn(hold(
+                target,
+                src(i),
+                first.to_vec(),
+                kind.clone(),
+                until,
+                None,
+            ));
         }
     }
     let stalled = report.kind("stalled_readers");
     for i in 0..n {
         let req = format!("GET /api/sse/subscribe/adv-stalled-{i} HTTP/1.1\r\nhost: x\r\n\r\n");
-        tokio::spawn(hold(target, src(i), req.into_bytes(), stalled.clone(), until, None));
+        tokio::spawn(hold(
+            target,
+            src(i),
+            req.into_bytes(),
+            stalled.clone(),
+            until,
+            None,
+        ));
     }
     let junk = report.kind("junk_writers");
     for i in 0..n {
         let req = format!("GET /api/sse/subscribe/adv-junk-{i} HTTP/1.1\r\nhost: x\r\n\r\n");
-        tokio::spawn(hold(target, src(i), req.into_bytes(), junk.clone(), until, Some(vec![b'j'; 64 * 1024])));
+        tokio::spawn(hold(
+            target,
+            src(i),
+            req.into_bytes(),
+            junk.clone(),
+            until,
+            Some(vec![b'j'; 64 * 1024]),
+        ));
     }
     let resume = report.kind("resume_floods");
     for i in 0..n {
@@ -101,12 +125,26 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         tokio::spawn(async move {
             while Instant::now() < until {
                 let round = (Instant::now() + Duration::from_secs(1)).min(until);
-                hold(target, src(i), req.clone().into_bytes(), kind.clone(), round, None).await;
+                hold(
+                    target,
+                    src(i),
+                    req.clone().into_bytes(),
+                    kind.clone(),
+                    round,
+                    None,
+                )
+                .await;
             }
         });
     }
     let metrics = report.kind("metrics_flood");
-    tokio::spawn(flood(target, None, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n", metrics, until));
+    tokio::spawn(flood(
+        target,
+        None,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
+        metrics,
+        until,
+    ));
     let connects = report.kind("connect_flood_one_address");
     tokio::spawn(flood(
         target,
@@ -154,12 +192,16 @@ async fn hold(
     until: Instant,
     junk: Option<Vec<u8>>,
 ) {
-    let Ok(sock) = TcpSocket::new_v4() else { return };
+    let Ok(sock) = TcpSocket::new_v4() else {
+        return;
+    };
     let _ = sock.set_recv_buffer_size(2048);
     if sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).is_err() {
         return;
     }
-    let Ok(mut s) = sock.connect(target).await else { return };
+    let Ok(mut s) = sock.connect(target).await else {
+        return;
+    };
     let t = Instant::now();
     kind.opened.fetch_add(1, Ordering::Relaxed);
     if s.write_all(&first).await.is_err() {
@@ -211,7 +253,9 @@ async fn flood(
     let mut buf = vec![0u8; 256 * 1024];
     while Instant::now() < until {
         if conn.is_none() {
-            let Ok(sock) = TcpSocket::new_v4() else { return };
+            let Ok(sock) = TcpSocket::new_v4() else {
+                return;
+            };
             if let Some(ip) = src {
                 let _ = sock.bind(SocketAddr::new(IpAddr::V4(ip), 0));
             }
@@ -227,8 +271,7 @@ async fn flood(
             }
         }
         let Some(s) = conn.as_mut() else { continue };
-        let ok = s.write_all(request).await.is_ok()
-            && read_answer(s, &mut buf, keep_alive).await;
+        let ok = s.write_all(request).await.is_ok() && read_answer(s, &mut buf, keep_alive).await;
         if ok {
             kind.answered.fetch_add(1, Ordering::Relaxed);
         }

@@ -307,7 +307,10 @@ async fn publish_phase(
         report.set("adversaries", adv.print());
         let after = scrape(args.target[0]).await;
         let mut why = serde_json::Map::new();
-        for family in ["herald_sse_connections_closed_total", "herald_limited_total"] {
+        for family in [
+            "herald_sse_connections_closed_total",
+            "herald_limited_total",
+        ] {
             for (series, v) in deltas(&before, &after, family) {
                 println!("server {series} +{v}");
                 why.insert(series, v.into());

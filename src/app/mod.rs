@@ -350,3 +350,19 @@ pub async fn run(
     running.stopped().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_runs_started_together_get_different_epochs() {
+        let (a, b) = (super::run_epoch(), super::run_epoch());
+        assert_ne!(a, b, "the random bits differ");
+        assert_eq!(
+            a >> 16 >> 8,
+            b >> 16 >> 8,
+            "the same start time (to 256 ms)"
+        );
+        let id = crate::sse::EventId::Local { epoch: a, seq: 7 };
+        assert_eq!(id.to_string().parse::<crate::sse::EventId>(), Ok(id));
+    }
+}

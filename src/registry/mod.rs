@@ -329,4 +329,14 @@ mod tests {
         assert_eq!(r.connections(), 0);
         assert_eq!(r.keys(), (0, 0));
     }
+
+    #[test]
+    fn streams_share_one_copy_of_each_topic_name() {
+        let r = Arc::new(Registry::new(4));
+        let long = "t".repeat(200);
+        let a = r.insert(name("a"), vec![name(&long)], None, None);
+        let b = r.insert(name("b"), vec![name(&long)], None, None);
+        let (ta, tb) = (&a.subscriber().topics[0], &b.subscriber().topics[0]);
+        assert!(std::ptr::eq(ta.as_str(), tb.as_str()), "one allocation");
+    }
 }
