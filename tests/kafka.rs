@@ -31,6 +31,7 @@ fn kafka(
         properties: vec![],
         publish_topic: TOPIC.to_owned(),
         publish_timeout: Duration::from_secs(2),
+        publish_transactions: true,
         metadata_interval: Duration::from_millis(200),
         backpressure: Some(Duration::from_secs(5)),
     }
@@ -477,4 +478,36 @@ async fn publishes_survive_broker_errors_in_order_without_duplicates() {
         assert_eq!(got, (0..BATCHES * 3).collect::<Vec<_>>(), "user b{u}");
         s.assert_quiet(Duration::from_millis(300)).await;
     }
+}
+
+/// For brokers without transactions (`--kafka-publish-transactions false`):
+/// publishes still reach every node; when the broker is away a batch
+/// answers 503 naming which of its events were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_event_publishing_says_which_events_were_written() {
+    let cluster = cluster();
+    let server = server(&cluster, |c| {
+        if let Some(k) = c.kafka.as_mut() {
+            k.publish_transactions = false;
+        }
+    })
+    .await;
+    let mut s = server.subscribe("pe").await;
+    let id = server
+        .publish_ok(json!({"user": "pe", "data": "over per-event writes"}))
+        .await;
+    let ev = s.next().await;
+    assert_eq!(
+        (ev.id, ev.data.as_str()),
+        (id, r#""over per-event writes""#)
+    );
+    cluster.broker_down(1).unwrap();
+    let (status, reply) = server
+        .publish(json!([{"user": "pe", "data": 1}, {"user": "pe", "data": 2}]))
+        .await;
+    assert_eq!(status, 503, "{reply}");
+    let ids = reply["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 2, "{reply}");
+    assert!(ids.iter().all(serde_json::Value::is_null), "{reply}");
+    cluster.broker_up(1).unwrap();
 }

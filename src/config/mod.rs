@@ -337,6 +337,13 @@ pub struct KafkaArgs {
     #[arg(long, env = "HERALD_KAFKA_PUBLISH_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub kafka_publish_timeout: Duration,
 
+    /// Publish each request as one Kafka transaction (all or nothing; the
+    /// broker must support transactions). `false`: one idempotent write per
+    /// event, for brokers without transactions; a failed batch then says
+    /// which events were written.
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TRANSACTIONS", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub kafka_publish_transactions: bool,
+
     /// How often to check the topics for new partitions (and the broker for
     /// health).
     #[arg(long, env = "HERALD_KAFKA_METADATA_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
@@ -496,6 +503,8 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     pub publish_topic: String,
     pub publish_timeout: Duration,
+    /// One transaction per publish (else idempotent writes per event).
+    pub publish_transactions: bool,
     pub metadata_interval: Duration,
     /// `--publish-backpressure`: longest pause per burst while herald is
     /// behind on delivery.
@@ -818,6 +827,7 @@ fn kafka_config(
         properties: k.kafka_property,
         publish_topic,
         publish_timeout: k.kafka_publish_timeout,
+        publish_transactions: k.kafka_publish_transactions,
         metadata_interval: k.kafka_metadata_interval,
         backpressure,
     }))

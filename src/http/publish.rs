@@ -207,11 +207,30 @@ impl Refusal {
             }
             Refusal::Sink(PublishError::Kafka(failure)) => {
                 tracing::warn!(error = %failure, "publish to Kafka failed");
-                retry_later(
+                let Some(written) = &failure.written else {
+                    return retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{failure}; retry the same request (it was all or nothing)"),
+                        1,
+                    );
+                };
+                // Per-event mode: say which were written.
+                let ids: Vec<Option<String>> = written
+                    .iter()
+                    .map(|i| i.as_ref().map(ToString::to_string))
+                    .collect();
+                let body = serde_json::json!({
+                    "error": format!("{failure}: the events with an id were written; those with null were not (or not acknowledged)"),
+                    "ids": ids,
+                });
+                let mut resp = response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("{failure}; retry the same request (it was all or nothing)"),
-                    1,
-                )
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+                resp
             }
         }
     }

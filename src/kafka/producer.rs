@@ -15,6 +15,11 @@
 //! pool of them ([`POOL`]), each with its own `transactional.id`
 //! (`herald-<run>-<k>`). Delivery to streams happens when the consumer reads
 //! the committed records back, on every node.
+//!
+//! For brokers without transactions (`--kafka-publish-transactions false`)
+//! each event is one idempotent write: in order and once per partition
+//! despite retries, but a batch can then be partly written; its failure
+//! names which events were (their ids) and which were not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,9 +39,13 @@ use super::record::{EVENT_HEADER, TOPIC_HEADER};
 /// Transactional producers per node: publishes running at once.
 pub(crate) const POOL: usize = 4;
 
-/// Produces published events to Kafka, one transaction per publish.
+/// Produces published events to Kafka, one transaction per publish (or
+/// idempotent writes per event).
 pub(crate) struct Producer {
+    /// Transactional producers; empty in per-event mode.
     pool: Vec<tokio::sync::Mutex<Slot>>,
+    /// The producer of per-event mode.
+    single: Option<FutureProducer>,
     next: AtomicUsize,
     topic: Arc<str>,
     timeout: Duration,
@@ -52,12 +61,15 @@ struct Slot {
     needs_abort: bool,
 }
 
-/// A publish that was not written: nothing of it is visible.
+/// A publish Kafka did not take.
 #[derive(Debug, thiserror::Error)]
-#[error("Kafka did not take the publish ({total} events): {reason}; nothing was published")]
+#[error("Kafka did not take the publish ({total} events): {reason}; {}", if .written.is_some() { "see which were written" } else { "nothing was published" })]
 pub(crate) struct ProduceFailure {
     pub(crate) total: usize,
     pub(crate) reason: String,
+    /// Per-event mode only: the ids of the events that were written, in
+    /// request order (`None`: not written, or not known to be).
+    pub(crate) written: Option<Vec<Option<EventId>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -76,6 +88,24 @@ impl Producer {
     /// (blocking, up to the startup timeout each: call from a blocking
     /// context). `run` names this node's run (the id epoch).
     pub(crate) fn new(cfg: &KafkaConfig, run: u64) -> Result<Self, StartError> {
+        let topic = Arc::from(cfg.publish_topic.as_str());
+        if !cfg.publish_transactions {
+            let mut cc = client::config(cfg);
+            cc.set(
+                "message.timeout.ms",
+                cfg.publish_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "1")
+            .set("enable.idempotence", "true");
+            client::apply_user_properties(&mut cc, cfg);
+            return Ok(Self {
+                pool: Vec::new(),
+                single: Some(cc.create().map_err(|e| StartError::Client(e.to_string()))?),
+                next: AtomicUsize::new(0),
+                topic,
+                timeout: cfg.publish_timeout,
+            });
+        }
         let mut pool = Vec::with_capacity(POOL);
         for k in 0..POOL {
             let mut cc = client::config(cfg);
@@ -100,8 +130,9 @@ impl Producer {
         }
         Ok(Self {
             pool,
+            single: None,
             next: AtomicUsize::new(0),
-            topic: Arc::from(cfg.publish_topic.as_str()),
+            topic,
             timeout: cfg.publish_timeout,
         })
     }
@@ -112,11 +143,15 @@ impl Producer {
         &self,
         events: &[Event<'_>],
     ) -> Result<Vec<EventId>, ProduceFailure> {
+        if let Some(p) = &self.single {
+            return self.per_event(p, events).await;
+        }
         let k = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let mut slot = self.pool[k].lock().await;
         let fail = |reason: String| ProduceFailure {
             total: events.len(),
             reason,
+            written: None,
         };
         if slot.needs_abort {
             match self.abort(&slot.producer).await {
@@ -150,8 +185,59 @@ impl Producer {
                         }
                     }
                 }
-                Err(fail(e.to_string()))
+                let mut reason = e.to_string();
+                if matches!(&e, KafkaError::Transaction(t) if t.code() == rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)
+                {
+                    reason.push_str(
+                        " (this broker has no transactions: start herald with --kafka-publish-transactions false)",
+                    );
+                }
+                Err(fail(reason))
             }
+        }
+    }
+
+    /// Per-event mode: one idempotent write per event; every
+    /// acknowledgement awaited.
+    async fn per_event(
+        &self,
+        producer: &FutureProducer,
+        events: &[Event<'_>],
+    ) -> Result<Vec<EventId>, ProduceFailure> {
+        let pending: Vec<_> = events
+            .iter()
+            .map(|ev| producer.send_result(self.record(ev)).map_err(|(e, _)| e))
+            .collect();
+        let mut written = Vec::with_capacity(events.len());
+        let mut first_error = None;
+        for p in pending {
+            let result = match p {
+                Ok(fut) => match fut.await {
+                    Ok(Ok(d)) => Ok(EventId::Kafka {
+                        topic: self.topic.clone(),
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(id) => written.push(Some(id)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    written.push(None);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(written.into_iter().flatten().collect()),
+            Some(e) => Err(ProduceFailure {
+                total: events.len(),
+                reason: e.to_string(),
+                written: Some(written),
+            }),
         }
     }
 
