@@ -84,10 +84,12 @@ pub(crate) fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Every label value of the reason-labelled counters at zero, so dashboards
-/// and alerts see each series before its first event.
+/// Every label value of the reason-labelled counters (and the counters
+/// only refusals bump) at zero, so dashboards and alerts see each series
+/// before its first event.
 fn register_reasons() {
     use crate::auth::{Denied, Endpoint};
+    metrics::counter!(PUBLISH_REJECTED).increment(0);
     for limit in crate::guard::Limit::ALL {
         metrics::counter!(LIMITED, "reason" => limit.label()).increment(0);
     }

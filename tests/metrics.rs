@@ -49,6 +49,7 @@ async fn health_ready_and_metrics() {
         "herald_limited_total{reason=\"per_ip\"} 0",
         "herald_auth_denied_total{endpoint=\"publish\",reason=\"invalid\"} 0",
         "herald_sse_connections_closed_total{reason=\"protocol\"} 0",
+        "herald_publish_rejected_total 0",
     ] {
         assert!(page.contains(series), "{series} missing:\n{page}");
     }
