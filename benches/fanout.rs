@@ -28,6 +28,7 @@ fn setup(n: usize) -> (Arc<Fanout>, Vec<Subscription>) {
         queue::Limits {
             max_frames: 1024,
             max_bytes: 1 << 20,
+            stall: None,
         },
         replay::Limits {
             max_events: 1000,

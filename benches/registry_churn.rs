@@ -3,6 +3,9 @@
 //! already holds 10,000 connections; what a reconnect storm costs the
 //! registry. Reports time per subscribe/unsubscribe pair per thread.
 //!
+//! Also: 20,000 subscribers of one topic dropped at once
+//! (`registry_drop/one_topic_20000`).
+//!
 //! Run: `cargo bench --bench registry_churn`. Results: BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)]
@@ -55,6 +58,37 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // A drain, a network blip or a slow-close wave: 20,000 subscribers of
+    // one topic close together. Each removal is O(1) (a swap with the last
+    // entry), so dropping them all is linear, not quadratic.
+    let mut g = c.benchmark_group("registry_drop");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(20_000));
+    g.bench_function("one_topic_20000", |b| {
+        b.iter_batched(
+            || {
+                let registry = Arc::new(Registry::new(64));
+                let subs: Vec<_> = (0..20_000)
+                    .map(|i| {
+                        registry.insert(
+                            Name::new(&format!("u{i}")).unwrap(),
+                            vec![Name::new("hot").unwrap()],
+                            None,
+                            None,
+                        )
+                    })
+                    .collect();
+                (registry, subs)
+            },
+            |(registry, subs)| {
+                drop(subs);
+                registry
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

@@ -28,6 +28,7 @@ use herald::stream::{Next, Settings, Stream};
 const LIMITS: Limits = Limits {
     max_frames: 1024,
     max_bytes: 1 << 20,
+    stall: None,
 };
 
 fn bench(c: &mut Criterion) {
@@ -51,7 +52,7 @@ fn bench(c: &mut Criterion) {
         coalesce: None,
         account: false,
     };
-    let mut stream = Stream::new(sub, Bytes::from_static(b": herald\n\n"), vec![], &settings);
+    let mut stream = Stream::new(sub, Bytes::from_static(b": herald\n\n"), &settings);
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(
         stream.poll_next(&mut cx),
@@ -70,7 +71,7 @@ fn bench(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     for _ in 0..frames {
-                        let _ = subscriber.queue.try_push(&frame, 1, LIMITS);
+                        let _ = subscriber.queue.try_push(&frame, 1, 0, LIMITS);
                     }
                     let t = Instant::now();
                     let Poll::Ready(Next::Data(batch)) = stream.poll_next(&mut cx) else {

@@ -84,6 +84,8 @@ async function startHerald(port, extra = []) {
     "--listen", `127.0.0.1:${port}`,
     "--kafka-brokers", BROKER, "--kafka-topics", TOPIC,
     "--kafka-metadata-interval", "1s", "--shutdown-drain", "200ms",
+    // tansu 0.6 has no transactions (EndTxn): per-event publishing.
+    "--kafka-publish-transactions", "false",
     ...extra,
   ], { env: { ...process.env, NO_COLOR: "1" } });
   await until(`herald on ${port} ready`, async () => {

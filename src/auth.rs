@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// The query parameter a browser page can carry its token in.
 pub const QUERY_PARAM: &str = "access_token";
@@ -123,15 +123,17 @@ pub struct Grant {
     pub expires_at: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The claims herald reads, checked by [`Auth::claims`] (jsonwebtoken checks
+/// only the signature and algorithm, so every claim error names its claim).
+#[derive(Debug)]
 struct Claims {
-    #[serde(default)]
+    /// A string, or a number matched by its decimal text (`123` matches
+    /// user `"123"`).
     sub: Option<String>,
+    /// Seconds since the epoch, rounded down (RFC 7519 allows fractions).
     exp: u64,
-    #[serde(default)]
     topics: Option<serde_json::Value>,
-    #[serde(default)]
-    publish: Option<bool>,
+    publish: bool,
 }
 
 /// Where the token may come from in one request.
@@ -168,8 +170,14 @@ impl Auth {
         Ok(self)
     }
 
-    /// Adds a public key in PEM: RSA (RS256) or EC P-256 (ES256).
+    /// Adds a public key in PEM: RSA (RS256) or EC P-256 (ES256). A private
+    /// key is refused (it would verify nothing).
     pub fn with_public_key_pem(mut self, pem: &[u8]) -> Result<Self, KeyError> {
+        if memchr::memmem::find(pem, b"PRIVATE KEY-----").is_some() {
+            return Err(KeyError(
+                "is a private key; give the matching public key (openssl pkey -pubout)".into(),
+            ));
+        }
         if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
             self.keys.push((Algorithm::RS256, k));
         } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
@@ -262,7 +270,7 @@ impl Auth {
             }
         }
         let claims = self.decode(token)?;
-        if claims.publish == Some(true) {
+        if claims.publish {
             Ok(Some(format!(
                 "sub:{}",
                 claims.sub.as_deref().unwrap_or("(none)")
@@ -295,6 +303,10 @@ impl Auth {
         ))
     }
 
+    /// Verifies the signature (a configured key and algorithm, never
+    /// `none`), then checks the claims with no leeway: `exp` required,
+    /// `nbf`, `aud` and `iss` required when configured, and the types of
+    /// `sub`, `topics` and `publish`.
     fn decode(&self, token: &str) -> Result<Claims, Denied> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Denied::Invalid("not a signed JWT (bad header or algorithm)".into()))?;
@@ -305,19 +317,87 @@ impl Auth {
             )));
         };
         let mut v = Validation::new(*alg);
-        v.leeway = 0;
-        v.validate_nbf = true;
-        v.required_spec_claims = HashSet::from(["exp".to_owned()]);
-        match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims = HashSet::new();
+        let claims = jsonwebtoken::decode::<Value>(token, key, &v)
+            .map_err(|e| Denied::Invalid(describe(&e)))?
+            .claims;
+        self.claims(&claims, now_secs_f64())
+    }
+
+    /// Checks decoded claims at time `now` (seconds since the epoch).
+    fn claims(&self, c: &Value, now: f64) -> Result<Claims, Denied> {
+        let invalid = |m: &str| Denied::Invalid(m.to_owned());
+        if !c.is_object() {
+            return Err(invalid("the claims are not a JSON object"));
         }
-        if let Some(iss) = &self.issuer {
-            v.set_issuer(&[iss]);
+        let time = |name: &str| -> Result<Option<f64>, Denied> {
+            match c.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|t| t.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Denied::Invalid(format!(
+                            "the {name} claim must be a number (seconds since the epoch)"
+                        ))
+                    }),
+            }
+        };
+        let exp = time("exp")?.ok_or_else(|| invalid("the exp claim is missing"))?;
+        if now >= exp {
+            return Err(invalid("the token has expired"));
         }
-        jsonwebtoken::decode::<Claims>(token, key, &v)
-            .map(|d| d.claims)
-            .map_err(|e| Denied::Invalid(describe(&e)))
+        if time("nbf")?.is_some_and(|nbf| now < nbf) {
+            return Err(invalid("the token is not valid yet (nbf)"));
+        }
+        if let Some(want) = &self.audience {
+            let ok = match c.get("aud") {
+                None => return Err(invalid("the aud claim is missing (--jwt-audience is set)")),
+                Some(Value::String(a)) => a == want,
+                Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(want)),
+                Some(_) => {
+                    return Err(invalid(
+                        "the aud claim must be a string or an array of strings",
+                    ))
+                }
+            };
+            if !ok {
+                return Err(invalid("wrong audience (aud)"));
+            }
+        }
+        if let Some(want) = &self.issuer {
+            match c.get("iss") {
+                None => return Err(invalid("the iss claim is missing (--jwt-issuer is set)")),
+                Some(Value::String(i)) if i == want => {}
+                Some(Value::String(_)) => return Err(invalid("wrong issuer (iss)")),
+                Some(_) => return Err(invalid("the iss claim must be a string")),
+            }
+        }
+        let sub = match c.get("sub") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+            Some(_) => {
+                return Err(invalid(
+                    "the sub claim must be a string (or a whole number)",
+                ))
+            }
+        };
+        let publish = match c.get("publish") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("the publish claim must be true or false")),
+        };
+        Ok(Claims {
+            sub,
+            exp: exp.max(0.0) as u64,
+            topics: c.get("topics").cloned(),
+            publish,
+        })
     }
 }
 
@@ -325,14 +405,9 @@ impl Auth {
 fn describe(e: &jsonwebtoken::errors::Error) -> String {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
-        K::ExpiredSignature => "the token has expired".into(),
-        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
         K::InvalidSignature => "the signature does not verify".into(),
-        K::InvalidAudience => "wrong audience (aud)".into(),
-        K::InvalidIssuer => "wrong issuer (iss)".into(),
-        K::MissingRequiredClaim(c) => format!("the {c} claim is missing"),
         K::InvalidAlgorithm => "the algorithm does not match the key".into(),
-        K::Json(_) => "the claims are not what herald expects (exp must be a number)".into(),
+        K::Json(_) => "the claims are not a JSON object".into(),
         _ => "malformed token".into(),
     }
 }
@@ -375,6 +450,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Seconds since the epoch, with fractions.
+fn now_secs_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Seconds since the epoch.
@@ -430,5 +512,65 @@ mod tests {
             !d.contains("very-secret") && !d.contains("pub-secret"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn claims_name_what_is_wrong() {
+        let a = Auth::open()
+            .with_audience(Some("app".into()))
+            .with_issuer(Some("idp".into()));
+        let j = |v: serde_json::Value| a.claims(&v, 1000.0);
+        let err = |v: serde_json::Value| j(v).unwrap_err().to_string();
+        let ok = serde_json::json!({"sub": "u", "exp": 2000, "aud": "app", "iss": "idp"});
+        assert_eq!(j(ok.clone()).unwrap().sub.as_deref(), Some("u"));
+        // Configured means required.
+        assert!(
+            err(serde_json::json!({"sub": "u", "exp": 2000, "iss": "idp"}))
+                .contains("aud claim is missing")
+        );
+        assert!(
+            err(serde_json::json!({"sub": "u", "exp": 2000, "aud": "app"}))
+                .contains("iss claim is missing")
+        );
+        assert!(err(serde_json::json!({"sub": "u", "exp": 2000})).contains("aud claim is missing"));
+        assert!(
+            err(serde_json::json!({"sub": "u", "exp": 2000, "aud": ["x", "app"], "iss": "x"}))
+                .contains("wrong issuer")
+        );
+        assert!(
+            j(serde_json::json!({"sub": "u", "exp": 2000, "aud": ["x", "app"], "iss": "idp"}))
+                .is_ok()
+        );
+        let open = Auth::open();
+        let j = |v: serde_json::Value| open.claims(&v, 1000.0);
+        let err = |v: serde_json::Value| j(v).unwrap_err().to_string();
+        // Each claim's error names it.
+        assert!(err(serde_json::json!({"sub": "u"})).contains("exp claim is missing"));
+        assert!(err(serde_json::json!({"exp": "soon"})).contains("exp claim must be a number"));
+        assert!(err(serde_json::json!({"exp": 999})).contains("expired"));
+        assert!(err(serde_json::json!({"exp": 2000, "nbf": 1500})).contains("not valid yet"));
+        assert!(err(serde_json::json!({"exp": 2000, "sub": ["u"]}))
+            .contains("sub claim must be a string"));
+        assert!(err(serde_json::json!({"exp": 2000, "publish": "true"}))
+            .contains("publish claim must be true or false"));
+        // A fractional NumericDate (JavaScript's Date.now()/1000 + 3600) and a
+        // numeric sub (the seed's user ids) are accepted.
+        let c = j(serde_json::json!({"exp": 1500.75, "sub": 123, "publish": true})).unwrap();
+        assert_eq!(
+            (c.exp, c.sub.as_deref(), c.publish),
+            (1500, Some("123"), true)
+        );
+        assert!(err(serde_json::json!({"exp": 1000.5, "nbf": 1000.25})).contains("not valid yet"));
+    }
+
+    #[test]
+    fn a_private_key_is_not_a_public_key() {
+        let e = Auth::open()
+            .with_public_key_pem(include_bytes!("../tests/keys/rsa-private.pem"))
+            .unwrap_err();
+        assert!(e.0.contains("private key"), "{}", e.0);
+        assert!(Auth::open()
+            .with_public_key_pem(include_bytes!("../tests/keys/rsa-public.pem"))
+            .is_ok());
     }
 }

@@ -10,9 +10,15 @@ use crate::sse::{frame, EventId};
 /// data is compact JSON text that encodes to a frame an SSE parser reads
 /// back unchanged.
 pub fn publish_body(body: &[u8]) {
+    checked_publish_body(body);
+}
+
+/// [`publish_body`], returning how many items it checked.
+fn checked_publish_body(body: &[u8]) -> usize {
     let Ok((items, _batch)) = crate::http::publish::parse(body) else {
-        return;
+        return 0;
     };
+    let n = items.len();
     for item in items {
         // Syntax only: numbers like 1e400 are valid JSON that a browser's
         // JSON.parse reads (as Infinity) but serde_json's Value refuses.
@@ -32,17 +38,24 @@ pub fn publish_body(body: &[u8]) {
         assert_eq!(parsed.event.as_deref(), item.kind());
         assert_eq!(parsed.id.as_deref(), Some("1-1"));
     }
+    n
 }
 
 /// The `Last-Event-ID` parser: any text gives an error or an id that prints
 /// back to text parsing to the same id.
 pub fn last_event_id(raw: &[u8]) {
+    checked_last_event_id(raw);
+}
+
+/// [`last_event_id`], returning whether the text was an id.
+fn checked_last_event_id(raw: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(raw) else {
-        return;
+        return false;
     };
-    if let Ok(id) = s.parse::<EventId>() {
+    let parsed = s.parse::<EventId>();
+    if let Ok(id) = &parsed {
         let again: EventId = id.to_string().parse().expect("printed id parses");
-        assert_eq!(again, id);
+        assert_eq!(&again, id);
         assert!(!id.to_string().contains(['\r', '\n', '\0']));
     }
     // The whole subscribe request parser, with the same bytes as header.
@@ -51,13 +64,23 @@ pub fn last_event_id(raw: &[u8]) {
         headers.insert("last-event-id", v);
     }
     let _ = crate::http::subscribe::Params::from_parts("u", Some(s), &headers);
+    parsed.is_ok()
 }
 
 /// The Kafka record mapping: any key, headers and value give a skip reason or
 /// an event that encodes to a frame an SSE parser reads back unchanged.
 pub fn kafka_record(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)], value: Option<&[u8]>) {
+    checked_kafka_record(key, headers, value);
+}
+
+/// [`kafka_record`], returning whether the record mapped to an event.
+fn checked_kafka_record(
+    key: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+    value: Option<&[u8]>,
+) -> bool {
     let Ok(m) = crate::kafka::record::map(key, headers.iter().copied(), value) else {
-        return;
+        return false;
     };
     let id = EventId::Kafka {
         topic: "t".into(),
@@ -69,6 +92,7 @@ pub fn kafka_record(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)], value
     assert_eq!(parsed.data, normalize(&m.data));
     assert_eq!(parsed.event.as_deref(), m.kind());
     assert_eq!(parsed.id.as_deref(), Some("t:0:7"));
+    true
 }
 
 /// The SSE encoder: any data and any event type that passes the check give
@@ -173,15 +197,25 @@ mod tests {
 
     #[test]
     fn entry_points_accept_ordinary_input() {
-        publish_body(
-            br#"[{"user":"a","event":"e","data":"x\r\ny"},{"broadcast":true,"data":{"k":[1,2]}}]"#,
+        // Each checks what it was given: the good cases reach the round
+        // trip, the bad ones are refused before it.
+        assert_eq!(
+            checked_publish_body(
+                br#"[{"user":"a","event":"e","data":"x\r\ny"},{"broadcast":true,"data":{"k":[1,2]}}]"#,
+            ),
+            2
         );
-        publish_body(b"{not json");
-        last_event_id(b"ff-12");
-        last_event_id(b"orders:3:99");
-        last_event_id(b"\xff");
-        kafka_record(Some(b"u"), &[("sse-event", Some(b"x"))], Some(b"a\rb"));
-        kafka_record(None, &[], Some(b"\xff"));
+        assert_eq!(checked_publish_body(b"{not json"), 0);
+        assert!(checked_last_event_id(b"ff-12"));
+        assert!(checked_last_event_id(b"orders:3:99"));
+        assert!(!checked_last_event_id(b"\xff"));
+        assert!(!checked_last_event_id(b"not an id"));
+        assert!(checked_kafka_record(
+            Some(b"u"),
+            &[("sse-event", Some(b"x"))],
+            Some(b"a\rb")
+        ));
+        assert!(!checked_kafka_record(None, &[], Some(b"\xff")));
         sse_encode("ping", "line1\r\nline2\rline3\n");
         sse_encode("bad\nname", "");
         kafka_record_raw(b"\x0fkey\xffvalue\r\n\xffev\xfftopic");

@@ -133,12 +133,25 @@ impl PerIp {
         &self.shards[h.wrapping_mul(0x9E37_79B9) >> 7 & 15]
     }
 
-    /// A slot for `ip`, or `None` when it holds `max` connections already.
+    /// The key an address is counted under: itself for IPv4, its /64 for
+    /// IPv6 (one client commonly holds a whole /64).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v) & !((1u128 << 64) - 1),
+            )),
+        }
+    }
+
+    /// A slot for `ip`, or `None` when it holds `max` already (connections,
+    /// and HTTP/2 streams, which the subscribe admission counts here too).
     /// Always a slot when there is no limit.
     pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
         if self.max == 0 {
             return Some(None);
         }
+        let ip = Self::key(ip);
         let mut map = self.shard(&ip).lock();
         let n = map.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -159,6 +172,7 @@ impl PerIp {
     /// Connections open from `ip`.
     #[cfg(test)]
     pub(crate) fn open(&self, ip: IpAddr) -> usize {
+        let ip = Self::key(ip);
         self.shard(&ip).lock().get(&ip).copied().unwrap_or(0)
     }
 }
@@ -287,6 +301,14 @@ mod tests {
         assert_eq!(p.open(ip), 1);
         assert!(p.acquire(ip).is_some());
         assert!(Arc::new(PerIp::new(None)).acquire(ip).unwrap().is_none());
+        // IPv6 counts per /64.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _x = p.acquire(a).unwrap();
+        let _y = p.acquire(b).unwrap();
+        assert!(p.acquire(a).is_none(), "the /64 is full");
+        assert!(p.acquire(c).is_some(), "another /64");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Lifecycle {
 pub struct IngestHealth {
     /// The last metadata refresh succeeded.
     pub(crate) connected: AtomicBool,
+    /// The consumer thread ended when nobody asked it to (a panic).
+    pub(crate) stopped: AtomicBool,
 }
 
 impl IngestHealth {
@@ -44,6 +46,7 @@ pub enum NotReady {
     Starting,
     Draining,
     KafkaUnreachable,
+    IngestStopped,
 }
 
 impl NotReady {
@@ -53,6 +56,9 @@ impl NotReady {
             NotReady::Draining => "not ready: draining",
             NotReady::KafkaUnreachable => {
                 "not ready: Kafka is unreachable (open streams are still served)"
+            }
+            NotReady::IngestStopped => {
+                "not ready: Kafka ingest stopped unexpectedly (see the log); restart this node"
             }
         }
     }
@@ -87,10 +93,39 @@ impl Lifecycle {
         match self.phase() {
             Phase::Starting => Err(NotReady::Starting),
             Phase::Draining => Err(NotReady::Draining),
+            Phase::Serving
+                if self
+                    .ingest
+                    .as_ref()
+                    .is_some_and(|i| i.stopped.load(Ordering::Acquire)) =>
+            {
+                Err(NotReady::IngestStopped)
+            }
             Phase::Serving if self.ingest.as_ref().is_some_and(|i| !i.connected()) => {
                 Err(NotReady::KafkaUnreachable)
             }
             Phase::Serving => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_phase_and_ingest() {
+        let ingest = Arc::new(IngestHealth::default());
+        ingest.connected.store(true, Ordering::Relaxed);
+        let l = Lifecycle::new(Some(ingest.clone()));
+        assert_eq!(l.ready(), Err(NotReady::Starting));
+        l.set(Phase::Serving);
+        assert_eq!(l.ready(), Ok(()));
+        ingest.connected.store(false, Ordering::Relaxed);
+        assert_eq!(l.ready(), Err(NotReady::KafkaUnreachable));
+        ingest.stopped.store(true, Ordering::Relaxed);
+        assert_eq!(l.ready(), Err(NotReady::IngestStopped));
+        l.set(Phase::Draining);
+        assert_eq!(l.ready(), Err(NotReady::Draining));
     }
 }

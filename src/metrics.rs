@@ -84,10 +84,12 @@ pub(crate) fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Every label value of the reason-labelled counters at zero, so dashboards
-/// and alerts see each series before its first event.
+/// Every label value of the reason-labelled counters (and the counters
+/// only refusals bump) at zero, so dashboards and alerts see each series
+/// before its first event.
 fn register_reasons() {
     use crate::auth::{Denied, Endpoint};
+    metrics::counter!(PUBLISH_REJECTED).increment(0);
     for limit in crate::guard::Limit::ALL {
         metrics::counter!(LIMITED, "reason" => limit.label()).increment(0);
     }
@@ -111,7 +113,7 @@ fn describe_all() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "SSE streams closed, by reason: client (went away), slow (queue overflow), shutdown, expired (token expired), write_timeout (the peer read nothing for --write-timeout), error (transport failure); and limit: connections refused with a 503 at the connection cap."
+        "SSE streams closed, by reason: client (went away), slow (queue overflow), shutdown, expired (token expired), write_timeout (the peer read nothing for --write-timeout), error (transport failure), protocol (the client sent bytes on its stream); and limit: connections refused with a 503 at the connection cap."
     );
     describe_counter!(
         AUTH_DENIED,
@@ -183,7 +185,7 @@ fn describe_all() {
     describe_counter!(
         KAFKA_SKIPPED,
         Unit::Count,
-        "Kafka records skipped, by reason (value_not_utf8, no_value, bad_key, bad_topic_header, bad_event_header)."
+        "Kafka records skipped, by reason (value_not_utf8, no_value, bad_key, bad_topic_header, bad_event_header, reserved_event)."
     );
     describe_gauge!(
         KAFKA_CONNECTED,

@@ -32,8 +32,9 @@ pub(crate) enum PublishError {
     /// published.
     #[error("herald is behind on delivery (many streams have deep queues) and stayed behind for --publish-backpressure ({} ms); nothing was published", .waited.as_millis())]
     Behind { waited: Duration },
-    /// The broker did not acknowledge every event in time.
-    #[error("{0} (within --kafka-publish-timeout)")]
+    /// Kafka did not take the publish's transaction (within
+    /// `--kafka-publish-timeout`); none of it was written.
+    #[error("{0}")]
     Kafka(#[from] ProduceFailure),
 }
 

@@ -5,7 +5,7 @@
 //! - Survives accept errors: EMFILE/ENFILE/ENOBUFS/ENOMEM back off (doubling
 //!   from 5 ms to 1 s) instead of spinning; others are logged and skipped.
 //! - Caps connections with a semaphore; past the cap a connection gets a
-//!   plain `503` naming the cap and is closed (at most `MAX_REJECTING` of
+//!   JSON `503` naming the cap and is closed (at most `MAX_REJECTING` of
 //!   those at once; beyond that it is just closed).
 //! - Serves a plain connection whose first segment is a whole HTTP/1.1
 //!   subscribe request on herald's own writer (`http::h1`), everything else
@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use hyper_util::server::conn::auto;
 use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,11 +43,18 @@ use crate::registry::queue::CloseReason;
 use crate::timed_io::TimedIo;
 
 /// Over-cap connections being answered 503 at once; more are just closed.
-const MAX_REJECTING: usize = 256;
+pub(crate) const MAX_REJECTING: usize = 256;
+/// The admin listener's own connection budget: health probes and scrapes
+/// keep working when the API listener is at its cap (an orchestrator must
+/// not restart a healthy node in a flood).
+pub(crate) const ADMIN_CONNECTIONS: u64 = 64;
 /// Longest wait on an over-cap connection's request before answering.
 const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keep-alive: a ping after this long without a frame from the peer,
+/// and the connection is closed if the ping is not answered within
+/// `H2_PING_TIMEOUT` (a dead peer holding streams open).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -113,7 +121,10 @@ pub(crate) struct ConnectLimits {
 /// How connections are served (from the configuration).
 #[derive(Debug, Clone)]
 pub(crate) struct HttpSettings {
+    /// From accept to a whole first request head (TLS handshake included).
     pub(crate) header_read_timeout: Duration,
+    /// Longest a connection served by hyper may stay with no request open.
+    pub(crate) idle_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) write_timeout: Option<Duration>,
     /// Serve HTTP/1.1 subscribe requests on herald's own writer.
@@ -148,6 +159,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(serve.http.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
@@ -177,23 +190,24 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
             }
         };
         let _ = stream.set_nodelay(true);
-        // Admission limits (API listeners only): connect rate, then per
-        // client address.
+        // Admission limits (API listeners only): per client address first
+        // (refused there, a client spends none of the node's connect rate),
+        // then the node's connect rate.
         let mut ip_slot = None;
         if serve.routes != Routes::Admin {
-            if let Some(bucket) = &serve.limits.rate {
-                if let Err(wait) = bucket.take(1.0) {
-                    Limit::ConnectRate.count();
-                    refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
-                    continue;
-                }
-            }
             match serve.limits.per_ip.acquire(peer.ip()) {
                 Some(slot) => ip_slot = slot,
                 None => {
                     Limit::PerIp.count();
                     let max = serve.limits.per_ip.max();
                     refuse_later(&rejecting, stream, Refusal::per_ip(max));
+                    continue;
+                }
+            }
+            if let Some(bucket) = &serve.limits.rate {
+                if let Err(wait) = bucket.take(1.0) {
+                    Limit::ConnectRate.count();
+                    refuse_later(&rejecting, stream, Refusal::connect_rate(wait));
                     continue;
                 }
             }
@@ -225,7 +239,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
 }
 
 /// One connection: herald's HTTP/1.1 writer when its first segment is a
-/// subscribe request it takes, hyper otherwise.
+/// subscribe request it takes, hyper otherwise. From accept, the client has
+/// `--header-read-timeout` to finish the TLS handshake and send a whole
+/// first request head, however it spends it.
 pub(crate) async fn connection(
     builder: &auto::Builder<TokioExecutor>,
     stream: TcpStream,
@@ -233,6 +249,7 @@ pub(crate) async fn connection(
     serve: &Serve,
 ) {
     let abort = Abort::new();
+    let head_deadline = tokio::time::Instant::now() + serve.http.header_read_timeout;
     if let Some(tls) = serve
         .http
         .tls
@@ -241,12 +258,21 @@ pub(crate) async fn connection(
     {
         // Boxed: the handshake's state is large, and an inline branch would
         // size every plain connection's future too.
-        Box::pin(serve_tls(tls.clone(), builder, stream, peer, serve, abort)).await;
+        Box::pin(serve_tls(
+            tls.clone(),
+            builder,
+            stream,
+            peer,
+            serve,
+            abort,
+            head_deadline,
+        ))
+        .await;
         return;
     }
     let route = if serve.http.fast_path && serve.routes != Routes::Admin {
         tokio::select! {
-            r = h1::classify(&stream, serve.http.header_read_timeout) => r,
+            r = h1::classify(&stream, head_deadline, serve.http.max_header_bytes) => r,
             _ = serve.graceful.cancelled() => Route::Close,
         }
     } else {
@@ -270,13 +296,28 @@ pub(crate) async fn connection(
         }
         // Boxed: streams on herald's writer must not carry hyper's
         // connection future.
-        Route::Hyper => Box::pin(serve_connection(builder, stream, peer, serve, abort)).await,
+        Route::Hyper => {
+            Box::pin(serve_connection(
+                builder,
+                stream,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))
+            .await
+        }
+        Route::TimedOut => Limit::HeaderTimeout.count(),
+        Route::TooLarge => {
+            Limit::HeaderTooLarge.count();
+            h1::refuse_large_head(stream, serve.http.max_header_bytes).await;
+        }
         Route::Close => {}
     }
 }
 
-/// A TLS connection: handshake (bounded by `HANDSHAKE_TIMEOUT`), then
-/// hyper (ALPN picks h2 or HTTP/1.1).
+/// A TLS connection: the handshake within the head deadline, then hyper
+/// (ALPN picks h2 or HTTP/1.1).
 async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     builder: &auto::Builder<TokioExecutor>,
@@ -284,9 +325,10 @@ async fn serve_tls(
     peer: SocketAddr,
     serve: &Serve,
     abort: Arc<Abort>,
+    head_deadline: tokio::time::Instant,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::time::timeout_at(head_deadline, acceptor.accept(stream));
     let tls_stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => s,
@@ -294,35 +336,61 @@ async fn serve_tls(
                 tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                Limit::HeaderTimeout.count();
+                return;
+            }
         },
         _ = serve.graceful.cancelled() => return,
     };
-    serve_connection(builder, tls_stream, peer, serve, abort).await;
+    serve_connection(builder, tls_stream, peer, serve, abort, head_deadline).await;
 }
 
+/// A connection served by hyper. A watchdog closes it when no first request
+/// arrived by `head_deadline` (a preface prefix, an h2 handshake with no
+/// stream, a silent TLS client), and when no request has been open for
+/// `--idle-timeout` after that; on drain, a connection with no request open
+/// is closed at once.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     stream: I,
     peer: SocketAddr,
     serve: &Serve,
     abort: Arc<Abort>,
+    head_deadline: tokio::time::Instant,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let api = serve.api.clone();
     let routes = serve.routes;
     let conn_abort = abort.clone();
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
     let svc = service_fn(move |req| {
         let api = api.clone();
         let abort = conn_abort.clone();
-        async move { Ok::<_, Infallible>(http::handle(&api, routes, req, peer, &abort).await) }
+        let open = requests.start();
+        async move {
+            let resp = http::handle(&api, routes, req, peer, &abort).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
+        }
     });
     let io = TimedIo::new(stream, serve.http.write_timeout, abort.clone());
     let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(io), svc), abort);
+    let watchdog = activity.watchdog(head_deadline, serve.http.idle_timeout);
     let result = tokio::select! {
         r = &mut conn => r,
+        limit = watchdog => {
+            if let Some(l) = limit {
+                l.count();
+            }
+            tracing::debug!(%peer, "connection closed: no request (head timeout or idle)");
+            return;
+        }
         _ = serve.graceful.cancelled() => {
+            if activity.open() == 0 {
+                return;
+            }
             conn.inner_mut().graceful_shutdown();
             conn.await
         }
@@ -343,6 +411,90 @@ async fn serve_connection<I>(
     }
 }
 
+/// A hyper connection's requests: how many are open (a response whose body
+/// is not finished counts, so a live stream keeps its connection busy) and
+/// how many there have been.
+#[derive(Debug, Default)]
+struct Activity {
+    open: AtomicUsize,
+    requests: AtomicU64,
+    /// Notified when the last open request ends.
+    idle: Notify,
+}
+
+/// An open request; dropped with its response body.
+#[derive(Debug)]
+struct Open(Arc<Activity>);
+
+/// A response body that keeps its request counted as open until dropped.
+#[derive(Debug)]
+struct Tracked {
+    body: http::Body,
+    _open: Open,
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection should close for want of requests:
+    /// none by `head_deadline` (`Some(HeaderTimeout)`), or none open for
+    /// `idle` after that (`None`).
+    async fn watchdog(&self, head_deadline: tokio::time::Instant, idle: Duration) -> Option<Limit> {
+        tokio::time::sleep_until(head_deadline).await;
+        if self.requests.load(Ordering::Acquire) == 0 {
+            return Some(Limit::HeaderTimeout);
+        }
+        loop {
+            let ended = self.idle.notified();
+            if self.open() > 0 {
+                ended.await;
+                continue;
+            }
+            let seen = self.requests.load(Ordering::Acquire);
+            tokio::time::sleep(idle).await;
+            if self.open() == 0 && self.requests.load(Ordering::Acquire) == seen {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = http::BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A connection refused before HTTP: its status line, message and
 /// `Retry-After`.
 #[derive(Debug)]
@@ -356,7 +508,7 @@ impl Refusal {
     fn cap(cap: u64) -> Self {
         Self {
             status: "503 Service Unavailable",
-            body: format!("herald is at its connection limit ({cap} connections); retry shortly or connect to another node\n"),
+            body: format!("herald is at its connection limit ({cap} connections); retry shortly or connect to another node"),
             retry_after: 1,
         }
     }
@@ -364,7 +516,7 @@ impl Refusal {
     fn connect_rate(wait: Duration) -> Self {
         Self {
             status: "503 Service Unavailable",
-            body: "herald is accepting new connections at its limited rate (--max-connect-rate); retry shortly\n".into(),
+            body: "herald is accepting new connections at its limited rate (--max-connect-rate); retry shortly".into(),
             retry_after: guard::retry_after_secs(wait),
         }
     }
@@ -372,7 +524,7 @@ impl Refusal {
     fn per_ip(max: usize) -> Self {
         Self {
             status: "429 Too Many Requests",
-            body: format!("this address already holds {max} connections (--max-connections-per-ip); close some first\n"),
+            body: format!("this address already holds {max} connections (--max-connections-per-ip); close some first"),
             retry_after: 5,
         }
     }
@@ -397,8 +549,9 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
         body,
         retry_after,
     } = why;
+    let body = serde_json::json!({ "error": body }).to_string();
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {retry_after}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let mut buf = [0u8; 2048];

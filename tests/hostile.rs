@@ -25,8 +25,12 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
     let mut witness = server.subscribe("w").await;
 
     // Routing.
-    let (s, _, body) = server.get("/nope").await;
-    assert_eq!((s, body.as_str()), (404, "no route for /nope\n"));
+    let (s, headers, body) = server.get("/nope").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (404, r#"{"error":"no route for /nope"}"#)
+    );
+    assert_eq!(headers["content-type"], "application/json");
     let resp = server
         .http
         .delete(server.url("/api/publish"))
@@ -103,6 +107,35 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
     expect_error(&server, &big, 413, "4096-byte limit").await;
     let (s, reply) = server.publish_raw(b"user=a".to_vec(), "text/plain").await;
     assert_eq!(s, 415, "{reply}");
+    // A CORS-simple type dressed as JSON, or none at all: any web page could
+    // send those without a preflight.
+    let body = br#"{"broadcast":true,"data":1}"#.to_vec();
+    let (s, reply) = server.publish_raw(body.clone(), "text/plain;x=+json").await;
+    assert_eq!(s, 415, "{reply}");
+    let resp = server
+        .http
+        .post(server.url("/api/publish"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    // Any +json type is JSON (this body then fails on its missing target).
+    let (s, reply) = server
+        .publish_raw(
+            br#"{"data":1}"#.to_vec(),
+            "application/vnd.app+json; charset=utf-8",
+        )
+        .await;
+    assert_eq!(s, 400, "{reply}");
+    // herald's own event types are not for publishers.
+    expect_error(
+        &server,
+        r#"{"user":"a","event":"herald-reset","data":1}"#,
+        400,
+        "which herald keeps",
+    )
+    .await;
     // Invalid UTF-8 inside the JSON.
     let (s, reply) = server
         .publish_raw(
@@ -119,6 +152,7 @@ async fn hostile_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving() 
     let resp = server
         .http
         .post(server.url("/api/publish"))
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
         )))

@@ -204,7 +204,9 @@ async fn connections_past_the_cap_get_503_with_a_message() {
         .await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(
-        reply.contains("connection limit (2 connections)"),
+        reply.contains("connection limit (2 connections)")
+            && reply.contains("content-type: application/json")
+            && reply.contains(r#"{"error":"herald is at its connection limit"#),
         "{reply}"
     );
     drop(_a);
@@ -463,10 +465,29 @@ fn no_secrets_in_logs_or_metrics() {
     let good = sign(serde_json::json!({"sub": "secret-user-7", "exp": exp}));
     let wrong = sign(serde_json::json!({"sub": "someone-else", "exp": exp}));
     let publisher = sign(serde_json::json!({"exp": exp, "publish": true}));
+    let startup = seen.len();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let metrics = rt.block_on(async {
         let http = support::client();
         let base = format!("http://{addr}");
+        // hyper's path too (h2c), with the token in a header and a cookie.
+        let h2 = support::client_for(support::Transport::H2c);
+        let over_h2 = h2
+            .get(format!("{base}/api/sse/subscribe/secret-user-7"))
+            .header("authorization", format!("Bearer {good}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(over_h2.status(), 200);
+        assert_eq!(over_h2.version(), reqwest::Version::HTTP_2);
+        let refused_h2 = h2
+            .get(format!("{base}/api/sse/subscribe/secret-user-7"))
+            .header("cookie", format!("herald_token={wrong}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused_h2.status(), 403);
+        drop(over_h2);
         let ok = http
             .get(format!(
                 "{base}/api/sse/subscribe/secret-user-7?access_token={good}"
@@ -506,11 +527,19 @@ fn no_secrets_in_logs_or_metrics() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    seen.extend(rx.try_iter());
+    // Every line, to the end of the output (the reader thread ends at EOF).
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        seen.push(line);
+    }
+    let during = seen.len() - startup;
     let logs = seen.join("\n");
     assert!(
-        logs.lines().count() > 3,
-        "trace logging produced nothing: {logs}"
+        during > 20,
+        "trace logging showed only {during} lines for the requests: {logs}"
+    );
+    assert!(
+        logs.contains("h2") && logs.contains("drained"),
+        "the h2 requests and the drain are in the log: {logs}"
     );
     for secret in [SECRET, &good, &wrong, &publisher] {
         assert!(!logs.contains(secret), "a secret or token was logged");
@@ -582,7 +611,7 @@ fn the_binary_explains_configuration_mistakes() {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--write-timeout", "0"])
         .env_remove("NO_COLOR")
-        .env("HERALD_REUSE_PORT", "1")
+        .env("HERALD_INSECURE_NO_AUTH", "1")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

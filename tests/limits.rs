@@ -196,7 +196,9 @@ async fn slow_headers_are_cut_off() {
     );
     let reply = s.raw(huge.as_bytes()).await;
     assert!(
-        reply.starts_with("HTTP/1.1 431"),
+        reply.starts_with("HTTP/1.1 431")
+            && reply.contains("application/json")
+            && reply.contains("--max-header-bytes"),
         "{}",
         &reply[..reply.len().min(200)]
     );
@@ -213,6 +215,14 @@ async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout(t: Transport) 
     })
     .await;
     let before = limited(&s, "write_timeout").await;
+    let timed_out = |page: &str| {
+        metric(
+            page,
+            "herald_sse_connections_closed_total",
+            Some("reason=\"write_timeout\""),
+        )
+    };
+    let timed_out_before = timed_out(&s.metrics());
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut stalled = sock.connect(s.addr).await.unwrap();
@@ -241,6 +251,10 @@ async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout(t: Transport) 
         .await;
     }
     assert!(limited(&s, "write_timeout").await > before);
+    assert!(
+        timed_out(&s.metrics()) > timed_out_before,
+        "the stream's close is counted as write_timeout, not client"
+    );
     still_serves(&s).await;
     drop(stalled);
 }

@@ -167,35 +167,6 @@ async fn h2c_prior_knowledge_streams_too() {
     assert_eq!(c2.next().await.data, r#""over h2""#);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_ready_and_metrics() {
-    let server = TestServer::start().await;
-    assert_eq!(server.get("/healthz").await.0, 200);
-    assert_eq!(server.get("/readyz").await.0, 200);
-    let mut c = server.subscribe("m").await;
-    server.publish_ok(json!({"user": "m", "data": 1})).await;
-    c.next().await;
-    let (status, _, page) = server.get("/metrics").await;
-    assert_eq!(status, 200);
-    assert!(
-        page.contains("# HELP herald_events_ingested_total"),
-        "{page}"
-    );
-    let m = |name: &str, label: Option<&str>| support::metric(&page, name, label);
-    assert!(m("herald_events_ingested_total", Some("source=\"http\"")) >= 1.0);
-    assert!(m("herald_sse_connections", None) >= 1.0);
-    // Written frames are summed at scrape time; the first write of a stream
-    // is always a lag sample.
-    assert!(m("herald_events_delivered_total", None) >= 1.0, "{page}");
-    assert!(
-        m("herald_delivery_lag_seconds_count", None) >= 1.0,
-        "{page}"
-    );
-    assert!(m("herald_process_resident_memory_bytes", None) > 1e6);
-    assert!(m("herald_process_open_fds", None) >= 3.0);
-    assert!(m("herald_process_max_fds", None) >= 64.0);
-}
-
 async fn write_coalescing_holds_a_busy_stream_for_the_window(t: Transport) {
     let window = Duration::from_millis(400);
     let server = TestServer::on_with(t, |c| c.streams.write_coalesce = Some(window)).await;

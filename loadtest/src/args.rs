@@ -90,6 +90,12 @@ pub(crate) struct Args {
     /// --queue-max-frames overflows every stalled queue.
     #[arg(long, default_value_t = 1025)]
     pub(crate) stalled_burst: usize,
+    /// While publishing, N adversaries of each kind alongside the healthy
+    /// streams (slowloris variants, stalled readers, resume floods, junk
+    /// writers; plus a /metrics flood and a connect flood from one address):
+    /// see `adversary`. Their connections come from 127.0.3.x.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) adversaries: usize,
     /// Most connections per process; more are spread over child processes.
     #[arg(long, default_value_t = 19_000)]
     pub(crate) per_process: usize,

@@ -32,6 +32,7 @@
 //! reader), `children` (child processes), `publish` (publishers), `procfs`
 //! (CPU and RSS), `report` (what is printed).
 
+mod adversary;
 mod args;
 mod children;
 mod procfs;
@@ -237,6 +238,16 @@ async fn publish_phase(
             );
         })
     });
+    let adversaries = if args.adversaries > 0 {
+        let until = Instant::now() + Duration::from_secs(args.publish_seconds);
+        let before = scrape(args.target[0]).await;
+        Some((
+            adversary::start(args.target[0], args.adversaries, until).await,
+            before,
+        ))
+    } else {
+        None
+    };
     let progress = progress(totals.clone(), frames0);
     let (mut published, mut expected) = (0, 0);
     let mut publish_latency = latency_histogram();
@@ -292,6 +303,21 @@ async fn publish_phase(
         (received as f64 / wall).round() as u64,
     );
     report.publish_latency(&publish_latency);
+    if let Some((adv, before)) = adversaries {
+        report.set("adversaries", adv.print());
+        let after = scrape(args.target[0]).await;
+        let mut why = serde_json::Map::new();
+        for family in [
+            "herald_sse_connections_closed_total",
+            "herald_limited_total",
+        ] {
+            for (series, v) in deltas(&before, &after, family) {
+                println!("server {series} +{v}");
+                why.insert(series, v.into());
+            }
+        }
+        report.set("server_closes_and_refusals", serde_json::Value::Object(why));
+    }
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         let cpu_ns = (b.cpu_ticks - a.cpu_ticks) as f64 * 1e9 / ticks_per_second();
         report.set(
@@ -306,6 +332,43 @@ async fn publish_phase(
             b.rss_kib
         );
     }
+}
+
+/// The node's `/metrics` page (empty if it cannot be read).
+async fn scrape(target: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(target).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The series of `family` that grew between two pages, and by how much.
+fn deltas(before: &str, after: &str, family: &str) -> Vec<(String, f64)> {
+    let values = |page: &str| -> std::collections::HashMap<String, f64> {
+        page.lines()
+            .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    };
+    let (b, a) = (values(before), values(after));
+    let mut out: Vec<(String, f64)> = a
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let d = v - b.get(&k).copied().unwrap_or(0.0);
+            (d > 0.0).then_some((k, d))
+        })
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
 }
 
 /// Progress once a second while publishing (stderr; the caller aborts it).

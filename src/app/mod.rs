@@ -121,6 +121,8 @@ pub(crate) struct Node {
     pub(crate) streams: Arc<Streams>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) cap: Arc<ConnectionCap>,
+    /// The admin listener's own budget.
+    pub(crate) admin_cap: Arc<ConnectionCap>,
     pub(crate) limits: Arc<ConnectLimits>,
     pub(crate) http: Arc<HttpSettings>,
     pub(crate) metrics: Option<PrometheusHandle>,
@@ -136,9 +138,7 @@ impl Node {
     pub(crate) async fn build(config: &Config, max_connections: u64) -> Result<Self, StartError> {
         let metrics = config.metrics.then(m::install);
         let registry = Arc::new(Registry::new(config.streams.shards));
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let epoch = run_epoch();
         let fanout = Arc::new(Fanout::new(
             registry,
             epoch,
@@ -149,7 +149,9 @@ impl Node {
             Some(k) => {
                 let f = fanout.clone();
                 let age = config.streams.replay.max_age;
-                let producer = Producer::new(&k)?;
+                let kc = k.clone();
+                let producer =
+                    tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await??;
                 let ingest =
                     tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
                 (Some(ingest), Sink::Kafka(Arc::new(producer)))
@@ -176,24 +178,28 @@ impl Node {
         let auth = Arc::new(config.auth.clone());
         let cors = Arc::new(config.cors.clone());
         let limits = config.limits;
+        let per_ip = Arc::new(PerIp::new(limits.connections_per_ip));
         let api = Arc::new(Api {
             subscribe: Subscribe {
                 streams: streams.clone(),
                 auth: auth.clone(),
                 cors: cors.clone(),
                 max_per_user: limits.streams_per_user,
+                per_ip: per_ip.clone(),
             },
             publish: Publish {
                 sink,
                 auth,
                 publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
                 max_body: config.publish.max_body,
+                body_timeout: config.server.header_read_timeout,
             },
             health: Health {
                 lifecycle: lifecycle.clone(),
                 metrics: metrics.clone(),
                 fanout,
                 connections: cap.clone(),
+                refreshed: Default::default(),
             },
             cors,
         });
@@ -202,12 +208,14 @@ impl Node {
             streams,
             lifecycle,
             cap,
+            admin_cap: Arc::new(ConnectionCap::new(crate::server::ADMIN_CONNECTIONS)),
             limits: Arc::new(ConnectLimits {
-                per_ip: Arc::new(PerIp::new(limits.connections_per_ip)),
+                per_ip,
                 rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
             }),
             http: Arc::new(HttpSettings {
                 header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
                 write_timeout: config.server.write_timeout,
                 fast_path: config.server.sse_fast_path,
@@ -230,7 +238,11 @@ impl Node {
         Serve {
             api: self.api.clone(),
             routes,
-            cap: self.cap.clone(),
+            cap: if routes == Routes::Admin {
+                self.admin_cap.clone()
+            } else {
+                self.cap.clone()
+            },
             limits: self.limits.clone(),
             http: self.http.clone(),
             stop_accept: stop_accept.clone(),
@@ -238,6 +250,18 @@ impl Node {
             tracker: tracker.clone(),
         }
     }
+}
+
+/// This run's id epoch: its start time in ms, shifted, with 16 random bits
+/// below (seeded by the OS), so two processes started in the same
+/// millisecond never share an id space (see `sse::id`).
+fn run_epoch() -> u64 {
+    use std::hash::BuildHasher;
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    (ms << 16) | (random & 0xffff)
 }
 
 /// Starts serving on listeners the caller bound. In Kafka mode, ingest is
@@ -325,4 +349,20 @@ pub async fn run(
     running.shutdown();
     running.stopped().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_runs_started_together_get_different_epochs() {
+        let (a, b) = (super::run_epoch(), super::run_epoch());
+        assert_ne!(a, b, "the random bits differ");
+        assert_eq!(
+            a >> 16 >> 8,
+            b >> 16 >> 8,
+            "the same start time (to 256 ms)"
+        );
+        let id = crate::sse::EventId::Local { epoch: a, seq: 7 };
+        assert_eq!(id.to_string().parse::<crate::sse::EventId>(), Ok(id));
+    }
 }

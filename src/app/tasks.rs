@@ -2,7 +2,9 @@
 //! (no timer per connection), all started by [`spawn`] and stopped by the
 //! drain.
 //! - heartbeats (`--heartbeat-interval`) and the metrics recorder's upkeep;
-//! - ending streams whose token expired (once a second, with auth).
+//! - ending streams whose token expired (once a second, with auth);
+//! - the lag probe: how late the runtime wakes a task, one of the two
+//!   signals of "herald is behind" (`fanout::congestion`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::fanout::congestion::LAG_PROBE;
 use crate::stream::Streams;
 
 /// How often streams are checked for an expired token.
@@ -30,6 +33,18 @@ pub(super) fn spawn(
         s.fanout.heartbeat();
         if let Some(h) = &metrics {
             h.run_upkeep();
+        }
+    }));
+    let fanout = streams.fanout.clone();
+    let until = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let due = tokio::time::Instant::now() + LAG_PROBE;
+            tokio::select! {
+                _ = until.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            fanout.record_lag(tokio::time::Instant::now().saturating_duration_since(due));
         }
     }));
     if config.auth.streams_protected() {

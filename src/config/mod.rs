@@ -33,9 +33,12 @@ pub const DEFAULT_QUEUE_BYTES: &str = "256KiB";
 /// first; enough for a browser tab that lost its network for a while.
 pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
 pub const DEFAULT_REPLAY_BYTES: &str = "64MiB";
-/// File descriptors kept back from the connection cap for listeners, logs,
-/// Kafka sockets and the rest of the process.
-pub const FD_RESERVE: u64 = 64;
+/// File descriptors kept back from the connection cap: 64 for listeners,
+/// logs, Kafka sockets and the rest of the process, plus the connections
+/// that can be open beyond the cap: 256 being answered a refusal
+/// (`server::MAX_REJECTING`) and 64 on the admin listener
+/// (`server::ADMIN_CONNECTIONS`).
+pub const FD_RESERVE: u64 = 64 + 256 + 64;
 
 /// herald: Server-Sent Events fan-out server.
 ///
@@ -76,7 +79,8 @@ pub struct ListenArgs {
     pub admin_listen: Option<SocketAddr>,
 
     /// Set SO_REUSEPORT on the listener, so several herald processes can
-    /// share one port (kernel load-balances new connections).
+    /// share one port (kernel load-balances new connections). Kafka mode
+    /// only: every process then reads every event.
     #[arg(long, env = "HERALD_REUSE_PORT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub reuse_port: bool,
 
@@ -89,8 +93,9 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<String>,
 
-    /// Most simultaneous HTTP connections; past it new ones get a 503.
-    /// 0 = as many as the open-file limit allows.
+    /// Most simultaneous HTTP connections on the main listener; past it new
+    /// ones get a 503 (probe and scrape on --admin-listen, which has its
+    /// own budget). 0 = as many as the open-file limit allows.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
 
@@ -233,7 +238,8 @@ pub struct LimitArgs {
     pub max_connections_per_ip: usize,
 
     /// Most new connections per second for the node (0 = no limit); past it
-    /// a 503 with Retry-After. Smooths reconnect storms.
+    /// a 503 with Retry-After. Smooths reconnect storms; probes and scrapes
+    /// on the main listener count too (use --admin-listen).
     #[arg(long, env = "HERALD_MAX_CONNECT_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub max_connect_rate: f64,
 
@@ -247,17 +253,25 @@ pub struct LimitArgs {
     #[arg(long, env = "HERALD_PUBLISH_BYTES_RATE", default_value = "0", value_name = "PER_SECOND", value_parser = parse::rate)]
     pub publish_bytes_rate: f64,
 
-    /// Longest wait for a request's head (slowloris): the connection is
-    /// closed after it.
+    /// From accept, the time a client has to finish its TLS handshake and
+    /// send a whole first request head (slowloris); the connection is closed
+    /// after it.
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub header_read_timeout: Duration,
+
+    /// A connection with no request open (no stream, no pending answer)
+    /// this long is closed (keep-alive and HTTP/2 connections).
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_name = "DURATION", value_parser = parse::duration_100ms)]
+    pub idle_timeout: Duration,
 
     /// Largest request head (8KiB to 1MiB); past it a 431.
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value = "16KiB", value_name = "SIZE", value_parser = parse::header_size)]
     pub max_header_bytes: usize,
 
-    /// A write that waits this long on a peer that reads nothing closes the
-    /// connection (0 = never).
+    /// A peer that reads nothing for this long is cut off: a write that
+    /// waits this long closes the connection, and a stream whose oldest
+    /// queued frame waited this long is closed as slow at its next frame
+    /// (heartbeats included) (0 = never).
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse::duration)]
     pub write_timeout: Duration,
 }
@@ -322,6 +336,13 @@ pub struct KafkaArgs {
     /// answered 503.
     #[arg(long, env = "HERALD_KAFKA_PUBLISH_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub kafka_publish_timeout: Duration,
+
+    /// Publish each request as one Kafka transaction (all or nothing; the
+    /// broker must support transactions). `false`: one idempotent write per
+    /// event, for brokers without transactions; a failed batch then says
+    /// which events were written.
+    #[arg(long, env = "HERALD_KAFKA_PUBLISH_TRANSACTIONS", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub kafka_publish_transactions: bool,
 
     /// How often to check the topics for new partitions (and the broker for
     /// health).
@@ -414,8 +435,10 @@ pub struct ServerConfig {
     pub worker_threads: Option<NonZeroUsize>,
     /// Serve HTTP/1.1 streams on herald's own writer.
     pub sse_fast_path: bool,
-    /// Longest wait for a request head.
+    /// From accept to a whole first request head.
     pub header_read_timeout: Duration,
+    /// Longest a connection may stay with no request open.
+    pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Longest a write may wait on a peer that does not read.
@@ -480,6 +503,8 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     pub publish_topic: String,
     pub publish_timeout: Duration,
+    /// One transaction per publish (else idempotent writes per event).
+    pub publish_transactions: bool,
     pub metadata_interval: Duration,
     /// `--publish-backpressure`: longest pause per burst while herald is
     /// behind on delivery.
@@ -596,6 +621,42 @@ impl Cli {
                 "is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could read any user's stream and publish. Configure a key, or pass --insecure-no-auth to serve open anyway",
             ));
         }
+        // Flags that would do nothing are refused, not ignored.
+        if !auth.streams_protected() {
+            for (flag, set) in [
+                ("jwt-audience", a.jwt_audience.is_some()),
+                ("jwt-issuer", a.jwt_issuer.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        flag,
+                        &"(set)",
+                        "needs --jwt-secret or --jwt-public-key: without a key no token is checked",
+                    ));
+                }
+            }
+            if !a.jwt_query_param {
+                return Err(err(
+                    "jwt-query-param",
+                    &"false",
+                    "needs --jwt-secret or --jwt-public-key: without a key no token is read",
+                ));
+            }
+        }
+        if a.cors_credentials && a.cors_origins.is_empty() {
+            return Err(err(
+                "cors-credentials",
+                &"true",
+                "needs --cors-origins: without origins no CORS header is sent",
+            ));
+        }
+        if l.reuse_port && kafka.is_none() {
+            return Err(err(
+                "reuse-port",
+                &"true",
+                "needs --kafka-brokers: in embedded mode each process has its own streams and publishes, so processes sharing a port would split the fan-out (a publish would reach only the streams of the process that took it)",
+            ));
+        }
         if a.cors_credentials && a.cors_origins.iter().any(|o| o == "*") {
             return Err(err(
                 "cors-origins",
@@ -621,6 +682,7 @@ impl Cli {
                 worker_threads: NonZeroUsize::new(l.worker_threads),
                 sse_fast_path: l.sse_fast_path,
                 header_read_timeout: lim.header_read_timeout,
+                idle_timeout: lim.idle_timeout,
                 max_header_bytes: lim.max_header_bytes,
                 write_timeout: nonzero(lim.write_timeout),
             },
@@ -630,6 +692,7 @@ impl Cli {
                 queue: queue::Limits {
                     max_frames: s.queue_max_frames,
                     max_bytes: s.queue_max_bytes,
+                    stall: nonzero(lim.write_timeout),
                 },
                 replay: replay::Limits {
                     max_events: s.replay_max_events,
@@ -764,6 +827,7 @@ fn kafka_config(
         properties: k.kafka_property,
         publish_topic,
         publish_timeout: k.kafka_publish_timeout,
+        publish_transactions: k.kafka_publish_transactions,
         metadata_interval: k.kafka_metadata_interval,
         backpressure,
     }))

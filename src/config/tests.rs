@@ -90,6 +90,25 @@ fn errors_name_the_flag() {
         "{e}"
     );
     assert!(refused(&["--jwt-public-key", "Cargo.toml"]).contains("PEM"));
+    // Flags that would silently do nothing.
+    for (args, flag) in [
+        (&["--jwt-audience", "app"][..], "--jwt-audience"),
+        (&["--jwt-issuer", "idp"], "--jwt-issuer"),
+        (&["--jwt-query-param", "false"], "--jwt-query-param"),
+        (&["--cors-credentials"], "--cors-credentials"),
+        (&["--reuse-port"], "--reuse-port"),
+    ] {
+        let e = refused(args);
+        assert!(e.contains(flag), "{args:?}: {e}");
+    }
+    assert!(cli(&[
+        "--jwt-audience",
+        "app",
+        "--jwt-secret",
+        "0123456789abcdef0123"
+    ])
+    .validate()
+    .is_ok());
 }
 
 #[test]
@@ -136,6 +155,10 @@ fn typed_values() {
         "3",
         "--publish-rate",
         "2.5",
+        "--kafka-brokers",
+        "h:1",
+        "--kafka-topics",
+        "t",
         "--reuse-port",
         "--sse-fast-path",
         "no",

@@ -36,8 +36,9 @@ use crate::abort::Abort;
 use crate::event::{Event, Name, Target};
 use crate::metrics as m;
 use crate::registry::queue::{self, CloseReason, Push};
+pub use crate::registry::Full;
 use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
-use crate::replay::{self, After, Replay};
+use crate::replay::{self, Chunk, Range, Replay};
 use crate::sse::{frame, EventId};
 
 /// Where an event came from (a metrics label).
@@ -80,6 +81,38 @@ impl Held {
     }
 }
 
+/// Who joins the fan-out (see [`Fanout::subscribe`]).
+#[derive(Debug)]
+pub struct Join {
+    pub user: Name,
+    pub topics: Vec<Name>,
+    pub peer: Option<SocketAddr>,
+    /// The connection's kill switch (and where its transport records what
+    /// ended it).
+    pub conn: Option<Arc<Abort>>,
+    /// Other streams share the connection (HTTP/2).
+    pub shared_conn: bool,
+    /// Resume after this id.
+    pub resume: Option<EventId>,
+    /// `--max-streams-per-user`.
+    pub max_per_user: Option<std::num::NonZeroUsize>,
+}
+
+impl Join {
+    /// A stream of `user` with nothing else set.
+    pub fn user(user: Name) -> Self {
+        Self {
+            user,
+            topics: Vec::new(),
+            peer: None,
+            conn: None,
+            shared_conn: false,
+            resume: None,
+            max_per_user: None,
+        }
+    }
+}
+
 /// A new subscription and what to send before live events.
 #[derive(Debug)]
 pub struct Subscribed {
@@ -87,8 +120,12 @@ pub struct Subscribed {
     /// The id the stream continues after: every later event reaches the
     /// connection (replay, then live).
     pub after: EventId,
-    /// Frames to send first, in order.
-    pub replay: Vec<Bytes>,
+    /// The id of the last event dispatched before the subscription: live
+    /// events start after it.
+    pub latest: EventId,
+    /// The retained events to replay first (read a chunk at a time with
+    /// [`Fanout::replay_chunk`]).
+    pub replay: Option<Range>,
     /// The requested resume point was too old or unknown: events were missed.
     pub gap: bool,
 }
@@ -148,6 +185,8 @@ struct PushSink<'a> {
     frame: &'a Bytes,
     /// The event's timestamp, 0 for frames that are not events.
     ts_us: u64,
+    /// The dispatcher's clock for this batch (µs since the epoch).
+    now_us: u64,
     limits: queue::Limits,
     out: &'a mut Delivery,
     queued: u64,
@@ -223,6 +262,11 @@ impl Fanout {
         }
     }
 
+    /// Records how late the runtime's lag probe woke (see `congestion`).
+    pub fn record_lag(&self, late: std::time::Duration) {
+        self.congestion.record_lag(late);
+    }
+
     /// Whether herald is behind on delivery (see `congestion`): sampled at
     /// most every few ms, cheap to ask per publish.
     pub fn congested(&self) -> bool {
@@ -293,7 +337,7 @@ impl Fanout {
                     } else {
                         ev.timestamp_us
                     };
-                    self.route(&ev.target, &bytes, ts, out);
+                    self.route(&ev.target, &bytes, ts, now_us, out);
                     st.latest = id.clone();
                     ids.push(id);
                 }
@@ -312,10 +356,11 @@ impl Fanout {
         ids
     }
 
-    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, out: &mut Delivery) {
+    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, now_us: u64, out: &mut Delivery) {
         let mut sink = PushSink {
             frame,
             ts_us,
+            now_us,
             limits: self.queue_limits,
             out,
             queued: 0,
@@ -366,60 +411,75 @@ impl Fanout {
     }
 
     /// Registers a connection and decides what it gets before live events:
-    /// with `resume`, the retained events after that id (or a gap).
-    pub fn subscribe(
-        &self,
-        user: Name,
-        topics: Vec<Name>,
-        peer: Option<SocketAddr>,
-        abort: Option<Arc<Abort>>,
-        resume: Option<EventId>,
-    ) -> Subscribed {
+    /// with `resume`, the retained events after that id (or a gap). `Full`
+    /// when its user holds `max_per_user` streams already.
+    pub fn subscribe(&self, join: Join) -> Result<Subscribed, Full> {
         // Allocated before the dispatch lock; registered under it.
-        let sub = self.registry.subscriber(user, topics, peer, abort);
+        let sub = self.registry.subscriber(
+            join.user,
+            join.topics,
+            join.peer,
+            join.conn,
+            join.shared_conn,
+        );
+        let resume = join.resume;
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
-        let subscription = self.registry.register(sub);
+        let subscription = self.registry.register(sub, join.max_per_user)?;
         let latest = st.latest.clone();
         let Some(resume) = resume else {
-            return Subscribed {
+            return Ok(Subscribed {
                 subscription,
-                after: latest,
-                replay: Vec::new(),
+                after: latest.clone(),
+                latest,
+                replay: None,
                 gap: false,
-            };
+            });
         };
-        let sub = subscription.subscriber().clone();
-        let seen = match &resume {
-            EventId::Local { .. } => resume.local_seq(self.epoch),
-            EventId::Kafka { .. } => st.replay.seq_of(&resume),
-        };
-        let answer = match seen {
-            Some(seen) => st.replay.after(seen, st.seq, |t| sub.wants(t)),
-            None => After::Gap,
-        };
+        // O(1) under the lock: the range is read later, a chunk at a time.
+        let range = st
+            .replay
+            .seq_of(&resume, |id| id.local_seq(self.epoch))
+            .and_then(|seen| st.replay.resume(seen, st.seq));
         drop(st);
-        match answer {
-            After::Complete(replay) => {
+        Ok(match range {
+            Some(range) => {
                 self.counters.resume_clean.increment(1);
-                self.counters.replayed.increment(replay.len() as u64);
                 Subscribed {
                     subscription,
                     after: resume,
-                    replay,
+                    latest,
+                    replay: Some(range),
                     gap: false,
                 }
             }
-            After::Gap => {
+            None => {
                 self.counters.resume_gap.increment(1);
                 Subscribed {
                     subscription,
-                    after: latest,
-                    replay: Vec::new(),
+                    after: latest.clone(),
+                    latest,
+                    replay: None,
                     gap: true,
                 }
             }
+        })
+    }
+
+    /// Reads the next chunk (about `max_bytes`) of a resuming stream's
+    /// range: the retained events `wants` accepts. A short hold of the
+    /// dispatch lock (bounded by `replay::CHUNK_SCAN` entries).
+    pub fn replay_chunk(
+        &self,
+        range: &mut Range,
+        max_bytes: usize,
+        wants: impl Fn(&Target) -> bool,
+    ) -> Chunk {
+        let chunk = self.state.lock().replay.chunk(range, max_bytes, wants);
+        if let Chunk::Frames(_, n) = &chunk {
+            self.counters.replayed.increment(*n as u64);
         }
+        chunk
     }
 
     /// Queues a heartbeat comment to every connection. A connection whose
@@ -429,6 +489,7 @@ impl Fanout {
             let mut sink = PushSink {
                 frame: &frame::HEARTBEAT,
                 ts_us: 0,
+                now_us: unix_micros(),
                 limits: self.queue_limits,
                 out,
                 queued: 0,
@@ -454,7 +515,9 @@ impl Fanout {
 
 impl RouteSink for PushSink<'_> {
     fn push(&mut self, sub: &Arc<Subscriber>) {
-        let (outcome, waker) = sub.queue.try_push(self.frame, self.ts_us, self.limits);
+        let (outcome, waker) = sub
+            .queue
+            .try_push(self.frame, self.ts_us, self.now_us, self.limits);
         match outcome {
             Push::Queued => self.queued += 1,
             Push::Overflow { dropped } => {

@@ -21,8 +21,9 @@
 //!   as a complete response and the connection closed. A stream gets its
 //!   response head and first bytes in one write, then: [`Stream::poll_next`]
 //!   -> one chunked, vectored write, until the stream ends; the read side is
-//!   watched for the client going away, both polled in one `poll_fn` (no
-//!   future built per wait).
+//!   watched for the client going away (or sending anything, which ends the
+//!   stream: an SSE client has nothing to send), both polled in one
+//!   `poll_fn` (no future built per wait).
 //! - Ends: a clean end writes the final chunk and FIN; an abort (slow) drops
 //!   the connection (the dispatcher also trips the connection's `Abort`, for
 //!   a task stuck in a write); the client closing ends it at the next read
@@ -48,8 +49,6 @@ use crate::timed_io::TimedIo;
 
 use super::subscribe::{Admission, Subscribe, PREFIX};
 
-/// Largest head this path looks at; longer heads go to hyper.
-const PEEK_BYTES: usize = 4096;
 /// Most headers parsed.
 const MAX_HEADERS: usize = 48;
 
@@ -65,23 +64,54 @@ pub(crate) struct Taken {
 pub(crate) enum Route {
     H1(Box<Taken>),
     Hyper,
-    /// Nothing arrived in time, or the peer closed: drop the connection.
+    /// The peer closed (or the node is draining): drop the connection.
     Close,
+    /// Nothing arrived by the head deadline: drop the connection.
+    TimedOut,
+    /// A head longer than `--max-header-bytes` arrived: answer 431.
+    TooLarge,
 }
 
-/// Peeks at the first segment and decides who serves the connection.
-pub(crate) async fn classify(stream: &TcpStream, wait: Duration) -> Route {
+/// Peeks at the first segment and decides who serves the connection. No
+/// byte by `deadline`: close.
+pub(crate) async fn classify(
+    stream: &TcpStream,
+    deadline: tokio::time::Instant,
+    max_head: usize,
+) -> Route {
     // Heap, not stack: a stack buffer would live in every connection
-    // task's future for the task's whole life.
-    let mut buf = vec![0u8; PEEK_BYTES];
-    let n = match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Close,
+    // task's future for the task's whole life. Freed once classified.
+    let mut buf = vec![0u8; max_head + 1];
+    let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => return Route::Close,
+        Err(_) => return Route::TimedOut,
         Ok(Ok(n)) => n,
     };
     match take(&buf[..n]) {
         Some(t) => Route::H1(Box::new(t)),
+        None if n > max_head && head_incomplete(&buf[..n]) => Route::TooLarge,
         None => Route::Hyper,
     }
+}
+
+/// Whether `bytes` are an HTTP/1 request head that has not ended yet.
+fn head_incomplete(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(bytes),
+        Ok(httparse::Status::Partial)
+    )
+}
+
+/// Answers a head past `--max-header-bytes` with a JSON 431 and closes.
+pub(crate) async fn refuse_large_head(mut stream: TcpStream, max_head: usize) {
+    let resp = super::json_error(
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        &format!("the request head is larger than {max_head} bytes (--max-header-bytes)"),
+    );
+    let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
+    let _ = write_all(&mut stream, &[&head, resp.body().bytes()]).await;
+    let _ = stream.shutdown().await;
 }
 
 /// A taken request, for tests elsewhere in the crate.
@@ -185,24 +215,23 @@ async fn start(
 
 /// The live stream: whatever the core hands out, into the socket.
 async fn run(io: &mut TimedIo<TcpStream>, s: &mut Stream) -> io::Result<()> {
-    let mut scratch = [0u8; 64];
     loop {
         let next = poll_fn(|cx| match s.poll_next(cx) {
-            Poll::Ready(next) => Poll::Ready(Some(next)),
-            Poll::Pending => poll_client_gone(io.get_ref(), &mut scratch, cx).map(|()| None),
+            Poll::Ready(next) => Poll::Ready(Ok(next)),
+            Poll::Pending => poll_client_gone(io.get_ref(), cx).map(Err),
         })
         .await;
         let written = match next {
-            Some(Next::Data(batch)) => write_chunk(io, &batch).await,
-            Some(Next::End) => {
+            Ok(Next::Data(batch)) => write_chunk(io, &batch).await,
+            Ok(Next::End) => {
                 // Once per stream: boxed, so it does not size every future.
                 let r = Box::pin(write_all(io, &[b"0\r\n\r\n"])).await;
                 let _ = Box::pin(io.shutdown()).await;
                 return r;
             }
-            Some(Next::Abort) => return Ok(()),
-            None => {
-                s.end(CloseReason::Client);
+            Ok(Next::Abort) => return Ok(()),
+            Err(reason) => {
+                s.end(reason);
                 return Ok(());
             }
         };
@@ -213,20 +242,22 @@ async fn run(io: &mut TimedIo<TcpStream>, s: &mut Stream) -> io::Result<()> {
     }
 }
 
-/// `Ready` once the client has closed its side (or the socket failed);
-/// anything it sends meanwhile is read and discarded.
-fn poll_client_gone(stream: &TcpStream, scratch: &mut [u8], cx: &mut Context<'_>) -> Poll<()> {
+/// `Ready` with why the stream must end once the client has closed its side
+/// (or the socket failed), or has sent anything: an SSE client has nothing
+/// to send on a stream, so bytes are a protocol error, and reading and
+/// discarding them forever would let one client burn a core.
+fn poll_client_gone(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    let mut one = [0u8; 1];
     loop {
         match stream.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(()),
-            Poll::Ready(Ok(())) => match stream.try_read(scratch) {
-                Ok(0) => return Poll::Ready(()),
-                // Anything a client sends on a stream is ignored.
-                Ok(_) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Client),
+            Poll::Ready(Ok(())) => match stream.try_read(&mut one) {
+                Ok(0) => return Poll::Ready(CloseReason::Client),
+                Ok(_) => return Poll::Ready(CloseReason::Protocol),
                 // Readiness cleared: poll again to register the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(()),
+                Err(_) => return Poll::Ready(CloseReason::Client),
             },
         }
     }

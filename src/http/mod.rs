@@ -11,8 +11,9 @@
 //! | `/metrics` | GET | 200 Prometheus text |
 //!
 //! Anything else is 404; a known path with another method is 405 with an
-//! `allow` header. Errors on `/api/*` are JSON `{"error": "..."}`, others are
-//! plain text; every one says what was wrong. When an admin listener is
+//! `allow` header. Every error is JSON `{"error": "..."}` saying what was
+//! wrong (the refusals before HTTP in `server` too); `/healthz`, `/readyz`
+//! and `/metrics` answer plain text. When an admin listener is
 //! configured, the main listener serves only the API routes and the admin
 //! listener only health and metrics ([`Routes`]).
 //!
@@ -38,7 +39,7 @@ use hyper::body::Incoming;
 use crate::abort::Abort;
 use crate::config::Cors;
 
-pub(crate) use body::Body;
+pub(crate) use body::{Body, BodyError};
 pub(crate) use health::Health;
 
 /// Every HTTP endpoint, each with what it uses.
@@ -146,13 +147,13 @@ async fn route(
         }
     }
     let shown: String = path.chars().take(200).collect();
-    text(StatusCode::NOT_FOUND, format!("no route for {shown}\n"))
+    json_error(StatusCode::NOT_FOUND, &format!("no route for {shown}"))
 }
 
 fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Body> {
-    let mut resp = text(
+    let mut resp = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {method} is not allowed here; use {allow}\n"),
+        &format!("method {method} is not allowed here; use {allow}"),
     );
     resp.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static(allow));

@@ -58,6 +58,8 @@ pub(crate) struct Publish {
     pub(crate) publishers: Publishers,
     /// `--publish-max-body`.
     pub(crate) max_body: usize,
+    /// Longest a body may take to arrive (`--header-read-timeout`).
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 /// Why a publish request was refused; each maps to one answer.
@@ -73,6 +75,8 @@ pub(crate) enum Refusal {
     TooLarge(usize),
     /// 400: the body could not be read.
     Unreadable(String),
+    /// 408: the body did not arrive in time.
+    SlowBody(std::time::Duration),
     /// 400: the body is not a valid publish.
     Invalid(String),
     /// 503 (with `Retry-After` or the acknowledged ids).
@@ -123,11 +127,16 @@ impl Publish {
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Refusal> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-            if !ct.starts_with("application/json") && !ct.contains("+json") {
-                return Err(Refusal::MediaType);
-            }
+        // A JSON media type is required: a missing one, or a CORS-simple
+        // one (`text/plain`), would let any web page publish without a
+        // preflight.
+        if !req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_media_type)
+        {
+            return Err(Refusal::MediaType);
         }
         let max = self.max_body;
         if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
@@ -140,10 +149,12 @@ impl Publish {
                 return Err(Refusal::TooLarge(max));
             }
         }
-        match Limited::new(req.into_body(), max).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge(max)),
-            Err(e) => Err(Refusal::Unreadable(format!("could not read the body: {e}"))),
+        let collect = Limited::new(req.into_body(), max).collect();
+        match tokio::time::timeout(self.body_timeout, collect).await {
+            Err(_) => Err(Refusal::SlowBody(self.body_timeout)),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge(max)),
+            Ok(Err(e)) => Err(Refusal::Unreadable(format!("could not read the body: {e}"))),
         }
     }
 }
@@ -170,7 +181,14 @@ impl Refusal {
             }
             Refusal::MediaType => rejected(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content-type must be application/json",
+                "content-type must be application/json (or another JSON media type, type/subtype+json)",
+            ),
+            Refusal::SlowBody(t) => rejected(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} ms (--header-read-timeout)",
+                    t.as_millis()
+                ),
             ),
             Refusal::TooLarge(max) => rejected(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -189,23 +207,49 @@ impl Refusal {
             }
             Refusal::Sink(PublishError::Kafka(failure)) => {
                 tracing::warn!(error = %failure, "publish to Kafka failed");
-                let ids: Vec<Option<String>> = failure
-                    .ids
+                let Some(written) = &failure.written else {
+                    return retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{failure}; retry the same request (it was all or nothing)"),
+                        1,
+                    );
+                };
+                // Per-event mode: say which were written.
+                let ids: Vec<Option<String>> = written
                     .iter()
                     .map(|i| i.as_ref().map(ToString::to_string))
                     .collect();
                 let body = serde_json::json!({
-                    "error": format!("{failure} (within --kafka-publish-timeout); retry later"),
+                    "error": format!("{failure}: the events with an id were written; those with null were not (or not acknowledged)"),
                     "ids": ids,
                 });
-                response(
+                let mut resp = response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "application/json",
                     Bytes::from(body.to_string()),
-                )
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+                resp
             }
         }
     }
+}
+
+/// `application/json`, or any `type/subtype+json`, parameters aside.
+fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    !kind.is_empty()
+        && !kind.contains(char::is_whitespace)
+        && (essence == "application/json" || subtype.ends_with("+json"))
 }
 
 /// A 4xx for a bad request, counted.
@@ -340,6 +384,28 @@ mod tests {
         assert_eq!(v[0].kind(), Some("e"));
         assert_eq!(v[0].data, r#""x y""#);
         assert_eq!(v[1].target, Target::Broadcast);
+    }
+
+    #[test]
+    fn only_json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.herald+json",
+            "text/x+json",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "text/plain;x=+json",
+            "application/jsonx",
+            "json",
+            "multipart/form-data; boundary=+json",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -36,10 +36,10 @@ use crate::abort::Abort;
 use crate::auth::{self, Auth, Denied, Sources};
 use crate::config::Cors;
 use crate::event::Name;
-use crate::guard::Limit;
+use crate::guard::{Limit, PerIp};
 use crate::sse::frame::RESUMED_AFTER_HEADER;
 use crate::sse::EventId;
-use crate::stream::{OpenRequest, Stream, Streams};
+use crate::stream::{Lease, OpenRequest, Stream, Streams};
 
 use super::{json_error, Body};
 
@@ -69,6 +69,9 @@ pub(crate) struct Subscribe {
     pub(crate) cors: Arc<Cors>,
     /// `--max-streams-per-user`.
     pub(crate) max_per_user: Option<NonZeroUsize>,
+    /// `--max-connections-per-ip`, which also counts HTTP/2 streams (each
+    /// is as good as a connection to a client).
+    pub(crate) per_ip: Arc<PerIp>,
 }
 
 /// The decision on a subscribe request.
@@ -113,17 +116,21 @@ impl Subscribe {
                 return answer(denied_response(&denied));
             }
         };
+        let too_many = |max: NonZeroUsize| {
+            Limit::PerUser.count();
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        };
         if let Some(max) = self.max_per_user {
-            let open = self.streams.fanout.registry().user_streams(&params.user);
-            if open >= max.get() {
-                Limit::PerUser.count();
-                let mut r = json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &format!("this user already has {max} open streams (--max-streams-per-user); close one first"),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return answer(r);
+            // Advisory (HEAD, early answer); the stream itself is counted
+            // and refused atomically when it registers.
+            if self.streams.fanout.registry().user_streams(&params.user) >= max.get() {
+                return answer(too_many(max));
             }
         }
         let mut head = Response::new(());
@@ -138,14 +145,44 @@ impl Subscribe {
         if req.method == Method::HEAD {
             return Admission::Answer(head.map(|()| Body::empty()));
         }
-        let opened = self.streams.open(OpenRequest {
+        let h2 = req.version == http::Version::HTTP_2;
+        let lease = if h2 {
+            match self.per_ip.acquire(peer.ip()) {
+                Some(slot) => slot.map(|s| Box::new(s) as Lease),
+                None => {
+                    Limit::PerIp.count();
+                    let mut r = json_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!(
+                            "this address already holds {} connections and HTTP/2 streams (--max-connections-per-ip); close some first",
+                            self.per_ip.max()
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return answer(r);
+                }
+            }
+        } else {
+            None
+        };
+        let opened = match self.streams.open(OpenRequest {
             user: params.user,
             topics: params.topics,
             resume: params.resume,
             expires_at: grant.expires_at,
             peer,
             conn: conn.clone(),
-        });
+            shared_conn: h2,
+            max_per_user: self.max_per_user,
+            lease,
+        }) {
+            Ok(o) => o,
+            Err(_) => {
+                let max = self.max_per_user.unwrap_or(NonZeroUsize::MIN);
+                return answer(too_many(max));
+            }
+        };
         if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
             head.headers_mut().insert(RESUMED_AFTER_HEADER, v);
         }

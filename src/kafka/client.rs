@@ -30,6 +30,8 @@ pub enum StartError {
     Assign(String),
     #[error("cannot start the ingest thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start Kafka transactions for publishing (the broker must support them): {0}")]
+    Transactions(String),
 }
 
 /// The client configuration both sides start from.

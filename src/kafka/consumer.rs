@@ -51,7 +51,9 @@ const STATS_INTERVAL_MS: &str = "1000";
 
 /// Receives librdkafka's statistics and errors on the consumer thread (they
 /// are served by `poll`): lag gauges per partition, error counts by kind.
-struct IngestContext;
+struct IngestContext {
+    log: ErrorLog,
+}
 
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
@@ -77,7 +79,62 @@ impl ClientContext for IngestContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         ErrorKind::of(&error).count();
-        tracing::warn!(%error, reason, "Kafka client error");
+        self.log.error(&error, reason);
+    }
+}
+
+/// How often a continuing Kafka outage is summarised in the log.
+const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// Kafka errors in the log: the first of an outage, then one summary line
+/// per [`OUTAGE_SUMMARY_EVERY`] with how many followed, then one line when
+/// it ends; not the same error several times a second (every error is
+/// still counted in `herald_kafka_errors_total`).
+#[derive(Debug, Default)]
+pub(crate) struct ErrorLog {
+    state: parking_lot::Mutex<Outage>,
+}
+
+#[derive(Debug, Default)]
+struct Outage {
+    /// Set while errors keep coming: when the last line was written.
+    logged_at: Option<Instant>,
+    /// Errors since then.
+    since_logged: u64,
+    /// Errors since the outage began.
+    total: u64,
+}
+
+impl ErrorLog {
+    fn error(&self, error: &KafkaError, reason: &str) {
+        let mut o = self.state.lock();
+        o.total += 1;
+        match o.logged_at {
+            None => {
+                o.logged_at = Some(Instant::now());
+                drop(o);
+                tracing::warn!(%error, reason, "Kafka client error (repeats are summarised every 30 s)");
+            }
+            Some(at) if at.elapsed() >= OUTAGE_SUMMARY_EVERY => {
+                let (errors, total) = (o.since_logged + 1, o.total);
+                o.since_logged = 0;
+                o.logged_at = Some(Instant::now());
+                drop(o);
+                tracing::warn!(%error, errors, total, "Kafka still failing: errors in the last 30 s (last shown)");
+            }
+            Some(_) => o.since_logged += 1,
+        }
+    }
+
+    /// The broker answers again: ends an outage with one line.
+    fn recovered(&self) {
+        let mut o = self.state.lock();
+        if o.logged_at.take().is_some() {
+            let total = std::mem::take(&mut o.total);
+            o.since_logged = 0;
+            drop(o);
+            tracing::info!(errors = total, "Kafka reachable again: ready");
+        }
     }
 }
 
@@ -136,7 +193,9 @@ impl Ingest {
             .set("statistics.interval.ms", STATS_INTERVAL_MS);
         client::apply_user_properties(&mut cc, cfg);
         let consumer: BaseConsumer<IngestContext> = cc
-            .create_with_context(IngestContext)
+            .create_with_context(IngestContext {
+                log: ErrorLog::default(),
+            })
             .map_err(|e| StartError::Client(e.to_string()))?;
 
         let mut partitions: HashMap<String, i32> = HashMap::new();
@@ -213,9 +272,22 @@ impl Ingest {
             metadata_interval: cfg.metadata_interval,
             backpressure: cfg.backpressure,
         };
+        let watched = status.clone();
+        let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name("herald-ingest".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // A panic here would stop consumption with nobody told:
+                // caught, logged, and readiness turns 503 (an orchestrator
+                // then replaces the node).
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                if ended.is_err() || !stopping.load(Ordering::Relaxed) {
+                    watched.stopped.store(true, Ordering::Release);
+                    watched.connected.store(false, Ordering::Relaxed);
+                    metrics::gauge!(m::KAFKA_CONNECTED).set(0.0);
+                    tracing::error!("Kafka ingest stopped unexpectedly: no more records are consumed; not ready");
+                }
+            })
             .map_err(StartError::Thread)?;
         Ok(Self {
             stop,
@@ -289,7 +361,7 @@ impl Worker {
                     Some(Ok(msg)) => burst.push(msg),
                     Some(Err(error)) => {
                         ErrorKind::of(&error).count();
-                        tracing::warn!(%error, "Kafka consumer error");
+                        self.consumer.context().log.error(&error, "consume");
                         break;
                     }
                     None => break,
@@ -349,13 +421,14 @@ impl Worker {
                     if self.status.connected() {
                         tracing::warn!(%topic, %error, "Kafka unreachable: serving open streams, not ready; retrying");
                     }
+                    self.consumer.context().log.error(&error, "metadata");
                 }
             }
         }
         let was = self.status.connected.swap(healthy, Ordering::Relaxed);
         metrics::gauge!(m::KAFKA_CONNECTED).set(if healthy { 1.0 } else { 0.0 });
         if healthy && !was {
-            tracing::info!("Kafka reachable again: ready");
+            self.consumer.context().log.recovered();
         }
     }
 }
@@ -394,11 +467,7 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
                 });
                 // The record's timestamp (create or log-append time):
                 // delivery lag is measured from when it entered Kafka.
-                event.timestamp_us = msg
-                    .timestamp()
-                    .to_millis()
-                    .filter(|ms| *ms > 0)
-                    .map_or(0, |ms| ms as u64 * 1000);
+                event.timestamp_us = record::timestamp_us(msg.timestamp().to_millis());
                 out.push(event);
             }
             Err(skip) => {
@@ -430,5 +499,42 @@ mod tests {
         );
         assert!(added_partitions(4, 4).is_empty());
         assert!(added_partitions(4, 2).is_empty());
+    }
+
+    /// Every line written, for counting.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_is_logged_once_then_summarised_then_ended() {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let log = ErrorLog::default();
+            let error = KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+            for _ in 0..150 {
+                log.error(&error, "transport");
+            }
+            log.recovered();
+            log.recovered();
+        });
+        let text = String::from_utf8(lines.0.lock().clone()).unwrap();
+        let n = text.lines().count();
+        assert_eq!(n, 2, "one line when it starts, one when it ends:\n{text}");
+        assert!(text.contains("errors=150"), "{text}");
     }
 }

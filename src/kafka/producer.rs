@@ -1,44 +1,82 @@
-//! The producer behind `POST /api/publish` in Kafka mode: each event is
-//! produced to `--kafka-publish-topic` (keyed and headered per the record
-//! mapping, so it reads back as the same event) and the publish is answered
-//! once the broker has acknowledged every event, or fails after
-//! `--kafka-publish-timeout`. Delivery to streams happens when the consumer
-//! reads the records back, on every node.
+//! The producer behind `POST /api/publish` in Kafka mode.
+//!
+//! A publish (one event or a batch) is **one Kafka transaction**: every
+//! event is produced to `--kafka-publish-topic` (keyed and headered per the
+//! record mapping, so it reads back as the same event), then the transaction
+//! commits, or aborts if any event failed or the broker did not acknowledge
+//! within `--kafka-publish-timeout`. So the answer is true for the whole
+//! batch: a 200 means all of it is written, in order, and a 503 means none of
+//! it is visible to any herald node (their consumers read committed records
+//! only), so the client may retry the same request without duplicates. The
+//! producers are idempotent (a transactional producer is), so librdkafka's
+//! own retries after a transient broker error neither reorder nor duplicate.
+//!
+//! A Kafka producer runs one transaction at a time, so publishes use a small
+//! pool of them ([`POOL`]), each with its own `transactional.id`
+//! (`herald-<run>-<k>`). Delivery to streams happens when the consumer reads
+//! the committed records back, on every node.
+//!
+//! For brokers without transactions (`--kafka-publish-transactions false`)
+//! each event is one idempotent write: in order and once per partition
+//! despite retries, but a batch can then be partly written; its failure
+//! names which events were (their ids) and which were not.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
 use crate::event::{Event, Target};
 use crate::sse::EventId;
 
-use super::client::{self, StartError};
+use super::client::{self, StartError, STARTUP_TIMEOUT};
 use super::record::{EVENT_HEADER, TOPIC_HEADER};
 
-/// Produces published events to Kafka.
+/// Transactional producers per node: publishes running at once.
+pub(crate) const POOL: usize = 4;
+
+/// Produces published events to Kafka, one transaction per publish (or
+/// idempotent writes per event).
 pub(crate) struct Producer {
-    producer: FutureProducer,
+    /// Transactional producers; empty in per-event mode.
+    pool: Vec<tokio::sync::Mutex<Slot>>,
+    /// The producer of per-event mode.
+    single: Option<FutureProducer>,
+    next: AtomicUsize,
     topic: Arc<str>,
+    timeout: Duration,
 }
 
-/// A publish the broker did not acknowledge.
+/// One transactional producer; replaced when librdkafka says it is no
+/// longer usable (a fatal error, e.g. fenced by a newer instance).
+struct Slot {
+    producer: FutureProducer,
+    config: rdkafka::config::ClientConfig,
+    /// The last abort did not complete (the broker was away): finish it
+    /// before the next transaction.
+    needs_abort: bool,
+}
+
+/// A publish Kafka did not take.
 #[derive(Debug, thiserror::Error)]
-#[error("Kafka did not acknowledge {failed} of {total} events: {first}")]
+#[error("Kafka did not take the publish ({total} events): {reason}; {}", if .written.is_some() { "see which were written" } else { "nothing was published" })]
 pub(crate) struct ProduceFailure {
-    pub failed: usize,
-    pub total: usize,
-    pub first: String,
-    /// Ids of the events that were acknowledged (in request order, `None`
-    /// for failed ones).
-    pub ids: Vec<Option<EventId>>,
+    pub(crate) total: usize,
+    pub(crate) reason: String,
+    /// Per-event mode only: the ids of the events that were written, in
+    /// request order (`None`: not written, or not known to be).
+    pub(crate) written: Option<Vec<Option<EventId>>>,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("topic", &self.topic)
+            .field("pool", &self.pool.len())
             .finish()
     }
 }
@@ -46,71 +84,131 @@ impl std::fmt::Debug for Producer {
 // === impl Producer ===
 
 impl Producer {
-    pub(crate) fn new(cfg: &KafkaConfig) -> Result<Self, StartError> {
-        let mut cc = client::config(cfg);
-        cc.set(
-            "message.timeout.ms",
-            cfg.publish_timeout.as_millis().to_string(),
-        )
-        // A publish is a request waiting for its answer: send at once.
-        .set("linger.ms", "1");
-        client::apply_user_properties(&mut cc, cfg);
+    /// Creates the pool and initialises each producer's transactions
+    /// (blocking, up to the startup timeout each: call from a blocking
+    /// context). `run` names this node's run (the id epoch).
+    pub(crate) fn new(cfg: &KafkaConfig, run: u64) -> Result<Self, StartError> {
+        let topic = Arc::from(cfg.publish_topic.as_str());
+        if !cfg.publish_transactions {
+            let mut cc = client::config(cfg);
+            cc.set(
+                "message.timeout.ms",
+                cfg.publish_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "1")
+            .set("enable.idempotence", "true");
+            client::apply_user_properties(&mut cc, cfg);
+            return Ok(Self {
+                pool: Vec::new(),
+                single: Some(cc.create().map_err(|e| StartError::Client(e.to_string()))?),
+                next: AtomicUsize::new(0),
+                topic,
+                timeout: cfg.publish_timeout,
+            });
+        }
+        let mut pool = Vec::with_capacity(POOL);
+        for k in 0..POOL {
+            let mut cc = client::config(cfg);
+            cc.set(
+                "message.timeout.ms",
+                cfg.publish_timeout.as_millis().to_string(),
+            )
+            // A publish is a request waiting for its answer: send at once.
+            .set("linger.ms", "1")
+            .set("transactional.id", format!("herald-{run:x}-{k}"))
+            // Longer than a publish waits, so the broker does not abort a
+            // transaction the producer is still committing.
+            .set(
+                "transaction.timeout.ms",
+                (cfg.publish_timeout.as_millis() * 4)
+                    .max(60_000)
+                    .to_string(),
+            );
+            client::apply_user_properties(&mut cc, cfg);
+            let slot = Slot::create(cc)?;
+            pool.push(tokio::sync::Mutex::new(slot));
+        }
         Ok(Self {
-            producer: cc.create().map_err(|e| StartError::Client(e.to_string()))?,
-            topic: Arc::from(cfg.publish_topic.as_str()),
+            pool,
+            single: None,
+            next: AtomicUsize::new(0),
+            topic,
+            timeout: cfg.publish_timeout,
         })
     }
 
-    /// Produces each event (keyed and headered per the record mapping) and
-    /// waits for every acknowledgement; returns their ids in order.
+    /// Produces the events as one transaction; returns their ids in order,
+    /// or fails with nothing published.
     pub(crate) async fn publish(
         &self,
         events: &[Event<'_>],
     ) -> Result<Vec<EventId>, ProduceFailure> {
-        let mut pending = Vec::with_capacity(events.len());
-        for ev in events {
-            // Ordering: Kafka keeps order within a partition, so events that
-            // must stay in order share one. A user's events are keyed by the
-            // user (the contract); a topic's events are keyed by the topic
-            // name (routing follows the `sse-topic` header, the key only
-            // picks the partition); broadcasts carry no key (that is what
-            // makes them broadcasts) and all go to partition 0.
-            let mut headers = OwnedHeaders::new();
-            let mut key = None;
-            let mut partition = None;
-            match &ev.target {
-                Target::User(u) => key = Some(u.as_str()),
-                Target::Topic(t) => {
-                    key = Some(t.as_str());
-                    headers = headers.insert(Header {
-                        key: TOPIC_HEADER,
-                        value: Some(t.as_str()),
-                    })
-                }
-                Target::Broadcast => partition = Some(0),
-            }
-            if let Some(e) = ev.kind() {
-                headers = headers.insert(Header {
-                    key: EVENT_HEADER,
-                    value: Some(e),
-                });
-            }
-            let mut record = FutureRecord::to(&self.topic)
-                .payload(ev.data.as_ref())
-                .headers(headers);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            pending.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e.to_string()),
-            );
+        if let Some(p) = &self.single {
+            return self.per_event(p, events).await;
         }
-        let mut ids = Vec::with_capacity(events.len());
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        let mut slot = self.pool[k].lock().await;
+        let fail = |reason: String| ProduceFailure {
+            total: events.len(),
+            reason,
+            written: None,
+        };
+        if slot.needs_abort {
+            match self.abort(&slot.producer).await {
+                Ok(()) => slot.needs_abort = false,
+                Err(e) => {
+                    return Err(fail(format!(
+                        "the previous publish is still being aborted: {e}"
+                    )))
+                }
+            }
+        }
+        let result = self.transaction(&slot.producer, events).await;
+        match result {
+            Ok(ids) => Ok(ids),
+            Err(e) => {
+                // Nothing of an aborted transaction is visible; a producer
+                // that can no longer be used is replaced.
+                let aborted = self.abort(&slot.producer).await;
+                slot.needs_abort = aborted.is_err();
+                let fatal = is_fatal(&e) || matches!(&aborted, Err(a) if is_fatal(a));
+                if fatal {
+                    tracing::error!(error = %e, "Kafka publish producer unusable; replacing it");
+                    let config = slot.config.clone();
+                    match tokio::task::spawn_blocking(move || Slot::create(config)).await {
+                        Ok(Ok(fresh)) => *slot = fresh,
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, "cannot replace the Kafka publish producer")
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "cannot replace the Kafka publish producer")
+                        }
+                    }
+                }
+                let mut reason = e.to_string();
+                if matches!(&e, KafkaError::Transaction(t) if t.code() == rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)
+                {
+                    reason.push_str(
+                        " (this broker has no transactions: start herald with --kafka-publish-transactions false)",
+                    );
+                }
+                Err(fail(reason))
+            }
+        }
+    }
+
+    /// Per-event mode: one idempotent write per event; every
+    /// acknowledgement awaited.
+    async fn per_event(
+        &self,
+        producer: &FutureProducer,
+        events: &[Event<'_>],
+    ) -> Result<Vec<EventId>, ProduceFailure> {
+        let pending: Vec<_> = events
+            .iter()
+            .map(|ev| producer.send_result(self.record(ev)).map_err(|(e, _)| e))
+            .collect();
+        let mut written = Vec::with_capacity(events.len());
         let mut first_error = None;
         for p in pending {
             let result = match p {
@@ -120,27 +218,129 @@ impl Producer {
                         partition: d.partition,
                         offset: d.offset,
                     }),
-                    Ok(Err((e, _))) => Err(e.to_string()),
-                    Err(_) => Err("the producer was shut down".to_owned()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
                 },
                 Err(e) => Err(e),
             };
             match result {
-                Ok(id) => ids.push(Some(id)),
+                Ok(id) => written.push(Some(id)),
                 Err(e) => {
                     first_error.get_or_insert(e);
-                    ids.push(None);
+                    written.push(None);
                 }
             }
         }
         match first_error {
-            None => Ok(ids.into_iter().flatten().collect()),
-            Some(first) => Err(ProduceFailure {
-                failed: ids.iter().filter(|i| i.is_none()).count(),
-                total: ids.len(),
-                first,
-                ids,
+            None => Ok(written.into_iter().flatten().collect()),
+            Some(e) => Err(ProduceFailure {
+                total: events.len(),
+                reason: e.to_string(),
+                written: Some(written),
             }),
         }
     }
+
+    /// Aborts the producer's open transaction (blocking, up to the publish
+    /// timeout).
+    async fn abort(&self, producer: &FutureProducer) -> Result<(), KafkaError> {
+        let p = producer.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// Begin, produce every event, commit.
+    async fn transaction(
+        &self,
+        producer: &FutureProducer,
+        events: &[Event<'_>],
+    ) -> Result<Vec<EventId>, KafkaError> {
+        producer.begin_transaction()?;
+        let mut pending = Vec::with_capacity(events.len());
+        for ev in events {
+            pending.push(producer.send_result(self.record(ev)).map_err(|(e, _)| e)?);
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        for p in pending {
+            match p.await {
+                Ok(Ok(d)) => ids.push(EventId::Kafka {
+                    topic: self.topic.clone(),
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        let p = producer.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+        Ok(ids)
+    }
+
+    /// The record for one event. Ordering: Kafka keeps order within a
+    /// partition, so events that must stay in order share one. A user's
+    /// events are keyed by the user (the contract); a topic's events by the
+    /// topic name (routing follows the `sse-topic` header, the key only picks
+    /// the partition); broadcasts carry no key (that is what makes them
+    /// broadcasts) and all go to partition 0.
+    fn record<'a>(&'a self, ev: &'a Event<'_>) -> FutureRecord<'a, str, str> {
+        let mut headers = OwnedHeaders::new();
+        let mut key = None;
+        let mut partition = None;
+        match &ev.target {
+            Target::User(u) => key = Some(u.as_str()),
+            Target::Topic(t) => {
+                key = Some(t.as_str());
+                headers = headers.insert(Header {
+                    key: TOPIC_HEADER,
+                    value: Some(t.as_str()),
+                })
+            }
+            Target::Broadcast => partition = Some(0),
+        }
+        if let Some(e) = ev.kind() {
+            headers = headers.insert(Header {
+                key: EVENT_HEADER,
+                value: Some(e),
+            });
+        }
+        let mut record = FutureRecord::to(&self.topic)
+            .payload(ev.data.as_ref())
+            .headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        record
+    }
+}
+
+// === impl Slot ===
+
+impl Slot {
+    /// A transactional producer, its transactions initialised (blocking).
+    fn create(config: rdkafka::config::ClientConfig) -> Result<Self, StartError> {
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| StartError::Client(e.to_string()))?;
+        producer
+            .init_transactions(STARTUP_TIMEOUT)
+            .map_err(|e| StartError::Transactions(e.to_string()))?;
+        Ok(Self {
+            producer,
+            config,
+            needs_abort: false,
+        })
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
 }

@@ -31,18 +31,21 @@ pub(crate) enum Skip {
     BadTopicHeader,
     #[error("the sse-event header is not a valid event type (UTF-8, no CR/LF/NUL, 1-128 bytes)")]
     BadEventHeader,
+    #[error("the sse-event header names one of herald's own events (herald-...)")]
+    ReservedEvent,
 }
 
 // === impl Skip ===
 
 impl Skip {
     /// Every reason, for registering the metric's label values.
-    pub(crate) const ALL: [Skip; 5] = [
+    pub(crate) const ALL: [Skip; 6] = [
         Skip::ValueNotUtf8,
         Skip::NoValue,
         Skip::BadKey,
         Skip::BadTopicHeader,
         Skip::BadEventHeader,
+        Skip::ReservedEvent,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Skip {
             Skip::BadKey => "bad_key",
             Skip::BadTopicHeader => "bad_topic_header",
             Skip::BadEventHeader => "bad_event_header",
+            Skip::ReservedEvent => "reserved_event",
         }
     }
 }
@@ -76,7 +80,10 @@ pub(crate) fn map<'a>(
     let event = match event {
         Some(e) => {
             let e = std::str::from_utf8(e).map_err(|_| Skip::BadEventHeader)?;
-            frame::check_event_type(e).map_err(|_| Skip::BadEventHeader)?;
+            frame::check_event_type(e).map_err(|err| match err {
+                frame::FieldError::Reserved => Skip::ReservedEvent,
+                _ => Skip::BadEventHeader,
+            })?;
             Some(e)
         }
         None => None,
@@ -99,6 +106,16 @@ pub(crate) fn map<'a>(
         id: None,
         timestamp_us: 0,
     })
+}
+
+/// A record's timestamp (ms since the epoch, any i64 a producer chose) as
+/// µs since the epoch; 0 (none) when absent, before the epoch, or too far
+/// ahead to represent.
+pub(crate) fn timestamp_us(ms: Option<i64>) -> u64 {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .filter(|ms| *ms > 0)
+        .and_then(|ms| ms.checked_mul(1000))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -132,6 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn any_timestamp_converts_without_overflow() {
+        assert_eq!(timestamp_us(Some(1_700_000_000_000)), 1_700_000_000_000_000);
+        assert_eq!(timestamp_us(None), 0);
+        assert_eq!(timestamp_us(Some(-1)), 0);
+        assert_eq!(timestamp_us(Some(0)), 0);
+        assert_eq!(timestamp_us(Some(i64::MAX)), 0);
+        assert_eq!(
+            timestamp_us(Some(i64::MAX / 1000)),
+            (i64::MAX / 1000) as u64 * 1000
+        );
+    }
+
+    #[test]
     fn bad_records_are_skipped_with_a_reason() {
         assert_eq!(map(None, [], Some(b"\xff")), Err(Skip::ValueNotUtf8));
         assert_eq!(map(None, [], None), Err(Skip::NoValue));
@@ -147,5 +177,7 @@ mod tests {
         let h = [("sse-topic", Some(&b"\xff"[..]))];
         assert_eq!(map(None, h, Some(b"x")), Err(Skip::BadTopicHeader));
         assert_eq!(Skip::BadKey.as_str(), "bad_key");
+        let h = [("sse-event", Some(&b"herald-reset"[..]))];
+        assert_eq!(map(None, h, Some(b"x")), Err(Skip::ReservedEvent));
     }
 }

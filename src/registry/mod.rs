@@ -25,7 +25,7 @@ use crate::abort::Abort;
 use crate::event::{Name, Target};
 use queue::Queue;
 
-use shard::{Maps, Shard};
+use shard::{Key, Maps, Shard};
 pub use subscriber::{Subscriber, Subscription};
 
 /// Receives the subscribers an event routes to.
@@ -34,6 +34,10 @@ pub trait RouteSink {
     /// (no logging, no waking, no allocation beyond the push itself).
     fn push(&mut self, sub: &Arc<Subscriber>);
 }
+
+/// A user already holds as many streams as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
 
 /// The sharded registry of open SSE connections.
 #[derive(Debug)]
@@ -75,44 +79,75 @@ impl Registry {
         peer: Option<SocketAddr>,
         abort: Option<Arc<Abort>>,
     ) -> Subscription {
-        let sub = self.subscriber(user, topics, peer, abort);
-        self.register(sub)
+        let sub = self.subscriber(user, topics, peer, abort, false);
+        match self.register(sub, None) {
+            Ok(s) => s,
+            Err(Full) => unreachable!("no limit given"),
+        }
     }
 
-    /// A new, not yet registered subscriber (allocates; takes no lock).
+    /// A new, not yet registered subscriber (allocates; locks a shard only
+    /// to share a topic name already registered). `shared_conn`: HTTP/2,
+    /// other streams on the same connection.
     pub fn subscriber(
         &self,
         user: Name,
         topics: Vec<Name>,
         peer: Option<SocketAddr>,
         abort: Option<Arc<Abort>>,
+        shared_conn: bool,
     ) -> Arc<Subscriber> {
         let mut topics = topics;
         topics.sort();
         topics.dedup();
+        // One copy of each topic name for all its streams: a stream of 64
+        // long topic names then holds 64 pointers, not 64 strings.
+        for t in topics.iter_mut() {
+            if let Some((known, _)) = self.shard(t).inner.lock().topics.get_key_value(t) {
+                *t = known.clone();
+            }
+        }
+        let slots = (0..=topics.len()).map(|_| Default::default()).collect();
         Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
+            slots,
             topics: topics.into_boxed_slice(),
             peer,
             queue: Queue::new(),
             abort,
+            shared_conn,
             delivered: AtomicU64::new(0),
         })
     }
 
-    /// Registers `sub` under its user and topics. The returned handle
+    /// Registers `sub` under its user and topics, unless its user already
+    /// holds `max_per_user` streams (checked and taken under the user's
+    /// shard lock: concurrent opens cannot overshoot). The returned handle
     /// unregisters on drop.
-    pub fn register(self: &Arc<Self>, sub: Arc<Subscriber>) -> Subscription {
+    pub fn register(
+        self: &Arc<Self>,
+        sub: Arc<Subscriber>,
+        max_per_user: Option<std::num::NonZeroUsize>,
+    ) -> Result<Subscription, Full> {
         {
             let mut maps = self.shard(&sub.user).inner.lock();
-            Maps::insert(&mut maps.users, &sub.user, &sub);
+            let open = maps.users.get(&sub.user).map_or(0, Vec::len);
+            if max_per_user.is_some_and(|m| open >= m.get()) {
+                return Err(Full);
+            }
+            Maps::insert(&mut maps.users, &sub.user, Key::User, &sub);
             maps.connections += 1;
         }
-        for t in sub.topics.iter() {
-            Maps::insert(&mut self.shard(t).inner.lock().topics, t, &sub);
+        for (i, t) in sub.topics.iter().enumerate() {
+            Maps::insert(
+                &mut self.shard(t).inner.lock().topics,
+                t,
+                Key::Topic(i),
+                &sub,
+            );
         }
-        Subscription::new(sub, self.clone())
+        Ok(Subscription::new(sub, self.clone()))
     }
 
     /// Open streams of `user`.
@@ -130,12 +165,17 @@ impl Registry {
             .fetch_add(sub.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
         {
             let mut maps = self.shard(&sub.user).inner.lock();
-            if Maps::remove(&mut maps.users, &sub.user, sub) {
+            if Maps::remove(&mut maps.users, &sub.user, Key::User, sub) {
                 maps.connections -= 1;
             }
         }
-        for t in sub.topics.iter() {
-            Maps::remove(&mut self.shard(t).inner.lock().topics, t, sub);
+        for (i, t) in sub.topics.iter().enumerate() {
+            Maps::remove(
+                &mut self.shard(t).inner.lock().topics,
+                t,
+                Key::Topic(i),
+                sub,
+            );
         }
     }
 
@@ -261,5 +301,42 @@ mod tests {
         drop(b);
         assert_eq!(r.connections(), 0);
         assert_eq!(r.keys(), (0, 0));
+    }
+
+    #[test]
+    fn removal_in_any_order_keeps_every_list_consistent() {
+        let r = Arc::new(Registry::new(4));
+        let mut subs: Vec<Option<Subscription>> = (0..300)
+            .map(|i| {
+                let topics = vec![name("t"), name(&format!("x{}", i % 7))];
+                Some(r.insert(name(&format!("u{}", i % 5)), topics, None, None))
+            })
+            .collect();
+        // A fixed shuffle: every 7th, then the rest backwards.
+        let mut order: Vec<usize> = (0..300).step_by(7).collect();
+        order.extend((0..300).rev().filter(|i| i % 7 != 0));
+        for (k, &i) in order.iter().enumerate() {
+            subs[i] = None;
+            if k % 37 == 0 {
+                let left: Vec<u64> = subs.iter().flatten().map(|s| s.subscriber().id).collect();
+                let mut want = left.clone();
+                want.sort();
+                assert_eq!(route(&r, &Target::Topic(name("t"))), want);
+                assert_eq!(route(&r, &Target::Broadcast), want);
+                assert_eq!(r.connections(), left.len());
+            }
+        }
+        assert_eq!(r.connections(), 0);
+        assert_eq!(r.keys(), (0, 0));
+    }
+
+    #[test]
+    fn streams_share_one_copy_of_each_topic_name() {
+        let r = Arc::new(Registry::new(4));
+        let long = "t".repeat(200);
+        let a = r.insert(name("a"), vec![name(&long)], None, None);
+        let b = r.insert(name("b"), vec![name(&long)], None, None);
+        let (ta, tb) = (&a.subscriber().topics[0], &b.subscriber().topics[0]);
+        assert!(std::ptr::eq(ta.as_str(), tb.as_str()), "one allocation");
     }
 }

@@ -36,6 +36,11 @@ pub struct Limits {
     /// still accepted into an empty queue, so one big event can not wedge a
     /// healthy client.
     pub max_bytes: usize,
+    /// A queue whose oldest frame has waited this long is stalled: its
+    /// client reads nothing (or its transport holds it, as HTTP/2 flow
+    /// control does), so the next push closes it as slow, even one that
+    /// would fit (`--write-timeout`; `None`: never).
+    pub stall: Option<std::time::Duration>,
 }
 
 /// Why a stream ended: one label per reason, for the
@@ -58,19 +63,22 @@ pub enum CloseReason {
     WriteTimeout,
     /// The transport failed (an I/O error, an HTTP/2 reset).
     Error,
+    /// The client sent bytes on its stream (an SSE client sends nothing).
+    Protocol,
     /// Not a stream: a connection refused at the connection cap.
     Refused,
 }
 
 impl CloseReason {
     /// Every reason, for registering the metric's label values.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Client,
         CloseReason::Slow,
         CloseReason::Shutdown,
         CloseReason::Expired,
         CloseReason::WriteTimeout,
         CloseReason::Error,
+        CloseReason::Protocol,
         CloseReason::Refused,
     ];
 
@@ -88,6 +96,7 @@ impl CloseReason {
             CloseReason::Expired => "expired",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Error => "error",
+            CloseReason::Protocol => "protocol",
             CloseReason::Refused => "limit",
         }
     }
@@ -129,6 +138,8 @@ struct State {
     frames: VecDeque<(Bytes, u64)>,
     /// Sum of `frames[i].len()`.
     bytes: usize,
+    /// When the oldest queued frame was pushed (µs since the epoch).
+    oldest_at_us: u64,
     /// The body's waker, set while it waits on an empty queue.
     waker: Option<Waker>,
     closed: Option<CloseReason>,
@@ -141,15 +152,27 @@ impl Queue {
         Self::default()
     }
 
-    /// Queues `frame` unless that would break `limits`. Returns the outcome
-    /// and, when the body must be woken, its waker: wake it after releasing
-    /// any outer lock.
-    pub fn try_push(&self, frame: &Bytes, ts_us: u64, limits: Limits) -> (Push, Option<Waker>) {
+    /// Queues `frame` unless that would break `limits`. `now_us` is the
+    /// caller's clock (µs since the epoch, one read per dispatched batch).
+    /// Returns the outcome and, when the body must be woken, its waker: wake
+    /// it after releasing any outer lock.
+    pub fn try_push(
+        &self,
+        frame: &Bytes,
+        ts_us: u64,
+        now_us: u64,
+        limits: Limits,
+    ) -> (Push, Option<Waker>) {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return (Push::Closed, None);
         }
-        let fits = st.frames.len() < limits.max_frames
+        let stalled = !st.frames.is_empty()
+            && limits
+                .stall
+                .is_some_and(|s| now_us.saturating_sub(st.oldest_at_us) > s.as_micros() as u64);
+        let fits = !stalled
+            && st.frames.len() < limits.max_frames
             && (st.bytes + frame.len() <= limits.max_bytes || st.frames.is_empty());
         if !fits {
             let dropped = st.frames.len() + 1;
@@ -157,6 +180,9 @@ impl Queue {
             st.frames = VecDeque::new();
             st.bytes = 0;
             return (Push::Overflow { dropped }, st.waker.take());
+        }
+        if st.frames.is_empty() {
+            st.oldest_at_us = now_us;
         }
         st.frames.push_back((frame.clone(), ts_us));
         st.bytes += frame.len();
@@ -282,6 +308,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_frames: 3,
         max_bytes: 10,
+        stall: None,
     };
 
     fn drain(q: &Queue, w: &Waker) -> Poll<Result<Batch, CloseReason>> {
@@ -295,10 +322,10 @@ mod tests {
         let waker = Waker::from(count.clone());
         assert!(drain(&q, &waker).is_pending());
 
-        let (p, w) = q.try_push(&Bytes::from_static(b"ab"), 5, LIMITS);
+        let (p, w) = q.try_push(&Bytes::from_static(b"ab"), 5, 0, LIMITS);
         assert_eq!(p, Push::Queued);
         w.expect("first push wakes").wake();
-        let (p, w) = q.try_push(&Bytes::from_static(b"cd"), 7, LIMITS);
+        let (p, w) = q.try_push(&Bytes::from_static(b"cd"), 7, 0, LIMITS);
         assert_eq!(p, Push::Queued);
         assert!(w.is_none(), "second push must not wake again");
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
@@ -319,11 +346,14 @@ mod tests {
         let q = Queue::new();
         let f = Bytes::from_static(b"x");
         for _ in 0..3 {
-            assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Queued);
+            assert_eq!(q.try_push(&f, 1, 0, LIMITS).0, Push::Queued);
         }
-        assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Overflow { dropped: 4 });
+        assert_eq!(
+            q.try_push(&f, 1, 0, LIMITS).0,
+            Push::Overflow { dropped: 4 }
+        );
         assert_eq!(q.len(), (0, 0));
-        assert_eq!(q.try_push(&f, 1, LIMITS).0, Push::Closed);
+        assert_eq!(q.try_push(&f, 1, 0, LIMITS).0, Push::Closed);
         let w = Waker::noop();
         assert!(matches!(drain(&q, w), Poll::Ready(Err(CloseReason::Slow))));
     }
@@ -332,9 +362,9 @@ mod tests {
     fn overflow_by_bytes_but_big_frame_fits_empty_queue() {
         let q = Queue::new();
         let big = Bytes::from(vec![b'x'; 50]);
-        assert_eq!(q.try_push(&big, 1, LIMITS).0, Push::Queued);
+        assert_eq!(q.try_push(&big, 1, 0, LIMITS).0, Push::Queued);
         assert_eq!(
-            q.try_push(&Bytes::from_static(b"y"), 1, LIMITS).0,
+            q.try_push(&Bytes::from_static(b"y"), 1, 0, LIMITS).0,
             Push::Overflow { dropped: 2 }
         );
     }
@@ -342,7 +372,7 @@ mod tests {
     #[test]
     fn shutdown_delivers_queued_then_ends() {
         let q = Queue::new();
-        q.try_push(&Bytes::from_static(b"a"), 9, LIMITS);
+        q.try_push(&Bytes::from_static(b"a"), 9, 0, LIMITS);
         q.close(CloseReason::Shutdown, Some(Bytes::from_static(b"r")));
         let w = Waker::noop();
         match drain(&q, w) {
@@ -360,5 +390,29 @@ mod tests {
             drain(&q, w),
             Poll::Ready(Err(CloseReason::Shutdown))
         ));
+    }
+
+    #[test]
+    fn a_stalled_queue_is_closed_at_the_next_push() {
+        let limits = Limits {
+            max_frames: 100,
+            max_bytes: 1000,
+            stall: Some(std::time::Duration::from_secs(1)),
+        };
+        let q = Queue::new();
+        let f = Bytes::from_static(b"x");
+        assert_eq!(q.try_push(&f, 1, 10_000_000, limits).0, Push::Queued);
+        assert_eq!(q.try_push(&f, 1, 10_900_000, limits).0, Push::Queued);
+        // The oldest frame has waited more than a second: stalled.
+        assert_eq!(
+            q.try_push(&f, 1, 11_000_001, limits).0,
+            Push::Overflow { dropped: 3 }
+        );
+        assert_eq!(q.closed(), Some(CloseReason::Slow));
+        // A queue drained in time starts afresh.
+        let q = Queue::new();
+        assert_eq!(q.try_push(&f, 1, 0, limits).0, Push::Queued);
+        assert!(matches!(drain(&q, Waker::noop()), Poll::Ready(Ok(_))));
+        assert_eq!(q.try_push(&f, 1, 5_000_000, limits).0, Push::Queued);
     }
 }

@@ -31,24 +31,60 @@ pub(crate) struct Maps {
     pub(crate) connections: usize,
 }
 
+/// Which of a subscriber's lists an entry is in: its user's, or its
+/// `i`-th topic's. The subscriber keeps its position in each (see
+/// `Subscriber::slot`), so removal is O(1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key {
+    User,
+    Topic(usize),
+}
+
 // === impl Maps ===
 
 impl Maps {
-    pub(crate) fn insert(map: &mut HashMap<Name, Subs>, key: &Name, sub: &Arc<Subscriber>) {
-        map.entry(key.clone()).or_default().push(sub.clone());
+    /// Appends `sub` to `name`'s list, recording its position.
+    pub(crate) fn insert(
+        map: &mut HashMap<Name, Subs>,
+        name: &Name,
+        key: Key,
+        sub: &Arc<Subscriber>,
+    ) {
+        let list = map.entry(name.clone()).or_default();
+        sub.set_slot(key, list.len());
+        list.push(sub.clone());
     }
 
-    /// Removes `sub` from `key`'s list; drops the key when its list empties.
-    pub(crate) fn remove(map: &mut HashMap<Name, Subs>, key: &Name, sub: &Subscriber) -> bool {
-        let Some(list) = map.get_mut(key) else {
+    /// Removes `sub` from `name`'s list in O(1) (a swap with the last entry,
+    /// whose recorded position is updated); drops the key when its list
+    /// empties. False when `sub` was not there.
+    pub(crate) fn remove(
+        map: &mut HashMap<Name, Subs>,
+        name: &Name,
+        key: Key,
+        sub: &Subscriber,
+    ) -> bool {
+        let Some(list) = map.get_mut(name) else {
             return false;
         };
-        let Some(pos) = list.iter().position(|s| s.id == sub.id) else {
+        let pos = sub.slot(key);
+        if list.get(pos).is_none_or(|s| s.id != sub.id) {
             return false;
-        };
+        }
         list.swap_remove(pos);
+        if let Some(moved) = list.get(pos) {
+            // The same key, at its own index among the moved subscriber's
+            // (sorted) topics; a topic's list holds only its subscribers.
+            let moved_key = match key {
+                Key::User => Some(Key::User),
+                Key::Topic(_) => moved.topics.binary_search(name).ok().map(Key::Topic),
+            };
+            if let Some(k) = moved_key {
+                moved.set_slot(k, pos);
+            }
+        }
         if list.is_empty() {
-            map.remove(key);
+            map.remove(name);
         } else if list.capacity() > 8 && list.len() * 4 < list.capacity() {
             list.shrink_to_fit();
         }

@@ -4,7 +4,7 @@
 //! any reason (client gone, slow, shutdown, error) leaves no trace.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use crate::abort::Abort;
 use crate::event::{Name, Target};
 
 use super::queue::{CloseReason, Queue};
+use super::shard::Key;
 use super::Registry;
 
 /// A registered connection.
@@ -27,10 +28,18 @@ pub struct Subscriber {
     pub queue: Queue,
     /// Kills the connection when the queue overflows (see `abort.rs`).
     pub abort: Option<Arc<Abort>>,
+    /// Other streams share the connection (HTTP/2): an overflow ends only
+    /// this stream (its body answers with an error, and hyper resets it),
+    /// never the connection.
+    pub shared_conn: bool,
     /// Event frames written to this connection. Only its writer adds (once
     /// per batch), so no cache line is shared between cores; `/metrics` sums
     /// these at scrape time (see `Registry::delivered`).
     pub delivered: AtomicU64,
+    /// Its position in its user's list, and in each topic's list (aligned
+    /// with `topics`): written and read only under that list's shard lock
+    /// (atomics only because the subscriber is shared).
+    pub(crate) slots: Box<[AtomicU32]>,
 }
 
 /// Owns a registration; dropping it unregisters.
@@ -52,9 +61,26 @@ impl Subscriber {
         }
     }
 
-    /// Kills the underlying connection, if it has a kill switch.
+    fn slot_index(key: Key) -> usize {
+        match key {
+            Key::User => 0,
+            Key::Topic(i) => i + 1,
+        }
+    }
+
+    /// Its position in a list (see `slots`).
+    pub(crate) fn slot(&self, key: Key) -> usize {
+        self.slots[Self::slot_index(key)].load(Ordering::Relaxed) as usize
+    }
+
+    pub(crate) fn set_slot(&self, key: Key, pos: usize) {
+        self.slots[Self::slot_index(key)].store(pos as u32, Ordering::Relaxed);
+    }
+
+    /// Kills the underlying connection, if it has a kill switch and is
+    /// this stream's alone.
     pub fn abort(&self) {
-        if let Some(a) = &self.abort {
+        if let Some(a) = self.abort.as_ref().filter(|_| !self.shared_conn) {
             a.trip();
         }
     }

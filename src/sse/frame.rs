@@ -59,15 +59,24 @@ pub enum FieldError {
     LineBreak,
     #[error("is longer than {MAX_EVENT_TYPE_BYTES} bytes")]
     TooLong,
+    #[error("starts with {RESERVED_PREFIX:?}, which herald keeps for its own events (herald-reset, herald-token-expired)")]
+    Reserved,
 }
 
-/// Checks an SSE event type: non-empty, short, no CR/LF/NUL.
+/// Event types starting with this are herald's own: pages act on them.
+pub const RESERVED_PREFIX: &str = "herald-";
+
+/// Checks an SSE event type a publisher gives: non-empty, short, no
+/// CR/LF/NUL, not one of herald's own (`herald-`).
 pub fn check_event_type(s: &str) -> Result<(), FieldError> {
     if s.is_empty() {
         return Err(FieldError::Empty);
     }
     if s.len() > MAX_EVENT_TYPE_BYTES {
         return Err(FieldError::TooLong);
+    }
+    if s.starts_with(RESERVED_PREFIX) {
+        return Err(FieldError::Reserved);
     }
     check_single_line(s)
 }
@@ -212,6 +221,23 @@ pub fn reset(
     b.freeze()
 }
 
+/// A [`RESET_EVENT`]: events were missed; its id is where the stream
+/// continues, its data says why and from where.
+pub fn reset_event(
+    reason: ResetReason,
+    requested: Option<&str>,
+    after: impl std::fmt::Display,
+) -> Bytes {
+    let after = after.to_string();
+    let data = serde_json::json!({
+        "reason": reason.label(),
+        "lastEventId": requested,
+        "resumedAfter": after,
+    })
+    .to_string();
+    event(&after, Some(RESET_EVENT), &data)
+}
+
 /// `retry:` alone: the last frame of a stream the server ends (drain), so
 /// clients spread their reconnects.
 pub fn retry_hint(retry_ms: u64) -> Bytes {
@@ -287,5 +313,11 @@ mod tests {
             check_event_type(&"e".repeat(MAX_EVENT_TYPE_BYTES + 1)),
             Err(FieldError::TooLong)
         );
+        assert_eq!(check_event_type(RESET_EVENT), Err(FieldError::Reserved));
+        assert_eq!(
+            check_event_type(TOKEN_EXPIRED_EVENT),
+            Err(FieldError::Reserved)
+        );
+        assert_eq!(check_event_type("heraldic"), Ok(()));
     }
 }

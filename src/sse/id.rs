@@ -1,7 +1,8 @@
 //! Event ids as they appear on the wire and come back in `Last-Event-ID`.
 //!
 //! Locally published events are numbered by a per-run sequence. The run's
-//! *epoch* (its start time in milliseconds, hex) is part of the id so that an
+//! *epoch* (its start time in milliseconds and 16 random bits below, hex) is
+//! part of the id so that an
 //! id from an earlier run of the server is recognised as such (and answered
 //! with a reset) instead of being mistaken for a position in this run:
 //! `18f3a2b4c01-42` is event 42 of run `18f3a2b4c01`.

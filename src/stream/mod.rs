@@ -39,12 +39,13 @@ use tokio::time::Sleep;
 use crate::abort::Abort;
 use crate::event::Name;
 use crate::expiry::Expiries;
-use crate::fanout::{unix_micros, Fanout};
+use crate::fanout::{unix_micros, Fanout, Full, Join};
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 pub use crate::registry::queue::CloseReason;
 use crate::registry::queue::Queue;
-use crate::registry::Subscription;
+use crate::registry::{Subscriber, Subscription};
+use crate::replay::{Chunk, Range};
 use crate::sse::frame::{self, ResetReason};
 use crate::sse::EventId;
 
@@ -87,7 +88,17 @@ pub struct OpenRequest {
     pub peer: SocketAddr,
     /// The connection's kill switch.
     pub conn: Arc<Abort>,
+    /// Other streams share the connection (HTTP/2).
+    pub shared_conn: bool,
+    /// `--max-streams-per-user`.
+    pub max_per_user: Option<std::num::NonZeroUsize>,
+    /// Whatever the admission reserved for the stream's life (an HTTP/2
+    /// stream's per-address slot), released when it ends.
+    pub lease: Option<Lease>,
 }
+
+/// Something held for a stream's life and released when it ends.
+pub type Lease = Box<dyn std::any::Any + Send + Sync>;
 
 /// An open stream and the id it continues after (the
 /// `herald-resumed-after` response header).
@@ -129,12 +140,26 @@ pub struct Stream {
     /// Why the stream ended, once it has (the queue's reason, or what the
     /// transport reported).
     ended: Option<CloseReason>,
+    /// Held until the stream ends (see [`OpenRequest::lease`]).
+    _lease: Option<Lease>,
 }
 
 #[derive(Debug)]
 struct Prefix {
     head: Option<Bytes>,
-    replay: std::vec::IntoIter<Bytes>,
+    replay: Option<Replaying>,
+}
+
+/// A resume being read from the replay buffer, a chunk per write: the
+/// stream holds one chunk at most, never a copy of its whole range.
+#[derive(Debug)]
+struct Replaying {
+    fanout: Arc<Fanout>,
+    range: Range,
+    /// Where live events start (a gap found mid-replay resets to it).
+    latest: EventId,
+    /// The id the client asked to resume after.
+    requested: Option<String>,
 }
 
 // === impl Streams ===
@@ -153,16 +178,20 @@ impl Streams {
         &self.fanout
     }
 
-    /// Registers a stream and builds its first bytes.
-    pub fn open(&self, req: OpenRequest) -> Opened {
+    /// Registers a stream and builds its first bytes; `Full` when its user
+    /// holds `--max-streams-per-user` streams already.
+    pub fn open(&self, req: OpenRequest) -> Result<Opened, Full> {
         let requested = req.resume.as_ref().map(ToString::to_string);
-        let sub = self.fanout.subscribe(
-            req.user,
-            req.topics,
-            Some(req.peer),
-            Some(req.conn),
-            req.resume,
-        );
+        let lease = req.lease;
+        let sub = self.fanout.subscribe(Join {
+            user: req.user,
+            topics: req.topics,
+            peer: Some(req.peer),
+            conn: Some(req.conn),
+            shared_conn: req.shared_conn,
+            resume: req.resume,
+            max_per_user: req.max_per_user,
+        })?;
         let subscriber = sub.subscription.subscriber();
         if let Some(at) = req.expires_at {
             self.expiries.add(at, subscriber);
@@ -184,17 +213,34 @@ impl Streams {
         } else {
             frame::preamble(retry, &sub.after)
         };
-        Opened {
+        let replay = sub.replay.map(|range| Replaying {
+            fanout: self.fanout.clone(),
+            range,
+            latest: sub.latest,
+            requested,
+        });
+        Ok(Opened {
             after: sub.after,
-            stream: Stream::new(sub.subscription, head, sub.replay, &self.settings),
-        }
+            stream: Stream::with_replay(sub.subscription, head, replay, &self.settings)
+                .leasing(lease),
+        })
     }
 }
 
 // === impl Stream ===
 
 impl Stream {
-    pub fn new(sub: Subscription, head: Bytes, replay: Vec<Bytes>, settings: &Settings) -> Self {
+    /// A stream that starts with `head` (its preamble, or a reset).
+    pub fn new(sub: Subscription, head: Bytes, settings: &Settings) -> Self {
+        Self::with_replay(sub, head, None, settings)
+    }
+
+    fn with_replay(
+        sub: Subscription,
+        head: Bytes,
+        replay: Option<Replaying>,
+        settings: &Settings,
+    ) -> Self {
         if settings.account {
             metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
         }
@@ -202,7 +248,7 @@ impl Stream {
             sub,
             prefix: Some(Box::new(Prefix {
                 head: Some(head),
-                replay: replay.into_iter(),
+                replay,
             })),
             window: settings.coalesce,
             hold: None,
@@ -210,7 +256,13 @@ impl Stream {
             account: settings.account,
             batches: 0,
             ended: None,
+            _lease: None,
         }
+    }
+
+    fn leasing(mut self, lease: Option<Lease>) -> Self {
+        self._lease = lease;
+        self
     }
 
     /// The next thing to write, or how the stream ends. `Pending` stores the
@@ -218,12 +270,14 @@ impl Stream {
     /// allocated per wait.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         if let Some(prefix) = &mut self.prefix {
-            let (chunk, replayed) = prefix.next_write();
+            let (chunk, replayed) = prefix.next_write(self.sub.subscriber());
             if prefix.is_done() {
                 self.prefix = None;
             }
             self.account(replayed, 0);
-            return Poll::Ready(Next::Data(chunk));
+            if !chunk.is_empty() {
+                return Poll::Ready(Next::Data(chunk));
+            }
         }
         if self.holding {
             // Something to send within the window since the last write: let
@@ -330,34 +384,54 @@ pub fn io_reason(e: &io::Error) -> CloseReason {
 // === impl Prefix ===
 
 impl Prefix {
-    /// The head and/or up to ~[`PREFIX_WRITE_BYTES`] of replayed frames, as
-    /// one buffer; and how many replayed frames it holds.
-    fn next_write(&mut self) -> (Bytes, usize) {
+    /// The head (if not yet written) and the next chunk of the replay,
+    /// about [`PREFIX_WRITE_BYTES`], as one buffer; and how many replayed
+    /// frames it holds. Empty only once the prefix is done.
+    fn next_write(&mut self, sub: &Subscriber) -> (Bytes, usize) {
         let head = self.head.take();
-        if self.replay.len() == 0 {
+        let Some(r) = &mut self.replay else {
             return (head.unwrap_or_default(), 0);
-        }
-        let queued = head.as_ref().map_or(0, Bytes::len)
-            + self.replay.as_slice().iter().map(Bytes::len).sum::<usize>();
-        let mut buf = BytesMut::with_capacity(PREFIX_WRITE_BYTES.min(queued));
-        if let Some(h) = head {
-            buf.put_slice(&h);
-        }
-        let mut frames = 0;
-        while buf.len() < PREFIX_WRITE_BYTES {
-            match self.replay.next() {
-                Some(f) => {
-                    buf.put_slice(&f);
-                    frames += 1;
+        };
+        loop {
+            let (tail, frames) =
+                match r
+                    .fanout
+                    .replay_chunk(&mut r.range, PREFIX_WRITE_BYTES, |t| sub.wants(t))
+                {
+                    // The scan bound came first, nothing matched yet: go on.
+                    Chunk::Frames(b, 0) if b.is_empty() && head.is_none() => continue,
+                    Chunk::Frames(b, n) => (b, n),
+                    Chunk::Done => {
+                        self.replay = None;
+                        (Bytes::new(), 0)
+                    }
+                    Chunk::Gap => {
+                        // Evicted while this client was still reading: say so,
+                        // and continue where live events start.
+                        let reset = frame::reset_event(
+                            ResetReason::NotRetained,
+                            r.requested.as_deref(),
+                            &r.latest,
+                        );
+                        self.replay = None;
+                        (reset, 0)
+                    }
+                };
+            return match head {
+                None => (tail, frames),
+                Some(h) if tail.is_empty() => (h, 0),
+                Some(h) => {
+                    let mut buf = BytesMut::with_capacity(h.len() + tail.len());
+                    buf.put_slice(&h);
+                    buf.put_slice(&tail);
+                    (buf.freeze(), frames)
                 }
-                None => break,
-            }
+            };
         }
-        (buf.freeze(), frames)
     }
 
     fn is_done(&self) -> bool {
-        self.head.is_none() && self.replay.len() == 0
+        self.head.is_none() && self.replay.is_none()
     }
 }
 

@@ -7,6 +7,7 @@ use crate::registry::Registry;
 const LIMITS: Limits = Limits {
     max_frames: 1024,
     max_bytes: 1 << 20,
+    stall: None,
 };
 
 fn settings(coalesce: Option<Duration>) -> Settings {
@@ -17,14 +18,46 @@ fn settings(coalesce: Option<Duration>) -> Settings {
     }
 }
 
-fn stream(replay: Vec<Bytes>, coalesce: Option<Duration>, abort: Option<Arc<Abort>>) -> Stream {
+fn stream(coalesce: Option<Duration>, abort: Option<Arc<Abort>>) -> Stream {
     let registry = Arc::new(Registry::new(1));
     let sub = registry.insert(Name::new("u").unwrap(), vec![], None, abort);
-    Stream::new(
-        sub,
-        Bytes::from_static(b"head\n\n"),
-        replay,
-        &settings(coalesce),
+    Stream::new(sub, Bytes::from_static(b"head\n\n"), &settings(coalesce))
+}
+
+fn streams(replay_events: usize) -> Streams {
+    let fanout = Arc::new(Fanout::new(
+        Arc::new(Registry::new(4)),
+        7,
+        LIMITS,
+        crate::replay::Limits {
+            max_events: replay_events,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(60),
+        },
+    ));
+    Streams::new(fanout, Arc::new(Lifecycle::new(None)), settings(None))
+}
+
+fn open(s: &Streams, resume: Option<EventId>) -> Opened {
+    s.open(OpenRequest {
+        user: Name::new("u").unwrap(),
+        topics: vec![],
+        resume,
+        expires_at: None,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        conn: Abort::new(),
+        shared_conn: false,
+        max_per_user: None,
+        lease: None,
+    })
+    .unwrap()
+}
+
+fn publish(s: &Streams, n: usize, size: usize) -> Vec<EventId> {
+    let data = "x".repeat(size);
+    s.fanout.publish(
+        &vec![crate::event::Event::new(crate::event::Target::Broadcast, data.as_str()); n],
+        crate::fanout::Source::Http,
     )
 }
 
@@ -37,41 +70,75 @@ fn push(s: &Stream, frame: &'static [u8]) {
         .sub
         .subscriber()
         .queue
-        .try_push(&Bytes::from_static(frame), 1, LIMITS);
+        .try_push(&Bytes::from_static(frame), 1, 0, LIMITS);
     drop(waker);
 }
 
 #[test]
-fn the_prefix_leaves_in_large_writes_then_live_batches() {
-    let frame = Bytes::from(vec![b'x'; 1000]);
-    let mut s = stream(vec![frame; 200], None, None);
+fn a_resume_is_read_in_large_writes_then_live_batches() {
+    let s = streams(1000);
+    let ids = publish(&s, 201, 1000);
+    let mut opened = open(&s, Some(ids[0].clone()));
+    assert_eq!(opened.after, ids[0]);
+    let st = &mut opened.stream;
+    let data = "x".repeat(1000);
+    let replayed: usize = ids[1..]
+        .iter()
+        .map(|id| crate::sse::frame::event(id, None, &data).len())
+        .sum();
+    let preamble = crate::sse::frame::preamble(3000, &ids[0]).len();
     let mut writes = Vec::new();
-    while let Poll::Ready(Next::Data(b)) = poll(&mut s) {
+    while let Poll::Ready(Next::Data(b)) = poll(st) {
         writes.push(b.len());
     }
-    // 6 bytes of head + 200,000 of replay, in writes of just over 64 KiB.
-    assert_eq!(writes.iter().sum::<usize>(), 6 + 200 * 1000);
-    assert_eq!(writes.len(), 4, "{writes:?}");
-    assert!(
-        writes[..3].iter().all(|w| *w >= PREFIX_WRITE_BYTES),
-        "{writes:?}"
-    );
-    assert!(s.prefix.is_none(), "the prefix is freed once written");
-    assert_eq!(s.sub.subscriber().delivered.load(Ordering::Relaxed), 200);
+    // The preamble and 200 replayed frames, in writes of just over 64 KiB.
+    assert_eq!(writes.iter().sum::<usize>(), preamble + replayed);
+    assert!(writes.len() >= 3, "{writes:?}");
+    let (last, full) = writes.split_last().unwrap();
+    assert!(full.iter().all(|w| *w >= PREFIX_WRITE_BYTES), "{writes:?}");
+    assert!(*last > 0);
+    assert!(st.prefix.is_none(), "the prefix is freed once written");
+    assert_eq!(st.sub.subscriber().delivered.load(Ordering::Relaxed), 200);
 
-    push(&s, b"a");
-    push(&s, b"b");
-    assert_eq!(
-        poll(&mut s),
-        Poll::Ready(Next::Data(Bytes::from_static(b"ab")))
+    push(st, b"a");
+    push(st, b"b");
+    assert_eq!(poll(st), Poll::Ready(Next::Data(Bytes::from_static(b"ab"))));
+    assert!(poll(st).is_pending());
+    assert_eq!(st.sub.subscriber().delivered.load(Ordering::Relaxed), 202);
+}
+
+#[test]
+fn a_resume_evicted_while_being_read_ends_in_a_reset_then_live() {
+    let s = streams(100);
+    let ids = publish(&s, 100, 2000);
+    let mut opened = open(&s, Some(ids[0].clone()));
+    let st = &mut opened.stream;
+    let Poll::Ready(Next::Data(first)) = poll(st) else {
+        panic!("the first write");
+    };
+    assert!(first.len() >= PREFIX_WRITE_BYTES);
+    // A slow reader: 100 more events evict the rest of its range.
+    let later = publish(&s, 100, 10);
+    let Poll::Ready(Next::Data(reset)) = poll(st) else {
+        panic!("the reset");
+    };
+    let text = String::from_utf8(reset.to_vec()).unwrap();
+    assert!(
+        text.starts_with(&format!("id: {}\nevent: herald-reset\n", ids[99])),
+        "{text}"
     );
-    assert!(poll(&mut s).is_pending());
-    assert_eq!(s.sub.subscriber().delivered.load(Ordering::Relaxed), 202);
+    assert!(st.prefix.is_none());
+    // Then the live queue: the events published meanwhile, in order.
+    let Poll::Ready(Next::Data(live)) = poll(st) else {
+        panic!("live");
+    };
+    let live = String::from_utf8(live.to_vec()).unwrap();
+    assert!(live.starts_with(&format!("id: {}\n", later[0])), "{live}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_coalescing_window_holds_the_next_write() {
-    let mut s = stream(vec![], Some(Duration::from_millis(100)), None);
+    let mut s = stream(Some(Duration::from_millis(100)), None);
     assert!(matches!(poll(&mut s), Poll::Ready(Next::Data(_))), "head");
     push(&s, b"1");
     assert_eq!(
@@ -91,7 +158,7 @@ async fn a_coalescing_window_holds_the_next_write() {
 
 #[test]
 fn ends_by_reason() {
-    let mut s = stream(vec![], None, None);
+    let mut s = stream(None, None);
     let _ = poll(&mut s);
     push(&s, b"last");
     s.sub
@@ -104,7 +171,7 @@ fn ends_by_reason() {
     assert_eq!(poll(&mut s), Poll::Ready(Next::End));
     assert_eq!(s.reason(), CloseReason::Shutdown);
 
-    let mut s = stream(vec![], None, None);
+    let mut s = stream(None, None);
     let _ = poll(&mut s);
     for _ in 0..=LIMITS.max_frames {
         push(&s, b"x");
@@ -116,7 +183,7 @@ fn ends_by_reason() {
     );
     assert_eq!(s.reason(), CloseReason::Slow);
 
-    let mut s = stream(vec![], None, None);
+    let mut s = stream(None, None);
     assert_eq!(
         s.reason(),
         CloseReason::Client,
@@ -127,7 +194,7 @@ fn ends_by_reason() {
     assert_eq!(s.reason(), CloseReason::Error, "the first reason wins");
 
     let conn = Abort::new();
-    let s = stream(vec![], None, Some(conn.clone()));
+    let s = stream(None, Some(conn.clone()));
     conn.record(CloseReason::WriteTimeout);
     assert_eq!(
         s.reason(),

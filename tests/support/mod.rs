@@ -76,6 +76,8 @@ macro_rules! on_h1_transports {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// With `--admin-listen` configured.
+    pub admin_addr: Option<SocketAddr>,
     /// The dispatcher (registry, replay buffer).
     pub fanout: Arc<Fanout>,
     pub transport: Transport,
@@ -117,6 +119,7 @@ impl TestServer {
         let running = herald::app::start(config, max_connections).await.unwrap();
         Self {
             addr: running.addr,
+            admin_addr: running.admin_addr,
             fanout: running.fanout().clone(),
             transport: t,
             running: Some(running),
