@@ -534,3 +534,42 @@ async fn a_flood_from_one_address_does_not_spend_the_node_connect_rate() {
     other.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
+
+/// A publish body that stops arriving is answered 408 after
+/// `--header-read-timeout`, publishes nothing, and the next publish works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_body_that_stops_arriving_is_answered_408() {
+    let s = TestServer::with(|c| c.server.header_read_timeout = Duration::from_millis(500)).await;
+    let mut watcher = s.subscribe("u1").await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let partial = br#"{"user":"u1","data":"#;
+    let head = "POST /api/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    let started = Instant::now();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(partial).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains('}') {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an answer within the body timeout")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--header-read-timeout"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    watcher.assert_quiet(Duration::from_millis(300)).await;
+    let id = s.publish_ok(json!({"user": "u1", "data": "after"})).await;
+    let ev = watcher.next().await;
+    assert_eq!(
+        (ev.id.as_str(), ev.data.as_str()),
+        (id.as_str(), "\"after\"")
+    );
+}
