@@ -255,7 +255,7 @@ pub struct LimitArgs {
 
     /// From accept, the time a client has to finish its TLS handshake and
     /// send a whole first request head (slowloris); the connection is closed
-    /// after it.
+    /// after it. Also the time a publish body has to arrive (408 after it).
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub header_read_timeout: Duration,
 
