@@ -7,7 +7,9 @@
 //!   reconnect every second;
 //! - junk writers: streams that write bytes at the server;
 //!
-//! plus one `/metrics` flood and one connect flood from a single address.
+//! plus one `/metrics` flood over one keep-alive connection, and a connect
+//! flood: 8N connections at once from a single address, each reconnecting
+//! as soon as answered.
 //! Each kind reports how many connections the server closed and how fast;
 //! the server's own close and refusal counters, before and after, say why.
 
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// The HTTP/2 connection preface and an empty SETTINGS frame.
@@ -30,8 +32,10 @@ pub(crate) struct Kind {
     pub(crate) closed: AtomicU64,
     /// Sum of open-to-close times of those, ms.
     pub(crate) closed_after_ms: AtomicU64,
-    /// Requests answered (floods).
+    /// Requests answered 2xx (floods).
     pub(crate) answered: AtomicU64,
+    /// Requests answered with a refusal, 4xx or 5xx (floods).
+    pub(crate) refused: AtomicU64,
 }
 
 /// Every kind, by name.
@@ -55,23 +59,44 @@ impl Report {
             let closed = c(&k.closed);
             let avg = c(&k.closed_after_ms).checked_div(closed).unwrap_or(0);
             println!(
-                "adversary {name}: opened={} closed_by_server={closed} (after {avg} ms on average) answered={}",
+                "adversary {name}: opened={} closed_by_server={closed} (after {avg} ms on average) answered={} refused={}",
                 c(&k.opened),
-                c(&k.answered)
+                c(&k.answered),
+                c(&k.refused)
             );
             all.insert(
                 (*name).into(),
-                serde_json::json!({"opened": c(&k.opened), "closed": closed, "closed_after_ms": avg, "answered": c(&k.answered)}),
+                serde_json::json!({"opened": c(&k.opened), "closed": closed, "closed_after_ms": avg, "answered": c(&k.answered), "refused": c(&k.refused)}),
             );
         }
         serde_json::Value::Object(all)
     }
 }
 
-/// Starts `n` of each kind against `target`; they run until `until`.
-pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Report {
+/// Every kind, by the name it is reported and chosen under.
+pub(crate) const KINDS: [&str; 8] = [
+    "slowloris_preface_byte",
+    "slowloris_half_head",
+    "slowloris_h2c_no_stream",
+    "stalled_readers",
+    "junk_writers",
+    "resume_floods",
+    "metrics_flood",
+    "connect_flood_one_address",
+];
+
+/// Starts `n` of each kind in `only` (every kind when empty) against
+/// `target`; they run until `until`.
+pub(crate) async fn start(target: SocketAddr, n: usize, only: &[String], until: Instant) -> Report {
     let mut report = Report::default();
     let oldest = oldest_id(target).await;
+    let n_of = |name: &str| {
+        if only.is_empty() || only.iter().any(|k| k == name) {
+            n
+        } else {
+            0
+        }
+    };
     for (name, first) in [
         ("slowloris_preface_byte", &b"P"[..]),
         (
@@ -81,7 +106,7 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         ("slowloris_h2c_no_stream", H2_PREFACE),
     ] {
         let kind = report.kind(name);
-        for i in 0..n {
+        for i in 0..n_of(name) {
             tokio::spawn(hold(
                 target,
                 src(i),
@@ -93,7 +118,7 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         }
     }
     let stalled = report.kind("stalled_readers");
-    for i in 0..n {
+    for i in 0..n_of("stalled_readers") {
         let req = format!("GET /api/sse/subscribe/adv-stalled-{i} HTTP/1.1\r\nhost: x\r\n\r\n");
         tokio::spawn(hold(
             target,
@@ -105,7 +130,7 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         ));
     }
     let junk = report.kind("junk_writers");
-    for i in 0..n {
+    for i in 0..n_of("junk_writers") {
         let req = format!("GET /api/sse/subscribe/adv-junk-{i} HTTP/1.1\r\nhost: x\r\n\r\n");
         tokio::spawn(hold(
             target,
@@ -117,7 +142,7 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         ));
     }
     let resume = report.kind("resume_floods");
-    for i in 0..n {
+    for i in 0..n_of("resume_floods") {
         let req = format!(
             "GET /api/sse/subscribe/adv-resume-{i} HTTP/1.1\r\nhost: x\r\nlast-event-id: {oldest}\r\n\r\n"
         );
@@ -138,21 +163,27 @@ pub(crate) async fn start(target: SocketAddr, n: usize, until: Instant) -> Repor
         });
     }
     let metrics = report.kind("metrics_flood");
-    tokio::spawn(flood(
-        target,
-        None,
-        b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
-        metrics,
-        until,
-    ));
+    for _ in 0..n_of("metrics_flood").min(1) {
+        tokio::spawn(flood(
+            target,
+            None,
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
+            metrics.clone(),
+            until,
+        ));
+    }
+    // 8N connections at once from one address, each reconnecting as soon
+    // as answered: past `--max-connections-per-ip` they are refused.
     let connects = report.kind("connect_flood_one_address");
-    tokio::spawn(flood(
-        target,
-        Some(Ipv4Addr::new(127, 0, 3, 2)),
-        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        connects,
-        until,
-    ));
+    for _ in 0..8 * n_of("connect_flood_one_address") {
+        tokio::spawn(flood(
+            target,
+            Some(Ipv4Addr::new(127, 0, 3, 2)),
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            connects.clone(),
+            until,
+        ));
+    }
     report
 }
 
@@ -216,16 +247,20 @@ async fn hold(
             }
         },
         None => {
-            // Wait for the close without reading data: a peek of one byte
-            // tells EOF (0) from data the adversary leaves unread.
-            let mut one = [0u8; 1];
+            // Wait for the close without reading data: the socket's
+            // readiness says when the peer's FIN or RST arrived even with
+            // data left unread (a peek would return that data forever).
+            // A server that closes a stream with data still queued for it
+            // cannot send its FIN past the unread data: those closes show
+            // in the server's counters, not here.
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => return,
-                    r = s.peek(&mut one) => match r {
-                        Ok(0) | Err(_) => return closed(&kind, t),
-                        // Data waits unread; look again later.
-                        Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    r = s.ready(Interest::READABLE) => match r {
+                        Ok(r) if !r.is_read_closed() && !r.is_error() => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        _ => return closed(&kind, t),
                     },
                 }
             }
@@ -250,7 +285,8 @@ async fn flood(
 ) {
     let keep_alive = src.is_none();
     let mut conn: Option<TcpStream> = None;
-    let mut buf = vec![0u8; 256 * 1024];
+    // A /metrics page needs room; a refusal or /healthz does not.
+    let mut buf = vec![0u8; if keep_alive { 256 * 1024 } else { 4096 }];
     while Instant::now() < until {
         if conn.is_none() {
             let Ok(sock) = TcpSocket::new_v4() else {
@@ -271,11 +307,17 @@ async fn flood(
             }
         }
         let Some(s) = conn.as_mut() else { continue };
-        let ok = s.write_all(request).await.is_ok() && read_answer(s, &mut buf, keep_alive).await;
-        if ok {
-            kind.answered.fetch_add(1, Ordering::Relaxed);
-        }
-        if !ok || !keep_alive {
+        let status = if s.write_all(request).await.is_ok() {
+            read_answer(s, &mut buf, keep_alive).await
+        } else {
+            None
+        };
+        match status {
+            Some(200..=299) => kind.answered.fetch_add(1, Ordering::Relaxed),
+            Some(_) => kind.refused.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        if status.is_none() || !keep_alive {
             conn = None;
         }
     }
@@ -283,14 +325,14 @@ async fn flood(
 
 /// Reads one answer: the head and `content-length` bytes (keep-alive), or
 /// to the close.
-async fn read_answer(s: &mut TcpStream, buf: &mut [u8], keep_alive: bool) -> bool {
+async fn read_answer(s: &mut TcpStream, buf: &mut [u8], keep_alive: bool) -> Option<u16> {
     let mut got = 0;
     loop {
         let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[got..])).await;
         let n = match r {
-            Ok(Ok(0)) => return got > 0 && !keep_alive,
-            Ok(Ok(n)) => n,
-            _ => return false,
+            Ok(Ok(0)) if got > 0 && !keep_alive => return status(&buf[..got]),
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
         };
         got += n;
         if !keep_alive {
@@ -304,11 +346,18 @@ async fn read_answer(s: &mut TcpStream, buf: &mut [u8], keep_alive: bool) -> boo
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             if got >= p + 4 + len {
-                return true;
+                return status(&buf[..got]);
             }
         }
         if got == buf.len() {
-            return false;
+            return None;
         }
     }
+}
+
+/// The status code of an HTTP/1.1 answer.
+fn status(answer: &[u8]) -> Option<u16> {
+    answer.get(9..12)?.iter().try_fold(0u16, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+    })
 }

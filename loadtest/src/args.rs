@@ -96,6 +96,10 @@ pub(crate) struct Args {
     /// see `adversary`. Their connections come from 127.0.3.x.
     #[arg(long, default_value_t = 0)]
     pub(crate) adversaries: usize,
+    /// Only these adversary kinds (comma-separated names as reported, e.g.
+    /// `stalled_readers,junk_writers`); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) adversary_kinds: Vec<String>,
     /// Most connections per process; more are spread over child processes.
     #[arg(long, default_value_t = 19_000)]
     pub(crate) per_process: usize,

@@ -61,6 +61,17 @@ fn main() {
         eprintln!("sse-load: --target {bad} is not a loopback address");
         std::process::exit(2);
     }
+    if let Some(bad) = args
+        .adversary_kinds
+        .iter()
+        .find(|k| !adversary::KINDS.contains(&k.as_str()))
+    {
+        eprintln!(
+            "sse-load: --adversary-kinds: no kind {bad:?}; the kinds are {}",
+            adversary::KINDS.join(", ")
+        );
+        std::process::exit(2);
+    }
     if args.target.is_empty() {
         eprintln!("sse-load: --target needs at least one address");
         std::process::exit(2);
@@ -242,7 +253,13 @@ async fn publish_phase(
         let until = Instant::now() + Duration::from_secs(args.publish_seconds);
         let before = scrape(args.target[0]).await;
         Some((
-            adversary::start(args.target[0], args.adversaries, until).await,
+            adversary::start(
+                args.target[0],
+                args.adversaries,
+                &args.adversary_kinds,
+                until,
+            )
+            .await,
             before,
         ))
     } else {

@@ -51,6 +51,8 @@ use super::subscribe::{Admission, Subscribe, PREFIX};
 
 /// Most headers parsed.
 const MAX_HEADERS: usize = 48;
+/// What the first look at a connection reads: a subscribe head fits.
+const FIRST_PEEK: usize = 4096;
 
 /// A request this path serves: its head, parsed, and its length to consume.
 #[derive(Debug)]
@@ -80,13 +82,22 @@ pub(crate) async fn classify(
     max_head: usize,
 ) -> Route {
     // Heap, not stack: a stack buffer would live in every connection
-    // task's future for the task's whole life. Freed once classified.
-    let mut buf = vec![0u8; max_head + 1];
-    let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+    // task's future for the task's whole life. Freed once classified. A
+    // small buffer first (nearly every head fits it); a whole
+    // `--max-header-bytes` one only for a head that fills it.
+    let mut buf = vec![0u8; FIRST_PEEK.min(max_head + 1)];
+    let mut n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
         Ok(Ok(0)) | Ok(Err(_)) => return Route::Close,
         Err(_) => return Route::TimedOut,
         Ok(Ok(n)) => n,
     };
+    if n == buf.len() && n <= max_head && head_incomplete(&buf) {
+        buf = vec![0u8; max_head + 1];
+        n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return Route::Close,
+            Ok(n) => n,
+        };
+    }
     match take(&buf[..n]) {
         Some(t) => Route::H1(Box::new(t)),
         None if n > max_head && head_incomplete(&buf[..n]) => Route::TooLarge,
@@ -402,6 +413,53 @@ mod tests {
                 String::from_utf8_lossy(handed_over)
             );
         }
+    }
+
+    /// What `classify` decides for a first segment of `head`, with the
+    /// default 16 KiB `--max-header-bytes`.
+    async fn classified(head: &[u8]) -> Route {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(head).await.unwrap();
+        // The whole head is in the server's receive queue before the peek.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        classify(&server, deadline, 16 * 1024).await
+    }
+
+    #[tokio::test]
+    async fn a_long_head_is_read_whole_before_it_is_classified() {
+        let head = |pad: usize| {
+            format!(
+                "GET /api/sse/subscribe/u HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+                "a".repeat(pad)
+            )
+        };
+        // Under the first look, past it (the buffer grows), past the limit.
+        assert!(matches!(
+            classified(head(100).as_bytes()).await,
+            Route::H1(_)
+        ));
+        assert!(matches!(
+            classified(head(FIRST_PEEK).as_bytes()).await,
+            Route::H1(_)
+        ));
+        assert!(matches!(
+            classified(head(12 * 1024).as_bytes()).await,
+            Route::H1(_)
+        ));
+        assert!(matches!(
+            classified(head(20 * 1024).as_bytes()).await,
+            Route::TooLarge
+        ));
+        // Not an HTTP/1.1 head (the h2 preface, 4 KiB of it): hyper's.
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.resize(FIRST_PEEK, 0);
+        assert!(matches!(classified(&h2).await, Route::Hyper));
     }
 
     #[test]
