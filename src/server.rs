@@ -58,15 +58,24 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Binds a listener; `reuse_port` sets SO_REUSEPORT. The error names the
-/// address and the flag it came from.
-pub(crate) fn bind(addr: SocketAddr, reuse_port: bool, flag: &str) -> io::Result<TcpListener> {
+/// Binds a listener; `reuse_port` sets SO_REUSEPORT; `send_buffer` sets
+/// SO_SNDBUF, which every accepted connection inherits (no call per
+/// connection). The error names the address and the flag it came from.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+    send_buffer: Option<std::num::NonZeroUsize>,
+    flag: &str,
+) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let bound = (|| {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         if reuse_port {
             socket.set_reuse_port(true)?;
+        }
+        if let Some(n) = send_buffer {
+            socket.set_send_buffer_size(n.get())?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;

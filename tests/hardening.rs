@@ -573,3 +573,37 @@ async fn a_publish_body_that_stops_arriving_is_answered_408() {
         (id.as_str(), "\"after\"")
     );
 }
+
+/// A client that stops reading holds at most `--socket-send-buffer` in the
+/// kernel (not the megabytes its autotuning would give it): its queue then
+/// fills and it is closed as slow after well under 1.5 MB were sent its way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_bounded_buffering() {
+    let s = TestServer::start().await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let mut c = sock.connect(s.addr).await.unwrap();
+    c.write_all(b"GET /api/sse/subscribe/still HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.wait_connections(1).await;
+    let data = "s".repeat(1000);
+    let batch: Vec<_> = (0..100)
+        .map(|_| json!({"user": "still", "data": data}))
+        .collect();
+    let mut sent = 0usize;
+    let registry = s.fanout.registry().clone();
+    while sent < 1_500_000 && registry.connections() > 0 {
+        let (status, reply) = s.publish(Value::Array(batch.clone())).await;
+        assert_eq!(status, 200, "{reply}");
+        sent += 100 * 1000;
+        // Let the stream's writer move what it can into the socket.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        registry.connections(),
+        0,
+        "still open after {sent} bytes were sent its way"
+    );
+    drop(c);
+}

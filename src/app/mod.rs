@@ -106,9 +106,9 @@ impl Running {
 /// Binds the configured listeners and starts serving; returns at once.
 pub async fn start(config: Config, max_connections: u64) -> Result<Running, StartError> {
     let s = &config.server;
-    let listener = server::bind(s.listen, s.reuse_port, "listen")?;
+    let listener = server::bind(s.listen, s.reuse_port, s.send_buffer, "listen")?;
     let admin = match s.admin_listen {
-        Some(a) => Some(server::bind(a, s.reuse_port, "admin-listen")?),
+        Some(a) => Some(server::bind(a, s.reuse_port, None, "admin-listen")?),
         None => None,
     };
     start_on(config, listener, admin, max_connections).await

@@ -274,6 +274,14 @@ pub struct LimitArgs {
     /// (heartbeats included) (0 = never).
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse::duration)]
     pub write_timeout: Duration,
+
+    /// Kernel send buffer of each client connection (SO_SNDBUF, set on the
+    /// listener; Linux counts twice this). Bounds what a client that stops
+    /// reading holds in the kernel beyond its queue; 0 leaves it to the
+    /// kernel, which grows it up to net.ipv4.tcp_wmem's max (4 MiB by
+    /// default) per connection. Capped by net.core.wmem_max.
+    #[arg(long, env = "HERALD_SOCKET_SEND_BUFFER", default_value = "128KiB", value_name = "SIZE", value_parser = parse::size)]
+    pub socket_send_buffer: usize,
 }
 
 /// Where to start reading Kafka at startup.
@@ -427,6 +435,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub reuse_port: bool,
+    /// SO_SNDBUF for client connections (`None`: the kernel's autotuning).
+    pub send_buffer: Option<NonZeroUsize>,
     /// `--tls-cert`/`--tls-key` loaded (None: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `None`: derive from the open-file limit at start.
@@ -677,6 +687,7 @@ impl Cli {
                 listen: l.listen,
                 admin_listen: l.admin_listen,
                 reuse_port: l.reuse_port,
+                send_buffer: NonZeroUsize::new(lim.socket_send_buffer),
                 tls,
                 max_connections: NonZeroU64::new(l.max_connections),
                 worker_threads: NonZeroUsize::new(l.worker_threads),
