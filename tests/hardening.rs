@@ -181,12 +181,7 @@ async fn clients_that_stop_reading_cannot_hold_publishers() {
     let refused0 = backpressure(&server, "refused");
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(2048).unwrap();
-        let mut s = sock.connect(server.addr).await.unwrap();
-        s.write_all(b"GET /api/sse/subscribe/stuck HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = server.stalled("stuck", None).await;
         let mut head = [0u8; 256];
         let _ = s.read(&mut head).await.unwrap();
         stalled.push(s);
@@ -320,18 +315,7 @@ async fn resuming_streams_that_read_nothing_hold_bounded_memory() {
     let before = rss_kib();
     let mut held = Vec::new();
     for _ in 0..STREAMS {
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(2048).unwrap();
-        let mut c = sock.connect(s.addr).await.unwrap();
-        c.write_all(
-            format!(
-                "GET /api/sse/subscribe/r HTTP/1.1\r\nhost: x\r\nlast-event-id: {first}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        held.push(c);
+        held.push(s.stalled("r", Some(&first)).await);
     }
     s.wait_connections(STREAMS).await;
     // Let every stream write until its socket is full.
@@ -580,12 +564,7 @@ async fn a_publish_body_that_stops_arriving_is_answered_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_after_bounded_buffering() {
     let s = TestServer::start().await;
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(2048).unwrap();
-    let mut c = sock.connect(s.addr).await.unwrap();
-    c.write_all(b"GET /api/sse/subscribe/still HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let c = s.stalled("still", None).await;
     s.wait_connections(1).await;
     let data = "s".repeat(1000);
     let batch: Vec<_> = (0..100)

@@ -223,13 +223,7 @@ async fn a_peer_that_stops_reading_is_closed_by_the_write_timeout(t: Transport) 
         )
     };
     let timed_out_before = timed_out(&s.metrics());
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = sock.connect(s.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /api/sse/subscribe/stalled HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = s.stalled("stalled", None).await;
     let mut head = [0u8; 256];
     let _ = stalled.read(&mut head).await.unwrap();
     s.wait_connections(1).await;

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{eventually, metric, TestServer, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::io::AsyncReadExt;
 
 const PAYLOAD: usize = 32 * 1024;
 const BATCH: usize = 4; // 128 KiB per burst: under the 256 KiB queue bound
@@ -51,13 +50,7 @@ async fn stalled_client_is_closed_healthy_client_gets_everything(t: Transport) {
 
     // The stalled client: tiny receive buffer, reads the response head, then
     // never reads again.
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = sock.connect(server.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /api/sse/subscribe/stalled HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = server.stalled("stalled", None).await;
     let mut head = [0u8; 512];
     let n = stalled.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));

@@ -18,8 +18,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::json;
 use support::{eventually, TestServer};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 
 const STALLED: usize = 1000;
 const HEALTHY: usize = 8;
@@ -63,15 +61,7 @@ async fn a_wave_of_slow_closes_costs_publishers_nothing_and_logs_little() {
     // Streams that send their request and then read nothing.
     let mut stalled = Vec::new();
     for i in 0..STALLED {
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(2048).unwrap();
-        let mut s = sock.connect(server.addr).await.unwrap();
-        s.write_all(
-            format!("GET /api/sse/subscribe/stalled-{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        stalled.push(s);
+        stalled.push(server.stalled(&format!("stalled-{i}"), None).await);
     }
     let mut healthy = Vec::new();
     for i in 0..HEALTHY {

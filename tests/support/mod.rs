@@ -18,7 +18,7 @@ use herald::config::Config;
 use herald::fanout::Fanout;
 use herald::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Upper bound on any single wait in a test: generous, only hit on failure.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -224,6 +224,22 @@ impl TestServer {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         (status, headers, resp.text().await.unwrap())
+    }
+
+    /// Opens a stream on herald's HTTP/1.1 path that will read nothing: a
+    /// 2 KiB receive buffer, the request sent (resuming after
+    /// `last_event_id` if given), nothing read.
+    pub async fn stalled(&self, path: &str, last_event_id: Option<&str>) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(2048).unwrap();
+        let mut s = sock.connect(self.addr).await.unwrap();
+        let resume = last_event_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
+        s.write_all(
+            format!("GET /api/sse/subscribe/{path} HTTP/1.1\r\nhost: x\r\n{resume}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        s
     }
 
     /// Sends raw bytes on a fresh connection; returns what came back until
