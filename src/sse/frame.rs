@@ -203,18 +203,11 @@ pub fn reset(
     requested: Option<&str>,
     after: impl std::fmt::Display,
 ) -> Bytes {
-    let after = after.to_string();
-    let data = serde_json::json!({
-        "reason": reason.label(),
-        "lastEventId": requested,
-        "resumedAfter": after,
-    })
-    .to_string();
     let head = FrameBuilder::new(0)
         .comment("herald")
         .retry(retry_ms)
         .finish();
-    let ev = event(&after, Some(RESET_EVENT), &data);
+    let ev = reset_event(reason, requested, after);
     let mut b = BytesMut::with_capacity(head.len() + ev.len());
     b.put_slice(&head);
     b.put_slice(&ev);
