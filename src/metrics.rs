@@ -22,6 +22,11 @@ pub(crate) const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 pub(crate) const EVENTS_DROPPED: &str = "herald_events_dropped_total";
 pub(crate) const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
 pub(crate) const RESUMES: &str = "herald_resumes_total";
+pub(crate) const STREAM_RESETS: &str = "herald_stream_resets_total";
+pub(crate) const CATCHUP_STREAMS: &str = "herald_catchup_streams";
+pub(crate) const CATCHUP_READERS: &str = "herald_catchup_readers_busy";
+pub(crate) const CATCHUP_RECORDS: &str = "herald_catchup_records_read_total";
+pub(crate) const CATCHUP_DURATION: &str = "herald_catchup_duration_seconds";
 pub(crate) const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
 pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
@@ -96,6 +101,9 @@ fn register_reasons() {
     for reason in crate::registry::queue::CloseReason::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
     }
+    for reason in crate::sse::frame::ResetReason::ALL {
+        metrics::counter!(STREAM_RESETS, "reason" => reason.label()).increment(0);
+    }
     for endpoint in [Endpoint::Subscribe, Endpoint::Publish] {
         for denied in [
             Denied::Missing(""),
@@ -165,7 +173,32 @@ fn describe_all() {
     describe_counter!(
         RESUMES,
         Unit::Count,
-        "Subscriptions carrying a Last-Event-ID, by outcome (clean, gap)."
+        "Subscriptions carrying a Last-Event-ID, by outcome (clean: from the replay buffer; catchup: from Kafka; gap: reset)."
+    );
+    describe_counter!(
+        STREAM_RESETS,
+        Unit::Count,
+        "herald-reset events sent, by reason (last-event-id-not-retained, retention, last-event-id-unreadable)."
+    );
+    describe_gauge!(
+        CATCHUP_STREAMS,
+        Unit::Count,
+        "Streams being caught up from Kafka, by state (reading: a reader serves them; waiting: every reader is busy)."
+    );
+    describe_gauge!(
+        CATCHUP_READERS,
+        Unit::Count,
+        "Catch-up readers (Kafka consumers) serving streams now."
+    );
+    describe_counter!(
+        CATCHUP_RECORDS,
+        Unit::Count,
+        "Kafka records read by catch-up readers."
+    );
+    describe_histogram!(
+        CATCHUP_DURATION,
+        Unit::Seconds,
+        "Time from a stream's open to its joining the live fan-out, for streams caught up from Kafka."
     );
     describe_histogram!(
         FANOUT_DURATION,

@@ -19,13 +19,15 @@
 //!
 //! Ages use `tokio::time::Instant` so tests can pause time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::event::Target;
+use crate::sse::cursor::{self, Cursor};
 use crate::sse::EventId;
 
 /// Most entries one chunk looks at, matching or not: bounds the time a
@@ -40,30 +42,61 @@ pub struct Limits {
     pub max_age: Duration,
 }
 
+/// A Kafka record's place: topic (index into the node's topics),
+/// partition, offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub topic: usize,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,
-    id: EventId,
+    /// Where it was in Kafka (Kafka mode).
+    pos: Option<Pos>,
     target: Target,
     frame: Bytes,
     at: Instant,
 }
 
-/// Bounded history of dispatched events.
+/// Bounded history of dispatched events, and (Kafka mode) the node's
+/// position on every partition it reads.
 #[derive(Debug)]
 pub struct Replay {
     entries: VecDeque<Entry>,
     bytes: usize,
     limits: Limits,
-    /// Kafka ids (positions) of retained entries -> their sequence.
-    positions: HashMap<EventId, u64>,
+    topics: Vec<TopicLog>,
 }
 
-/// The events a resuming stream is owed: sequences `next..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One topic's partitions, by partition number.
+#[derive(Debug)]
+struct TopicLog {
+    name: Arc<str>,
+    fingerprint: u32,
+    /// The node's position: the offset after the last record dispatched
+    /// (or skipped), per partition.
+    next: Vec<i64>,
+    /// Every record dispatched from this offset on is still held: the last
+    /// evicted one's offset + 1, or where the node started reading.
+    floor: Vec<i64>,
+    /// Offsets of the entries held, with their sequence, oldest first.
+    held: Vec<VecDeque<(i64, u64)>>,
+}
+
+/// A position per partition, in the node's layout (topic index, then
+/// partition): the next offset a stream has not seen.
+pub type Vector = Arc<[Vec<i64>]>;
+
+/// The events a resuming stream is owed: sequences `next..=last`, less
+/// (for a cursor) the records below `from` on their partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub next: u64,
     pub last: u64,
+    pub from: Option<Vector>,
 }
 
 /// One read of a [`Range`].
@@ -86,23 +119,166 @@ impl Replay {
             entries: VecDeque::new(),
             bytes: 0,
             limits,
-            positions: HashMap::new(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// The index of `topic` among the node's topics (added if new).
+    pub fn topic(&mut self, topic: &str) -> usize {
+        if let Some(i) = self.topic_index(topic) {
+            return i;
+        }
+        self.topics.push(TopicLog {
+            name: Arc::from(topic),
+            fingerprint: cursor::fingerprint(topic),
+            next: Vec::new(),
+            floor: Vec::new(),
+            held: Vec::new(),
+        });
+        self.topics.len() - 1
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| &*t.name == topic)
+    }
+
+    /// The node starts reading `partition` of `topic` at `offset` (resolved,
+    /// not "latest"): its position and floor.
+    pub fn start_partition(&mut self, topic: &str, partition: i32, offset: i64) {
+        let t = self.topic(topic);
+        let p = partition.max(0) as usize;
+        let log = &mut self.topics[t];
+        if log.next.len() <= p {
+            log.next.resize(p + 1, -1);
+            log.floor.resize(p + 1, -1);
+            log.held.resize_with(p + 1, VecDeque::new);
+        }
+        if log.next[p] < 0 {
+            log.next[p] = offset.max(0);
+            log.floor[p] = offset.max(0);
+        }
+    }
+
+    /// Records that the record at `offset` was dispatched or skipped:
+    /// moves the node's position past it. Its place, for [`Replay::push`].
+    pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) -> Pos {
+        let t = self.topic(topic);
+        self.start_partition(topic, partition, offset);
+        let p = partition.max(0) as usize;
+        let next = &mut self.topics[t].next[p];
+        *next = (*next).max(offset + 1);
+        Pos {
+            topic: t,
+            partition,
+            offset,
+        }
+    }
+
+    /// Whether the node reads Kafka (has positions).
+    pub fn has_positions(&self) -> bool {
+        !self.topics.is_empty()
+    }
+
+    /// The node's position as a cursor's wire form.
+    pub fn cursor(&self) -> String {
+        let mut s = String::with_capacity(48);
+        cursor::encode_topics(
+            self.topics
+                .iter()
+                .map(|t| (t.fingerprint, t.next.as_slice())),
+            &mut s,
+        );
+        s
+    }
+
+    /// A client's cursor in the node's layout: its offset where it names
+    /// the partition; 0 (from the beginning) for a partition of a topic it
+    /// names that it does not (added since); the node's position for a
+    /// topic it does not name (nothing owed from before). What it names
+    /// that the node does not read is ignored.
+    pub fn vector_of(&self, c: &Cursor) -> Vector {
+        self.topics
+            .iter()
+            .map(|t| {
+                let named = c.names(t.fingerprint);
+                (0..t.next.len())
+                    .map(|p| match c.get(t.fingerprint, p as i32) {
+                        Some(o) => o,
+                        None if named => 0,
+                        None => t.next[p],
+                    })
+                    .collect()
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// The node's position, in its layout.
+    pub fn position(&self) -> Vector {
+        self.topics
+            .iter()
+            .map(|t| t.next.clone())
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// The names and partition counts of the node's topics, in its layout.
+    pub fn layout(&self) -> Vec<(Arc<str>, usize)> {
+        self.topics
+            .iter()
+            .map(|t| (t.name.clone(), t.next.len()))
+            .collect()
+    }
+
+    /// Whether the buffer holds everything owed to a stream at `v`: on
+    /// every partition, `floor <= v <= next`.
+    pub fn covers(&self, v: &[Vec<i64>]) -> bool {
+        self.topics.iter().enumerate().all(|(t, log)| {
+            (0..log.next.len()).all(|p| {
+                let at = v.get(t).and_then(|x| x.get(p)).copied().unwrap_or(-1);
+                log.floor[p] <= at && at <= log.next[p]
+            })
+        })
+    }
+
+    /// The range owed to a stream at `v` (which [`Replay::covers`]), given
+    /// that `latest` is the last sequence dispatched. O(partitions · log n).
+    pub fn range_from(&self, v: Vector, latest: u64) -> Range {
+        let mut first = latest + 1;
+        for (t, log) in self.topics.iter().enumerate() {
+            for (p, held) in log.held.iter().enumerate() {
+                let at = v.get(t).and_then(|x| x.get(p)).copied().unwrap_or(0);
+                let i = held.partition_point(|&(o, _)| o < at);
+                if let Some(&(_, seq)) = held.get(i) {
+                    first = first.min(seq);
+                }
+            }
+        }
+        Range {
+            next: first,
+            last: latest,
+            from: Some(v),
         }
     }
 
     /// Appends the event with sequence `seq` (one more than the last).
-    pub fn push(&mut self, seq: u64, id: EventId, target: Target, frame: Bytes, now: Instant) {
+    pub fn push(&mut self, seq: u64, pos: Option<Pos>, target: Target, frame: Bytes, now: Instant) {
         debug_assert!(self.entries.back().is_none_or(|e| e.seq + 1 == seq));
         if self.limits.max_events == 0 {
+            // Nothing is held: the floor is the position.
+            if let Some(pos) = pos {
+                let p = pos.partition as usize;
+                self.topics[pos.topic].floor[p] = pos.offset + 1;
+            }
             return;
         }
         self.bytes += frame.len();
-        if matches!(id, EventId::Kafka { .. }) {
-            self.positions.insert(id.clone(), seq);
+        if let Some(pos) = pos {
+            self.topics[pos.topic].held[pos.partition as usize].push_back((pos.offset, seq));
         }
         self.entries.push_back(Entry {
             seq,
-            id,
+            pos,
             target,
             frame,
             at: now,
@@ -128,8 +304,11 @@ impl Replay {
     fn pop_front(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             self.bytes -= e.frame.len();
-            if matches!(e.id, EventId::Kafka { .. }) {
-                self.positions.remove(&e.id);
+            if let Some(pos) = e.pos {
+                let log = &mut self.topics[pos.topic];
+                let p = pos.partition as usize;
+                log.held[p].pop_front();
+                log.floor[p] = log.floor[p].max(pos.offset + 1);
             }
         }
     }
@@ -149,6 +328,7 @@ impl Replay {
         Some(Range {
             next: seen + 1,
             last: latest,
+            from: None,
         })
     }
 
@@ -176,7 +356,14 @@ impl Replay {
                 break;
             }
             range.next = e.seq + 1;
-            if wants(&e.target) {
+            let seen = match (&range.from, e.pos) {
+                (Some(v), Some(pos)) => v
+                    .get(pos.topic)
+                    .and_then(|x| x.get(pos.partition as usize))
+                    .is_some_and(|&at| pos.offset < at),
+                _ => false,
+            };
+            if !seen && wants(&e.target) {
                 buf.put_slice(&e.frame);
                 frames += 1;
             }
@@ -185,12 +372,25 @@ impl Replay {
     }
 
     /// The sequence number of the retained event with this id: arithmetic
-    /// for this run's local ids (`local` maps them), an index lookup for
-    /// Kafka positions. O(1).
+    /// for this run's local ids (`local` maps them), a search of its
+    /// partition for a record's position. O(log n).
     pub fn seq_of(&self, id: &EventId, local: impl Fn(&EventId) -> Option<u64>) -> Option<u64> {
         match id {
             EventId::Local { .. } => local(id),
-            EventId::Kafka { .. } => self.positions.get(id).copied(),
+            EventId::Kafka {
+                topic,
+                partition,
+                offset,
+            } => {
+                let held = self.topics[self.topic_index(topic)?]
+                    .held
+                    .get(usize::try_from(*partition).ok()?)?;
+                let i = held.partition_point(|&(o, _)| o < *offset);
+                held.get(i)
+                    .filter(|(o, _)| o == offset)
+                    .map(|&(_, seq)| seq)
+            }
+            EventId::Cursor(_) => None,
         }
     }
 
@@ -230,7 +430,7 @@ mod tests {
 
     fn fill(r: &mut Replay, seqs: std::ops::RangeInclusive<u64>, now: Instant) {
         for s in seqs {
-            r.push(s, id(s), Target::Broadcast, Bytes::from(s.to_string()), now);
+            r.push(s, None, Target::Broadcast, Bytes::from(s.to_string()), now);
         }
     }
 
@@ -319,7 +519,7 @@ mod tests {
             } else {
                 Target::Broadcast
             };
-            r.push(s, id(s), target, Bytes::from_static(b"x"), now);
+            r.push(s, None, target, Bytes::from_static(b"x"), now);
         }
         let mut range = r.resume(0, 9000).unwrap();
         let only_u = |t: &Target| *t != Target::Broadcast;
@@ -341,10 +541,12 @@ mod tests {
     fn kafka_ids_are_indexed_and_forgotten_on_eviction() {
         let now = Instant::now();
         let mut r = Replay::new(limits(2, 1000));
+        r.start_partition("t", 0, 10);
         for (seq, off) in [(1, 10), (2, 11), (3, 12)] {
+            let pos = r.advance("t", 0, off);
             r.push(
                 seq,
-                kafka(off),
+                Some(pos),
                 Target::Broadcast,
                 Bytes::from_static(b"k"),
                 now,
@@ -353,7 +555,80 @@ mod tests {
         assert_eq!(r.seq_of(&kafka(12), |_| None), Some(3));
         assert_eq!(r.seq_of(&kafka(10), |_| None), None, "evicted");
         assert_eq!(r.seq_of(&kafka(99), |_| None), None);
-        assert_eq!(r.positions.len(), 2);
         assert_eq!(r.seq_of(&id(7), |_| Some(7)), Some(7));
+    }
+
+    /// Two partitions, interleaved: (partition, offset) per sequence.
+    fn two_partitions(r: &mut Replay, now: Instant) {
+        r.start_partition("t", 0, 100);
+        r.start_partition("t", 1, 200);
+        for (seq, (p, off)) in [(0, 100), (1, 200), (0, 101), (1, 201), (0, 102), (1, 202)]
+            .into_iter()
+            .enumerate()
+        {
+            let pos = r.advance("t", p, off);
+            let frame = Bytes::from(format!("{p}:{off} "));
+            r.push(seq as u64 + 1, Some(pos), Target::Broadcast, frame, now);
+        }
+    }
+
+    fn read(r: &Replay, mut range: Range) -> String {
+        let mut out = String::new();
+        loop {
+            match r.chunk(&mut range, 1 << 16, |_| true) {
+                Chunk::Frames(b, _) => out.push_str(std::str::from_utf8(&b).unwrap()),
+                Chunk::Done => return out,
+                Chunk::Gap => panic!("gap"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cursor_replays_exactly_what_each_partition_is_owed() {
+        let now = Instant::now();
+        let mut r = Replay::new(limits(100, 1 << 20));
+        two_partitions(&mut r, now);
+        assert_eq!(r.position().to_vec(), vec![vec![103, 203]]);
+        // Seen 0:100..=101 and 1:200 (another node's order).
+        let v: Vector = vec![vec![102, 201]].into();
+        assert!(r.covers(&v));
+        assert_eq!(read(&r, r.range_from(v, 6)), "1:201 0:102 1:202 ");
+        // Ahead of the node on one partition: not covered (yet).
+        assert!(!r.covers(&[vec![104, 201]]));
+        // The node's own cursor: nothing owed.
+        let v = r.position();
+        assert_eq!(read(&r, r.range_from(v, 6)), "");
+        // Round trip through the wire form.
+        let c = Cursor::decode(&r.cursor()).unwrap();
+        assert_eq!(r.vector_of(&c), r.position());
+    }
+
+    #[test]
+    fn eviction_raises_the_floor_per_partition() {
+        let now = Instant::now();
+        let mut r = Replay::new(limits(4, 1 << 20));
+        two_partitions(&mut r, now);
+        // 0:100 and 1:200 evicted.
+        assert!(!r.covers(&[vec![100, 201]]), "0:100 is gone");
+        assert!(!r.covers(&[vec![101, 200]]), "1:200 is gone");
+        assert!(r.covers(&[vec![101, 201]]));
+        // A cursor that names no partition of a topic the node reads
+        // starts it at the node's position; unknown topics are ignored.
+        let other = Cursor {
+            topics: vec![cursor::TopicOffsets {
+                fingerprint: cursor::fingerprint("elsewhere"),
+                next: vec![5],
+            }],
+        };
+        assert_eq!(r.vector_of(&other), r.position());
+    }
+
+    #[test]
+    fn with_nothing_held_the_floor_is_the_position() {
+        let now = Instant::now();
+        let mut r = Replay::new(limits(0, 0));
+        two_partitions(&mut r, now);
+        assert!(r.covers(&r.position()));
+        assert!(!r.covers(&[vec![102, 203]]));
     }
 }

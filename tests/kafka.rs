@@ -34,6 +34,7 @@ fn kafka(
         publish_transactions: true,
         metadata_interval: Duration::from_millis(200),
         backpressure: Some(Duration::from_secs(5)),
+        catchup: Default::default(),
     }
 }
 
@@ -75,6 +76,22 @@ async fn produce(
     }
     let d = p.send(r, Duration::from_secs(10)).await.unwrap();
     (d.partition, d.offset)
+}
+
+/// The offset an event id (a cursor) names for `partition` of the topic.
+fn position(id: &str, partition: i32) -> i64 {
+    let c = herald::sse::Cursor::decode(id).unwrap_or_else(|e| panic!("{id:?} {e}"));
+    c.get(herald::sse::cursor::fingerprint(TOPIC), partition)
+        .unwrap()
+}
+
+/// Partition and offset of a publish reply's `topic:partition:offset`.
+fn record_position(id: &str) -> (i32, i64) {
+    let mut it = id.rsplitn(3, ':');
+    let off = it.next().unwrap().parse().unwrap();
+    let part = it.next().unwrap().parse().unwrap();
+    assert_eq!(it.next(), Some(TOPIC), "{id}");
+    (part, off)
 }
 
 async fn server(
@@ -138,9 +155,9 @@ async fn records_map_to_users_topics_broadcasts_and_event_types() {
     assert_eq!(ev.data, r#"{"text":"hi alice"}"#, "value unchanged");
     assert_eq!(ev.event, "message");
     assert_eq!(
-        ev.id,
-        format!("{TOPIC}:{part}:{off}"),
-        "id is the Kafka position"
+        position(&ev.id, part),
+        off + 1,
+        "the id is a cursor: the node's position after this record"
     );
 
     produce(&p, None, None, &[], b"to everyone").await;
@@ -226,7 +243,11 @@ async fn eight_partitions_keep_per_partition_order() {
         let (part, i): (usize, usize) = (part.parse().unwrap(), i.parse().unwrap());
         assert_eq!(i, next[part], "partition {part} out of order");
         next[part] += 1;
-        assert!(ev.id.starts_with(&format!("{TOPIC}:{part}:")));
+        assert_eq!(
+            position(&ev.id, part as i32),
+            i as i64 + 1,
+            "the cursor moved past it"
+        );
     }
     assert_eq!(next, [PER; 8]);
 }
@@ -270,11 +291,12 @@ async fn publish_goes_through_kafka_and_every_node_delivers_it() {
         .publish(json!({"user": "123", "data": message}))
         .await;
     assert_eq!(status, 200, "{reply}");
+    // The reply names the record's position; streams name cursors past it.
     let id = reply["id"].as_str().unwrap().to_owned();
-    assert!(id.starts_with("events:"), "{id}");
+    let (part, off) = record_position(&id);
     for c in [&mut on_a, &mut on_b] {
         let ev = c.next().await;
-        assert_eq!(ev.id, id);
+        assert_eq!(position(&ev.id, part), off + 1);
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&ev.data).unwrap(),
             message
@@ -497,9 +519,10 @@ async fn per_event_publishing_says_which_events_were_written() {
         .publish_ok(json!({"user": "pe", "data": "over per-event writes"}))
         .await;
     let ev = s.next().await;
+    let (part, off) = record_position(&id);
     assert_eq!(
-        (ev.id, ev.data.as_str()),
-        (id, r#""over per-event writes""#)
+        (position(&ev.id, part), ev.data.as_str()),
+        (off + 1, r#""over per-event writes""#)
     );
     cluster.broker_down(1).unwrap();
     let (status, reply) = server

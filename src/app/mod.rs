@@ -149,11 +149,16 @@ impl Node {
             Some(k) => {
                 let f = fanout.clone();
                 let age = config.streams.replay.max_age;
+                // A catch-up feed nobody drains this long closes its stream.
+                let stall = config
+                    .server
+                    .write_timeout
+                    .unwrap_or(std::time::Duration::from_secs(30));
                 let kc = k.clone();
                 let producer =
                     tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await??;
                 let ingest =
-                    tokio::task::spawn_blocking(move || Ingest::start(&k, age, f)).await??;
+                    tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f)).await??;
                 (Some(ingest), Sink::Kafka(Arc::new(producer)))
             }
             None => (
@@ -165,7 +170,7 @@ impl Node {
             ),
         };
         let lifecycle = Arc::new(Lifecycle::new(ingest.as_ref().map(|i| i.status().clone())));
-        let streams = Arc::new(Streams::new(
+        let mut streams = Streams::new(
             fanout.clone(),
             lifecycle.clone(),
             stream::Settings {
@@ -173,7 +178,11 @@ impl Node {
                 coalesce: config.streams.write_coalesce,
                 account: config.metrics,
             },
-        ));
+        );
+        if let Some(ingest) = &ingest {
+            streams = streams.with_catchup(ingest.catchup().clone());
+        }
+        let streams = Arc::new(streams);
         let cap = Arc::new(ConnectionCap::new(max_connections));
         let auth = Arc::new(config.auth.clone());
         let cors = Arc::new(config.cors.clone());

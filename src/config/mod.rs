@@ -356,6 +356,36 @@ pub struct KafkaArgs {
     /// health).
     #[arg(long, env = "HERALD_KAFKA_METADATA_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = parse::duration_100ms)]
     pub kafka_metadata_interval: Duration,
+
+    /// Kafka consumers that catch up streams whose Last-Event-ID the replay
+    /// buffer no longer holds (each serves many streams at once).
+    #[arg(
+        long,
+        env = "HERALD_CATCHUP_READERS",
+        default_value = "4",
+        value_name = "N"
+    )]
+    pub catchup_readers: NonZeroUsize,
+
+    /// Streams that may wait for a catch-up reader (their stream is open,
+    /// heartbeats flow); past it such a subscribe is answered 503 with
+    /// Retry-After.
+    #[arg(
+        long,
+        env = "HERALD_CATCHUP_MAX_WAITING",
+        default_value = "10000",
+        value_name = "N"
+    )]
+    pub catchup_max_waiting: NonZeroUsize,
+
+    /// Concurrent catch-ups one user may have (429 past it).
+    #[arg(
+        long,
+        env = "HERALD_MAX_CATCHUPS_PER_USER",
+        default_value = "8",
+        value_name = "N"
+    )]
+    pub max_catchups_per_user: NonZeroUsize,
 }
 
 /// Log output format.
@@ -519,6 +549,30 @@ pub struct KafkaConfig {
     /// `--publish-backpressure`: longest pause per burst while herald is
     /// behind on delivery.
     pub backpressure: Option<Duration>,
+    /// Catching streams up from Kafka.
+    pub catchup: CatchUpConfig,
+}
+
+/// Catch-up readers (see `kafka::catchup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpConfig {
+    /// `--catchup-readers`: Kafka consumers reading for streams.
+    pub readers: NonZeroUsize,
+    /// `--catchup-max-waiting`: streams waiting for a reader; past it a
+    /// subscribe needing one is a 503.
+    pub max_waiting: NonZeroUsize,
+    /// `--max-catchups-per-user`: a user's concurrent catch-ups.
+    pub per_user: NonZeroUsize,
+}
+
+impl Default for CatchUpConfig {
+    fn default() -> Self {
+        Self {
+            readers: NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN),
+            max_waiting: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            per_user: NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
 }
 
 /// Parses the process's arguments and environment into a [`Config`]. The
@@ -841,6 +895,11 @@ fn kafka_config(
         publish_transactions: k.kafka_publish_transactions,
         metadata_interval: k.kafka_metadata_interval,
         backpressure,
+        catchup: CatchUpConfig {
+            readers: k.catchup_readers,
+            max_waiting: k.catchup_max_waiting,
+            per_user: k.max_catchups_per_user,
+        },
     }))
 }
 

@@ -38,8 +38,10 @@ use crate::metrics as m;
 use crate::registry::queue::{self, CloseReason, Push};
 pub use crate::registry::Full;
 use crate::registry::{Registry, RouteSink, Subscriber, Subscription};
+use crate::replay::Vector;
 use crate::replay::{self, Chunk, Range, Replay};
-use crate::sse::{frame, EventId};
+use crate::sse::frame::ResetReason;
+use crate::sse::{frame, Cursor, EventId, IdError};
 
 /// Where an event came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +94,8 @@ pub struct Join {
     pub conn: Option<Arc<Abort>>,
     /// Other streams share the connection (HTTP/2).
     pub shared_conn: bool,
-    /// Resume after this id.
-    pub resume: Option<EventId>,
+    /// Resume after this id (or an id that could not be read).
+    pub resume: Option<Result<EventId, IdError>>,
     /// `--max-streams-per-user`.
     pub max_per_user: Option<std::num::NonZeroUsize>,
 }
@@ -126,8 +128,21 @@ pub struct Subscribed {
     /// The retained events to replay first (read a chunk at a time with
     /// [`Fanout::replay_chunk`]).
     pub replay: Option<Range>,
-    /// The requested resume point was too old or unknown: events were missed.
-    pub gap: bool,
+    /// The stream can not resume where it asked: it starts with a
+    /// `herald-reset` event saying why, then live events.
+    pub reset: Option<ResetReason>,
+    /// The buffer does not hold what a cursor is owed: the stream is
+    /// registered parked and must be caught up from Kafka from this
+    /// position (see `stream::catchup`) before it joins the live fan-out.
+    pub catchup: Option<Vector>,
+}
+
+/// How a subscription starts (decided under the dispatch lock).
+enum Start {
+    Live,
+    Replay(Range),
+    Reset(ResetReason),
+    CatchUp(Vector),
 }
 
 /// The dispatcher.
@@ -162,6 +177,7 @@ struct Counters {
     replayed: Counter,
     resume_clean: Counter,
     resume_gap: Counter,
+    resume_catchup: Counter,
     fanout_seconds: Histogram,
 }
 
@@ -241,6 +257,7 @@ impl Fanout {
                 replayed: counter!(m::EVENTS_REPLAYED),
                 resume_clean: counter!(m::RESUMES, "outcome" => "clean"),
                 resume_gap: counter!(m::RESUMES, "outcome" => "gap"),
+                resume_catchup: counter!(m::RESUMES, "outcome" => "catchup"),
                 fanout_seconds: histogram!(m::FANOUT_DURATION),
             },
             slow_log: Mutex::new(SlowLog::default()),
@@ -328,10 +345,23 @@ impl Fanout {
                 let now_us = unix_micros();
                 for ev in events {
                     st.seq += 1;
-                    let id = ev.id.clone().unwrap_or_else(|| self.local_id(st.seq));
+                    let (id, pos) = match &ev.id {
+                        // Kafka mode: the id is the node's position after
+                        // the record, the same for every stream it reaches.
+                        Some(EventId::Kafka {
+                            topic,
+                            partition,
+                            offset,
+                        }) => {
+                            let pos = st.replay.advance(topic, *partition, *offset);
+                            (EventId::Cursor(Arc::from(st.replay.cursor())), Some(pos))
+                        }
+                        Some(id) => (id.clone(), None),
+                        None => (self.local_id(st.seq), None),
+                    };
                     let bytes = frame::event(&id, ev.kind(), &ev.data);
                     st.replay
-                        .push(st.seq, id.clone(), ev.target.clone(), bytes.clone(), now);
+                        .push(st.seq, pos, ev.target.clone(), bytes.clone(), now);
                     let ts = if ev.timestamp_us == 0 {
                         now_us
                     } else {
@@ -411,10 +441,11 @@ impl Fanout {
     }
 
     /// Registers a connection and decides what it gets before live events:
-    /// with `resume`, the retained events after that id (or a gap). `Full`
-    /// when its user holds `max_per_user` streams already.
+    /// with `resume`, the retained events after that id, a reset, or (a
+    /// cursor the buffer can not serve) a catch-up. `Full` when its user
+    /// holds `max_per_user` streams already.
     pub fn subscribe(&self, join: Join) -> Result<Subscribed, Full> {
-        // Allocated before the dispatch lock; registered under it.
+        // Allocated and decoded before the dispatch lock; registered under it.
         let sub = self.registry.subscriber(
             join.user,
             join.topics,
@@ -423,47 +454,154 @@ impl Fanout {
             join.shared_conn,
         );
         let resume = join.resume;
+        let cursor = match &resume {
+            Some(Ok(EventId::Cursor(text))) => Some(Cursor::decode(text)),
+            _ => None,
+        };
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
+        let start = match (&resume, cursor) {
+            (None, _) => Start::Live,
+            (Some(Err(_)), _) | (_, Some(Err(_))) => Start::Reset(ResetReason::Unreadable),
+            (Some(Ok(_)), Some(Ok(c))) if st.replay.has_positions() => {
+                let v = st.replay.vector_of(&c);
+                if st.replay.covers(&v) {
+                    Start::Replay(st.replay.range_from(v, st.seq))
+                } else {
+                    Start::CatchUp(v)
+                }
+            }
+            (Some(Ok(id)), _) => {
+                // O(1) under the lock: the range is read later, a chunk at
+                // a time.
+                match st
+                    .replay
+                    .seq_of(id, |id| id.local_seq(self.epoch))
+                    .and_then(|seen| st.replay.resume(seen, st.seq))
+                {
+                    Some(range) => Start::Replay(range),
+                    None => Start::Reset(ResetReason::NotRetained),
+                }
+            }
+        };
+        if matches!(start, Start::CatchUp(_)) {
+            // Live events wait until the catch-up reaches the buffer.
+            sub.queue.park();
+        }
         let subscription = self.registry.register(sub, join.max_per_user)?;
         let latest = st.latest.clone();
-        let Some(resume) = resume else {
-            return Ok(Subscribed {
+        drop(st);
+        let requested = || match &resume {
+            Some(Ok(id)) => id.clone(),
+            _ => latest.clone(),
+        };
+        Ok(match start {
+            Start::Live => Subscribed {
                 subscription,
                 after: latest.clone(),
                 latest,
                 replay: None,
-                gap: false,
-            });
-        };
-        // O(1) under the lock: the range is read later, a chunk at a time.
-        let range = st
-            .replay
-            .seq_of(&resume, |id| id.local_seq(self.epoch))
-            .and_then(|seen| st.replay.resume(seen, st.seq));
-        drop(st);
-        Ok(match range {
-            Some(range) => {
+                reset: None,
+                catchup: None,
+            },
+            Start::Replay(range) => {
                 self.counters.resume_clean.increment(1);
                 Subscribed {
                     subscription,
-                    after: resume,
+                    after: requested(),
                     latest,
                     replay: Some(range),
-                    gap: false,
+                    reset: None,
+                    catchup: None,
                 }
             }
-            None => {
+            Start::Reset(reason) => {
                 self.counters.resume_gap.increment(1);
+                reason.count();
                 Subscribed {
                     subscription,
                     after: latest.clone(),
                     latest,
                     replay: None,
-                    gap: true,
+                    reset: Some(reason),
+                    catchup: None,
+                }
+            }
+            Start::CatchUp(v) => {
+                self.counters.resume_catchup.increment(1);
+                Subscribed {
+                    subscription,
+                    after: requested(),
+                    latest,
+                    replay: None,
+                    reset: None,
+                    catchup: Some(v),
                 }
             }
         })
+    }
+
+    /// Joins a parked stream (one being caught up from Kafka, now at `v`)
+    /// to the live fan-out, if the buffer holds everything from `v` on:
+    /// then live events reach its queue from here, and the range is what
+    /// it must read from the buffer first, handed to `hand` under the
+    /// dispatch lock (so the stream learns it before any live event can
+    /// reach its queue; `hand` returns a waker to wake after the lock).
+    /// Atomic with dispatch: no gap and no duplicate at the seam. `false`:
+    /// not yet.
+    pub fn join_live(
+        &self,
+        sub: &Subscriber,
+        v: &Vector,
+        hand: impl FnOnce(Range) -> Option<Waker>,
+    ) -> bool {
+        let st = self.state.lock();
+        if !st.replay.covers(v) {
+            return false;
+        }
+        let waker = hand(st.replay.range_from(v.clone(), st.seq));
+        sub.queue.unpark();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// The id of the last event dispatched (in Kafka mode, the node's
+    /// cursor).
+    pub fn latest(&self) -> EventId {
+        self.state.lock().latest.clone()
+    }
+
+    /// The node's position on every partition (Kafka mode), in its layout.
+    pub fn position(&self) -> Vector {
+        self.state.lock().replay.position()
+    }
+
+    /// The node's topics and their partition counts, in its layout.
+    pub fn layout(&self) -> Vec<(Arc<str>, usize)> {
+        self.state.lock().replay.layout()
+    }
+
+    /// Kafka ingest starts reading these partitions at these (resolved)
+    /// offsets.
+    pub fn start_partitions(&self, parts: &[(&str, i32, i64)]) {
+        let mut st = self.state.lock();
+        for &(topic, partition, offset) in parts {
+            st.replay.start_partition(topic, partition, offset);
+        }
+        st.latest = EventId::Cursor(Arc::from(st.replay.cursor()));
+    }
+
+    /// Kafka ingest skipped these records (bad ones): the node's position
+    /// moves past them all the same.
+    pub fn skipped(&self, records: &[(&str, i32, i64)]) {
+        let mut st = self.state.lock();
+        for &(topic, partition, offset) in records {
+            st.replay.advance(topic, partition, offset);
+        }
+        st.latest = EventId::Cursor(Arc::from(st.replay.cursor()));
     }
 
     /// Reads the next chunk (about `max_bytes`) of a resuming stream's
@@ -524,7 +662,7 @@ impl RouteSink for PushSink<'_> {
                 self.dropped += dropped as u64;
                 self.out.slow.push((sub.clone(), dropped));
             }
-            Push::Closed => {}
+            Push::Closed | Push::Parked => {}
         }
         if let Some(w) = waker {
             self.out.wakers.push(w);

@@ -38,8 +38,9 @@ use crate::config::Cors;
 use crate::event::Name;
 use crate::guard::{Limit, PerIp};
 use crate::sse::frame::RESUMED_AFTER_HEADER;
-use crate::sse::EventId;
-use crate::stream::{Lease, OpenRequest, Stream, Streams};
+use crate::sse::{EventId, IdError};
+use crate::stream::catchup::Refused;
+use crate::stream::{Lease, OpenError, OpenRequest, Stream, Streams};
 
 use super::{json_error, Body};
 
@@ -53,7 +54,9 @@ pub(crate) const MAX_TOPICS: usize = 64;
 pub(crate) struct Params<'a> {
     pub(crate) user: Name,
     pub(crate) topics: Vec<Name>,
-    pub(crate) resume: Option<EventId>,
+    /// The id to resume after, or why it could not be read (the stream
+    /// then starts with a reset, never a 400).
+    pub(crate) resume: Option<Result<EventId, IdError>>,
     /// The `access_token` query parameter, if any.
     pub(crate) token: Option<String>,
     pub(crate) authorization: Option<&'a [u8]>,
@@ -178,16 +181,30 @@ impl Subscribe {
             lease,
         }) {
             Ok(o) => o,
-            Err(_) => {
+            Err(OpenError::Full) => {
                 let max = self.max_per_user.unwrap_or(NonZeroUsize::MIN);
                 return answer(too_many(max));
             }
+            Err(OpenError::CatchUp(refused)) => return answer(catchup_refused(refused)),
         };
         if let Ok(v) = HeaderValue::from_str(&opened.after.to_string()) {
             head.headers_mut().insert(RESUMED_AFTER_HEADER, v);
         }
         Admission::Stream(head, opened.stream)
     }
+}
+
+/// 503 (every catch-up slot taken) or 429 (this user's), with
+/// `Retry-After`.
+fn catchup_refused(refused: Refused) -> Response<Body> {
+    let status = match refused {
+        Refused::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Refused::PerUser => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut r = json_error(status, &format!("{refused}; retry shortly"));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    r
 }
 
 /// 401 (with `WWW-Authenticate`) or 403, with the reason as JSON.
@@ -234,25 +251,18 @@ impl<'a> Params<'a> {
                 Some(Cow::Owned(joined))
             }
         };
-        let header = match last_event_id {
-            Some(v) => Some(
-                std::str::from_utf8(v)
-                    .ok()
-                    .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
-                    .ok_or_else(|| "the Last-Event-ID header is not valid text".to_owned())?
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        // Not text: unreadable (a reset, like any id herald can not read).
+        let header = last_event_id.map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+                .unwrap_or("\u{0}")
+        });
         // The header is what a browser sends on reconnect; it wins. An empty
         // one (a browser that has seen no id yet) does not cancel the query.
-        let resume = match header.filter(|h| !h.is_empty()).or(query_resume) {
-            Some(id) if id.is_empty() => None,
-            Some(id) => Some(
-                id.parse::<EventId>()
-                    .map_err(|e| format!("Last-Event-ID {e}"))?,
-            ),
-            None => None,
+        let resume = match header.filter(|h| !h.is_empty()).or(query_resume.as_deref()) {
+            Some("") | None => None,
+            Some(id) => Some(id.parse::<EventId>()),
         };
         Ok(Params {
             user,
@@ -364,19 +374,19 @@ mod tests {
         assert_eq!(topics, ["news", "sp ort"]);
         assert_eq!(
             got.resume,
-            Some(EventId::Local {
+            Some(Ok(EventId::Local {
                 epoch: 0xff,
                 seq: 3
-            })
+            }))
         );
     }
 
     #[test]
     fn header_wins_over_query_and_an_empty_header_does_not_cancel_it() {
         let got = with_headers(Some("lastEventId=1-2"), &[("last-event-id", "1-9")]).unwrap();
-        assert_eq!(got.resume, Some(EventId::Local { epoch: 1, seq: 9 }));
+        assert_eq!(got.resume, Some(Ok(EventId::Local { epoch: 1, seq: 9 })));
         let got = with_headers(Some("lastEventId=1-2"), &[("last-event-id", "")]).unwrap();
-        assert_eq!(got.resume, Some(EventId::Local { epoch: 1, seq: 2 }));
+        assert_eq!(got.resume, Some(Ok(EventId::Local { epoch: 1, seq: 2 })));
     }
 
     #[test]
@@ -408,9 +418,12 @@ mod tests {
         assert!(p("%0A", None).unwrap_err().contains("control"));
         assert!(p("u", Some("topic=")).unwrap_err().contains("empty"));
         assert!(p("u", Some("topic=%FF")).unwrap_err().contains("UTF-8"));
-        assert!(p("u", Some("lastEventId=zzz"))
-            .unwrap_err()
-            .starts_with("Last-Event-ID"));
+        // An unreadable id is not a 400 (EventSource would give up for
+        // good): the stream starts with a reset.
+        assert!(matches!(
+            p("u", Some("lastEventId=zzz")).unwrap().resume,
+            Some(Err(IdError::Malformed))
+        ));
         let many = vec!["topic=t"; MAX_TOPICS + 1].join("&");
         assert!(p("u", Some(&many)).unwrap_err().contains("at most"));
         assert!(p(&"x".repeat(300), None).unwrap_err().contains("256"));

@@ -157,6 +157,8 @@ pub(crate) struct Ingest {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Status>,
+    /// The readers that catch streams up from Kafka.
+    catchup: Arc<super::catchup::Pool>,
 }
 
 // === impl Ingest ===
@@ -168,6 +170,7 @@ impl Ingest {
     pub(crate) fn start(
         cfg: &KafkaConfig,
         replay_age: Duration,
+        stall: Duration,
         fanout: Arc<Fanout>,
     ) -> Result<Self, StartError> {
         let mut cc = client::config(cfg);
@@ -230,15 +233,32 @@ impl Ingest {
             tpl = consumer
                 .offsets_for_times(tpl, STARTUP_TIMEOUT)
                 .map_err(|e| StartError::Offsets(e.to_string()))?;
-            // No record at or after the time: start at the end.
-            for e in tpl.clone().elements() {
-                if matches!(e.offset(), Offset::Offset(o) if o < 0) || e.offset() == Offset::Invalid
-                {
-                    tpl.set_partition_offset(e.topic(), e.partition(), Offset::End)
-                        .map_err(|e| StartError::Assign(e.to_string()))?;
-                }
-            }
         }
+        // Every start position resolved to an offset before anything is
+        // served: "latest" resolved lazily by librdkafka, after the node
+        // already reported ready, missed records produced in between. The
+        // resolved offsets are also the node's first position (its cursor).
+        let mut starts = Vec::with_capacity(tpl.count());
+        for e in tpl.clone().elements() {
+            let (low, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), STARTUP_TIMEOUT)
+                .map_err(|err| StartError::Offsets(err.to_string()))?;
+            let at = match e.offset() {
+                Offset::Beginning => low,
+                Offset::Offset(o) if o >= 0 => o.clamp(low, high),
+                // End, or no record at or after the replay window's time.
+                _ => high,
+            };
+            tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(at))
+                .map_err(|e| StartError::Assign(e.to_string()))?;
+            starts.push((e.topic().to_owned(), e.partition(), at));
+        }
+        fanout.start_partitions(
+            &starts
+                .iter()
+                .map(|(t, p, o)| (t.as_str(), *p, *o))
+                .collect::<Vec<_>>(),
+        );
         consumer
             .assign(&tpl)
             .map_err(|e| StartError::Assign(e.to_string()))?;
@@ -257,6 +277,9 @@ impl Ingest {
             "Kafka ingest assigned"
         );
 
+        let catchup = Arc::new(
+            super::catchup::Pool::start(cfg, stall, fanout.clone()).map_err(StartError::Thread)?,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             consumer,
@@ -293,7 +316,12 @@ impl Ingest {
             stop,
             thread: Some(thread),
             status,
+            catchup,
         })
+    }
+
+    pub(crate) fn catchup(&self) -> &Arc<super::catchup::Pool> {
+        &self.catchup
     }
 
     pub(crate) fn status(&self) -> &Arc<Status> {
@@ -304,6 +332,7 @@ impl Ingest {
     /// or after a metadata refresh in progress).
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.catchup.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -395,11 +424,16 @@ impl Worker {
                     let added = added_partitions(known, count);
                     if !added.is_empty() {
                         let mut tpl = TopicPartitionList::new();
+                        let mut starts = Vec::new();
                         for (p, offset) in added {
                             let _ = tpl.add_partition_offset(&topic, p, offset);
+                            starts.push((&*topic, p, 0));
                         }
                         match self.consumer.incremental_assign(&tpl) {
                             Ok(()) => {
+                                // Read from their beginning: the node holds
+                                // all of them (cursors start them at 0).
+                                self.fanout.start_partitions(&starts);
                                 tracing::info!(%topic, from = known, to = count, "Kafka partitions added; consuming them from the beginning");
                                 self.partitions.insert(topic.to_string(), count);
                                 let total: i32 = self.partitions.values().sum();
@@ -447,6 +481,7 @@ fn added_partitions(known: i32, observed: i32) -> Vec<(i32, Offset)> {
 /// and logged with their position, never dispatched, never fatal.
 fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>]) {
     let mut out = Vec::with_capacity(burst.len());
+    let mut skipped = Vec::new();
     for msg in burst {
         let headers = msg
             .headers()
@@ -471,6 +506,7 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
                 out.push(event);
             }
             Err(skip) => {
+                skipped.push((msg.topic(), msg.partition(), msg.offset()));
                 metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(1);
                 tracing::warn!(
                     topic = msg.topic(),
@@ -484,6 +520,11 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
     }
     if !out.is_empty() {
         fanout.publish(&out, Source::Kafka);
+    }
+    // After the events: a stream's position never passes a record it has
+    // not been given.
+    if !skipped.is_empty() {
+        fanout.skipped(&skipped);
     }
 }
 

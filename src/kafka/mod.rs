@@ -9,9 +9,12 @@
 //!   partition pickup, broker health; whole polled bursts dispatched in
 //!   partition order under one lock.
 //! - `producer`: publishes, answered on the broker's acknowledgement.
+//! - `catchup`: the pool of readers that catch streams up from Kafka
+//!   when the replay buffer can not serve their cursor.
 //! - `client`: client settings, start errors, error kinds.
 //! - `record`: key / headers / value -> [`crate::event::Event`].
 
+pub(crate) mod catchup;
 pub(crate) mod client;
 pub(crate) mod consumer;
 pub(crate) mod producer;

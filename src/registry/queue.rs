@@ -112,6 +112,8 @@ pub enum Push {
     Overflow { dropped: usize },
     /// The queue was already closed; nothing queued.
     Closed,
+    /// An event frame for a parked queue; not queued.
+    Parked,
 }
 
 /// What the body gets from one drain.
@@ -143,6 +145,9 @@ struct State {
     /// The body's waker, set while it waits on an empty queue.
     waker: Option<Waker>,
     closed: Option<CloseReason>,
+    /// Event frames are not queued (the stream is being caught up from
+    /// Kafka and joins the live fan-out later); heartbeats and the end are.
+    parked: bool,
 }
 
 // === impl Queue ===
@@ -167,6 +172,9 @@ impl Queue {
         if st.closed.is_some() {
             return (Push::Closed, None);
         }
+        if st.parked && ts_us != 0 {
+            return (Push::Parked, None);
+        }
         let stalled = !st.frames.is_empty()
             && limits
                 .stall
@@ -187,6 +195,17 @@ impl Queue {
         st.frames.push_back((frame.clone(), ts_us));
         st.bytes += frame.len();
         (Push::Queued, st.waker.take())
+    }
+
+    /// Stops queueing event frames (see `State::parked`).
+    pub fn park(&self) {
+        self.state.lock().parked = true;
+    }
+
+    /// Queues event frames again. Call under the dispatch lock, so that
+    /// the first event after it is the first one the stream gets live.
+    pub fn unpark(&self) {
+        self.state.lock().parked = false;
     }
 
     /// Closes the queue. With [`CloseReason::Shutdown`] or `Expired`, `last`

@@ -38,15 +38,34 @@ pub const RESUMED_AFTER_HEADER: &str = "herald-resumed-after";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetReason {
     /// The id is older than what the replay buffer holds, or from another
-    /// run of the server.
+    /// run of the server (embedded mode, or an id of an earlier version).
     NotRetained,
+    /// The cursor is older than what Kafka still keeps (retention): the
+    /// stream continues from the oldest record kept.
+    Retention,
+    /// The id is not one herald can read (another system's, garbled).
+    Unreadable,
 }
 
 impl ResetReason {
+    pub const ALL: [ResetReason; 3] = [
+        ResetReason::NotRetained,
+        ResetReason::Retention,
+        ResetReason::Unreadable,
+    ];
+
+    /// The reset event's `reason`.
     pub fn label(self) -> &'static str {
         match self {
             ResetReason::NotRetained => "last-event-id-not-retained",
+            ResetReason::Retention => "retention",
+            ResetReason::Unreadable => "last-event-id-unreadable",
         }
+    }
+
+    /// Counts one reset (`herald_stream_resets_total{reason}`).
+    pub fn count(self) {
+        metrics::counter!(crate::metrics::STREAM_RESETS, "reason" => self.label()).increment(1);
     }
 }
 

@@ -11,14 +11,22 @@
 //! (`messages:3:1042`): the same on every node that reads the topic. Kafka
 //! topic names can not contain `:`, so the two forms never collide.
 //!
-//! Parsing is strict and bounded: anything else is an [`IdError`], which the
-//! subscribe handler answers with a 400.
+//! In Kafka mode every event's id is a cursor (`c.` and base64url, see
+//! [`super::cursor`]): the node's position on every partition after it.
+//! `topic:partition:offset` ids from earlier versions are still read.
+//!
+//! Parsing is strict and bounded: anything else is an [`IdError`], which
+//! resume answers with a `herald-reset` event (never a 400: a 400 makes
+//! `EventSource` stop reconnecting for good).
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// Longest `Last-Event-ID` considered at all.
+use super::cursor::{self, Cursor, CursorError};
+
+/// Longest `Last-Event-ID` considered at all, but for cursors (see
+/// [`cursor::MAX_CURSOR_CHARS`]).
 pub const MAX_ID_BYTES: usize = 128;
 
 /// Longest Kafka topic name (Kafka's own limit).
@@ -29,12 +37,16 @@ pub const MAX_TOPIC_BYTES: usize = 249;
 pub enum EventId {
     /// Published through this node's HTTP API: sequence `seq` of run `epoch`.
     Local { epoch: u64, seq: u64 },
-    /// Consumed from Kafka at this position.
+    /// Consumed from Kafka at this position (the id of earlier versions;
+    /// inside herald, a record's position).
     Kafka {
         topic: Arc<str>,
         partition: i32,
         offset: i64,
     },
+    /// A position on every partition (Kafka mode): the cursor's wire form,
+    /// checked (see [`super::cursor`]).
+    Cursor(Arc<str>),
 }
 
 /// Why a `Last-Event-ID` could not be understood.
@@ -48,6 +60,8 @@ pub enum IdError {
         "is not an id this server issued (expected `<run>-<sequence>`, e.g. `18f3a2b4c01-42`)"
     )]
     Malformed,
+    #[error("is not a cursor this server issued: it {0}")]
+    Cursor(#[from] CursorError),
 }
 
 // === impl EventId ===
@@ -71,6 +85,7 @@ impl fmt::Display for EventId {
                 partition,
                 offset,
             } => write!(f, "{topic}:{partition}:{offset}"),
+            EventId::Cursor(text) => f.write_str(text),
         }
     }
 }
@@ -81,6 +96,12 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         if s.is_empty() {
             return Err(IdError::Empty);
+        }
+        // Cursors never hold a `:`; `topic:partition:offset` ids may start
+        // with `c.` (a topic `c.x`).
+        if s.starts_with(cursor::PREFIX) && !s.contains(':') {
+            Cursor::decode(s)?;
+            return Ok(EventId::Cursor(Arc::from(s)));
         }
         if s.len() > MAX_ID_BYTES {
             return Err(IdError::TooLong);
@@ -190,6 +211,27 @@ mod tests {
         assert!(is_kafka_topic("messages"));
         assert!(!is_kafka_topic("a b"));
         assert!(!is_kafka_topic(&"t".repeat(250)));
+    }
+
+    #[test]
+    fn cursors_are_read_and_checked() {
+        let c = Cursor {
+            topics: vec![cursor::TopicOffsets {
+                fingerprint: cursor::fingerprint("events"),
+                next: vec![3, 4],
+            }],
+        };
+        let text = c.encode();
+        assert_eq!(
+            text.parse::<EventId>(),
+            Ok(EventId::Cursor(Arc::from(text.as_str())))
+        );
+        assert!(matches!("c.zz".parse::<EventId>(), Err(IdError::Cursor(_))));
+        // An old id of a topic named `c.x` is still an old id.
+        assert!(matches!(
+            "c.x:1:2".parse::<EventId>(),
+            Ok(EventId::Kafka { .. })
+        ));
     }
 
     proptest! {

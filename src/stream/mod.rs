@@ -43,11 +43,15 @@ use crate::fanout::{unix_micros, Fanout, Full, Join};
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 pub use crate::registry::queue::CloseReason;
-use crate::registry::queue::Queue;
+use crate::registry::queue::{Batch, Queue};
 use crate::registry::{Subscriber, Subscription};
 use crate::replay::{Chunk, Range};
 use crate::sse::frame::{self, ResetReason};
-use crate::sse::EventId;
+use crate::sse::{EventId, IdError};
+
+pub mod catchup;
+
+use catchup::{CatchUp, Feed, FeedEnd, Item, Refused};
 
 /// The preamble and replayed frames leave in writes of about this size.
 pub const PREFIX_WRITE_BYTES: usize = 64 * 1024;
@@ -75,6 +79,8 @@ pub struct Streams {
     pub(crate) expiries: Expiries,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) settings: Settings,
+    /// Where cursors the buffer can not serve are caught up (Kafka mode).
+    pub(crate) catchup: Option<Arc<dyn CatchUp>>,
 }
 
 /// What an admitted subscribe request opens.
@@ -82,7 +88,8 @@ pub struct Streams {
 pub struct OpenRequest {
     pub user: Name,
     pub topics: Vec<Name>,
-    pub resume: Option<EventId>,
+    /// The id to resume after, or one that could not be read.
+    pub resume: Option<Result<EventId, IdError>>,
     /// The token's `exp` (seconds since the epoch): the stream ends then.
     pub expires_at: Option<u64>,
     pub peer: SocketAddr,
@@ -95,6 +102,27 @@ pub struct OpenRequest {
     /// Whatever the admission reserved for the stream's life (an HTTP/2
     /// stream's per-address slot), released when it ends.
     pub lease: Option<Lease>,
+}
+
+/// Why a stream could not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Its user holds `--max-streams-per-user` streams already.
+    Full,
+    /// Its catch-up from Kafka can not be taken now.
+    CatchUp(Refused),
+}
+
+impl From<Full> for OpenError {
+    fn from(_: Full) -> Self {
+        OpenError::Full
+    }
+}
+
+impl From<Refused> for OpenError {
+    fn from(r: Refused) -> Self {
+        OpenError::CatchUp(r)
+    }
 }
 
 /// Something held for a stream's life and released when it ends.
@@ -147,7 +175,20 @@ pub struct Stream {
 #[derive(Debug)]
 struct Prefix {
     head: Option<Bytes>,
+    /// Being caught up from Kafka: its feed, read before the replay.
+    catchup: Option<CatchingUp>,
     replay: Option<Replaying>,
+    /// Live events drained while switching from the feed to the buffer:
+    /// written after the replay.
+    stash: Option<Batch>,
+}
+
+/// A stream being caught up from Kafka.
+#[derive(Debug)]
+struct CatchingUp {
+    feed: Arc<Feed>,
+    fanout: Arc<Fanout>,
+    requested: Option<String>,
 }
 
 /// A resume being read from the replay buffer, a chunk per write: the
@@ -171,7 +212,15 @@ impl Streams {
             expiries: Expiries::default(),
             lifecycle,
             settings,
+            catchup: None,
         }
+    }
+
+    /// Streams whose cursors the buffer can not serve are sent to
+    /// `catchup`.
+    pub fn with_catchup(mut self, catchup: Arc<dyn CatchUp>) -> Self {
+        self.catchup = Some(catchup);
+        self
     }
 
     pub fn fanout(&self) -> &Arc<Fanout> {
@@ -179,10 +228,15 @@ impl Streams {
     }
 
     /// Registers a stream and builds its first bytes; `Full` when its user
-    /// holds `--max-streams-per-user` streams already.
-    pub fn open(&self, req: OpenRequest) -> Result<Opened, Full> {
-        let requested = req.resume.as_ref().map(ToString::to_string);
+    /// holds `--max-streams-per-user` streams already, `CatchUp` when its
+    /// cursor needs a catch-up from Kafka that can not be taken now.
+    pub fn open(&self, req: OpenRequest) -> Result<Opened, OpenError> {
+        let requested = match &req.resume {
+            Some(Ok(id)) => Some(id.to_string()),
+            _ => None,
+        };
         let lease = req.lease;
+        let user = req.user.clone();
         let sub = self.fanout.subscribe(Join {
             user: req.user,
             topics: req.topics,
@@ -192,9 +246,29 @@ impl Streams {
             resume: req.resume,
             max_per_user: req.max_per_user,
         })?;
-        let subscriber = sub.subscription.subscriber();
+        let subscriber = sub.subscription.subscriber().clone();
+        let feed = match (sub.catchup, &self.catchup) {
+            (Some(from), Some(catchup)) => {
+                let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
+                catchup.submit(catchup::Request {
+                    subscriber: subscriber.clone(),
+                    user,
+                    from,
+                    feed: feed.clone(),
+                    opened: std::time::Instant::now(),
+                })?;
+                Some(feed)
+            }
+            // Not reading Kafka: nothing can serve it (not reached: a
+            // cursor needs positions, which only Kafka mode has).
+            (Some(_), None) => {
+                subscriber.queue.unpark();
+                None
+            }
+            (None, _) => None,
+        };
         if let Some(at) = req.expires_at {
-            self.expiries.add(at, subscriber);
+            self.expiries.add(at, &subscriber);
         }
         let retry = self.settings.retry.as_millis() as u64;
         // A stream registered after the drain took its snapshot of open
@@ -203,26 +277,28 @@ impl Streams {
         if self.lifecycle.draining() {
             subscriber.end(CloseReason::Shutdown, Some(frame::retry_hint(retry)));
         }
-        let head = if sub.gap {
-            frame::reset(
-                retry,
-                ResetReason::NotRetained,
-                requested.as_deref(),
-                &sub.after,
-            )
-        } else {
-            frame::preamble(retry, &sub.after)
+        let head = match sub.reset {
+            Some(reason) => frame::reset(retry, reason, requested.as_deref(), &sub.after),
+            None => frame::preamble(retry, &sub.after),
         };
         let replay = sub.replay.map(|range| Replaying {
             fanout: self.fanout.clone(),
             range,
-            latest: sub.latest,
-            requested,
+            latest: sub.latest.clone(),
+            requested: requested.clone(),
         });
+        let mut stream =
+            Stream::with_replay(sub.subscription, head, replay, &self.settings).leasing(lease);
+        if let (Some(feed), Some(prefix)) = (feed, &mut stream.prefix) {
+            prefix.catchup = Some(CatchingUp {
+                feed,
+                fanout: self.fanout.clone(),
+                requested,
+            });
+        }
         Ok(Opened {
             after: sub.after,
-            stream: Stream::with_replay(sub.subscription, head, replay, &self.settings)
-                .leasing(lease),
+            stream,
         })
     }
 }
@@ -248,7 +324,9 @@ impl Stream {
             sub,
             prefix: Some(Box::new(Prefix {
                 head: Some(head),
+                catchup: None,
                 replay,
+                stash: None,
             })),
             window: settings.coalesce,
             hold: None,
@@ -270,13 +348,49 @@ impl Stream {
     /// allocated per wait.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         if let Some(prefix) = &mut self.prefix {
-            let (chunk, replayed) = prefix.next_write(self.sub.subscriber());
-            if prefix.is_done() {
-                self.prefix = None;
+            if prefix.catchup.is_some() {
+                match prefix.poll_catchup(&self.sub, cx) {
+                    Poll::Ready(Ok((bytes, events))) => {
+                        self.account(events, 0);
+                        return Poll::Ready(Next::Data(bytes));
+                    }
+                    Poll::Ready(Err(reason)) => {
+                        self.ended.get_or_insert(reason);
+                        return Poll::Ready(if reason.delivers_queued() {
+                            Next::End
+                        } else {
+                            Next::Abort
+                        });
+                    }
+                    Poll::Pending if prefix.catchup.is_some() => return Poll::Pending,
+                    // Joined the live fan-out: on to the replay.
+                    Poll::Pending => {}
+                }
             }
+            let (chunk, replayed) = prefix.next_write(self.sub.subscriber());
+            let stash = if prefix.is_done() {
+                let stash = prefix.stash.take();
+                self.prefix = None;
+                stash
+            } else {
+                None
+            };
             self.account(replayed, 0);
             if !chunk.is_empty() {
+                if let Some(batch) = stash {
+                    // Rare (a switch raced a publish): the next write.
+                    self.prefix = Some(Box::new(Prefix {
+                        head: None,
+                        catchup: None,
+                        replay: None,
+                        stash: Some(batch),
+                    }));
+                }
                 return Poll::Ready(Next::Data(chunk));
+            }
+            if let Some(batch) = stash {
+                self.account(batch.events, batch.oldest_us);
+                return Poll::Ready(Next::Data(batch.bytes));
             }
         }
         if self.holding {
@@ -361,6 +475,9 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        if let Some(c) = self.prefix.as_ref().and_then(|p| p.catchup.as_ref()) {
+            c.feed.close();
+        }
         if self.account {
             metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => self.reason().label())
                 .increment(1);
@@ -431,7 +548,57 @@ impl Prefix {
     }
 
     fn is_done(&self) -> bool {
-        self.head.is_none() && self.replay.is_none()
+        self.head.is_none() && self.catchup.is_none() && self.replay.is_none()
+    }
+
+    /// While being caught up: the head, then what the feed holds, and the
+    /// queue's heartbeats; `Pending` with `catchup` cleared once the stream
+    /// joined the live fan-out (the replay is then set); the end if the
+    /// queue closed or the feed failed.
+    fn poll_catchup(
+        &mut self,
+        sub: &Subscription,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(Bytes, usize), CloseReason>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Ok((head, 0)));
+        }
+        let Some(c) = &self.catchup else {
+            return Poll::Pending;
+        };
+        loop {
+            match c.feed.poll(cx) {
+                Poll::Ready(Item::Data(bytes, events)) => return Poll::Ready(Ok((bytes, events))),
+                Poll::Ready(Item::End(FeedEnd::Live(range))) => {
+                    self.replay = Some(Replaying {
+                        fanout: c.fanout.clone(),
+                        range,
+                        latest: c.fanout.latest(),
+                        requested: c.requested.clone(),
+                    });
+                    self.catchup = None;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Item::End(FeedEnd::Failed)) => {
+                    return Poll::Ready(Err(CloseReason::Error));
+                }
+                Poll::Pending => {}
+            }
+            // The queue, parked: heartbeats and the end. An event in it
+            // means the stream was just joined to the live fan-out, after
+            // its feed ended: keep the batch for after the replay.
+            match sub.subscriber().queue.poll_drain(cx) {
+                Poll::Ready(Ok(batch)) if batch.events == 0 => {
+                    return Poll::Ready(Ok((batch.bytes, 0)))
+                }
+                Poll::Ready(Ok(batch)) => {
+                    self.stash = Some(batch);
+                    continue;
+                }
+                Poll::Ready(Err(reason)) => return Poll::Ready(Err(reason)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -42,7 +42,7 @@ fn open(s: &Streams, resume: Option<EventId>) -> Opened {
     s.open(OpenRequest {
         user: Name::new("u").unwrap(),
         topics: vec![],
-        resume,
+        resume: resume.map(Ok),
         expires_at: None,
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: Abort::new(),
