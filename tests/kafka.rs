@@ -10,101 +10,12 @@ mod support;
 
 use std::time::Duration;
 
-use herald::config::{Config, KafkaConfig, StartPosition};
-use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use herald::config::{Config, StartPosition};
+use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::json;
-use support::{eventually, TestServer};
+use support::eventually;
 
-const TOPIC: &str = "events";
-
-fn kafka(
-    cluster: &MockCluster<'_, impl rdkafka::ClientContext>,
-    start: StartPosition,
-) -> KafkaConfig {
-    KafkaConfig {
-        brokers: cluster.bootstrap_servers(),
-        topics: vec![TOPIC.to_owned()],
-        start,
-        properties: vec![],
-        publish_topic: TOPIC.to_owned(),
-        publish_timeout: Duration::from_secs(2),
-        publish_transactions: true,
-        metadata_interval: Duration::from_millis(200),
-        backpressure: Some(Duration::from_secs(5)),
-        catchup: Default::default(),
-    }
-}
-
-fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let c = MockCluster::new(1).unwrap();
-    c.create_topic(TOPIC, 8, 1).unwrap();
-    c
-}
-
-fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .unwrap()
-}
-
-async fn produce(
-    p: &FutureProducer,
-    partition: Option<i32>,
-    key: Option<&str>,
-    headers: &[(&str, &[u8])],
-    value: &[u8],
-) -> (i32, i64) {
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    let mut r = FutureRecord::to(TOPIC).payload(value).headers(h);
-    if let Some(k) = key {
-        r = r.key(k);
-    }
-    if let Some(p) = partition {
-        r = r.partition(p);
-    }
-    let d = p.send(r, Duration::from_secs(10)).await.unwrap();
-    (d.partition, d.offset)
-}
-
-/// The offset an event id (a cursor) names for `partition` of the topic.
-fn position(id: &str, partition: i32) -> i64 {
-    let c = herald::sse::Cursor::decode(id).unwrap_or_else(|e| panic!("{id:?} {e}"));
-    c.get(herald::sse::cursor::fingerprint(TOPIC), partition)
-        .unwrap()
-}
-
-/// Partition and offset of a publish reply's `topic:partition:offset`.
-fn record_position(id: &str) -> (i32, i64) {
-    let mut it = id.rsplitn(3, ':');
-    let off = it.next().unwrap().parse().unwrap();
-    let part = it.next().unwrap().parse().unwrap();
-    assert_eq!(it.next(), Some(TOPIC), "{id}");
-    (part, off)
-}
-
-async fn server(
-    cluster: &MockCluster<'_, impl rdkafka::ClientContext>,
-    tweak: impl FnOnce(&mut Config),
-) -> TestServer {
-    let k = kafka(cluster, StartPosition::Latest);
-    TestServer::with(|c| {
-        c.kafka = Some(k);
-        tweak(c);
-    })
-    .await
-}
+use support::kafka::{cluster, kafka, position, produce, producer, record_position, server, TOPIC};
 
 /// A producer may stamp a record with any time: one from the far future
 /// (once an overflow that killed the ingest thread) is delivered, and the
@@ -533,4 +444,35 @@ async fn per_event_publishing_says_which_events_were_written() {
     assert_eq!(ids.len(), 2, "{reply}");
     assert!(ids.iter().all(serde_json::Value::is_null), "{reply}");
     cluster.broker_up(1).unwrap();
+}
+
+/// Ready means ready: start positions are resolved before the node serves,
+/// so a record produced as soon as it is up is never missed (a lazily
+/// resolved "latest" once skipped it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_produced_right_after_ready_is_delivered() {
+    let cluster = cluster();
+    let p = producer(&cluster.bootstrap_servers());
+    for i in 0..50 {
+        produce(&p, Some(i % 8), Some("old"), &[], b"before").await;
+    }
+    for round in 0..3 {
+        let node = server(&cluster, |_| {}).await;
+        assert_eq!(node.get("/readyz").await.0, 200);
+        let mut c = node.subscribe("fresh").await;
+        for part in 0..8 {
+            produce(
+                &p,
+                Some(part),
+                Some("fresh"),
+                &[],
+                format!("{round}:{part}").as_bytes(),
+            )
+            .await;
+        }
+        let mut got: Vec<String> = c.next_n(8).await.into_iter().map(|e| e.data).collect();
+        got.sort();
+        let want: Vec<String> = (0..8).map(|part| format!("{round}:{part}")).collect();
+        assert_eq!(got, want, "round {round}");
+    }
 }

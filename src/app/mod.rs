@@ -87,6 +87,16 @@ impl Running {
         &self.api.health.fanout
     }
 
+    /// Streams being caught up from Kafka now (waiting or reading).
+    pub fn catchups(&self) -> usize {
+        self.api
+            .subscribe
+            .streams
+            .catchup
+            .as_ref()
+            .map_or(0, |c| c.in_progress())
+    }
+
     /// The metrics recorder (`None` with `--metrics false`).
     pub fn metrics(&self) -> Option<&PrometheusHandle> {
         self.api.health.metrics.as_ref()

@@ -162,6 +162,11 @@ impl CatchUp for Pool {
         s.ready.notify_one();
         Ok(())
     }
+
+    fn in_progress(&self) -> usize {
+        let s = &self.shared;
+        s.waiting.lock().queue.len() + s.reading.load(Ordering::Relaxed)
+    }
 }
 
 // === impl Shared ===

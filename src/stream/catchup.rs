@@ -27,6 +27,9 @@ use crate::replay::{Range, Vector};
 pub trait CatchUp: Send + Sync + fmt::Debug {
     /// Takes the stream, or refuses when too many wait already.
     fn submit(&self, req: Request) -> Result<(), Refused>;
+
+    /// Streams waiting or being read for.
+    fn in_progress(&self) -> usize;
 }
 
 /// Why a catch-up was refused (the admission answers 503 or 429).

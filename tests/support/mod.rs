@@ -20,6 +20,8 @@ use herald::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod kafka;
+
 /// Upper bound on any single wait in a test: generous, only hit on failure.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -129,6 +131,11 @@ impl TestServer {
     }
 
     /// The Prometheus text page (metrics on).
+    /// Streams being caught up from Kafka now.
+    pub fn catchups(&self) -> usize {
+        self.running.as_ref().map_or(0, Running::catchups)
+    }
+
     pub fn metrics(&self) -> String {
         self.running.as_ref().unwrap().metrics().unwrap().render()
     }
