@@ -58,6 +58,8 @@ struct Entry {
     pos: Option<Pos>,
     target: Target,
     frame: Bytes,
+    /// When it happened (µs since the epoch), for `since=`.
+    ts_us: u64,
     at: Instant,
 }
 
@@ -69,6 +71,8 @@ pub struct Replay {
     bytes: usize,
     limits: Limits,
     topics: Vec<TopicLog>,
+    /// The newest time (µs since the epoch) of an evicted entry.
+    evicted_us: u64,
 }
 
 /// One topic's partitions, by partition number.
@@ -120,6 +124,7 @@ impl Replay {
             bytes: 0,
             limits,
             topics: Vec::new(),
+            evicted_us: 0,
         }
     }
 
@@ -262,10 +267,19 @@ impl Replay {
     }
 
     /// Appends the event with sequence `seq` (one more than the last).
-    pub fn push(&mut self, seq: u64, pos: Option<Pos>, target: Target, frame: Bytes, now: Instant) {
+    pub fn push(
+        &mut self,
+        seq: u64,
+        pos: Option<Pos>,
+        target: Target,
+        frame: Bytes,
+        ts_us: u64,
+        now: Instant,
+    ) {
         debug_assert!(self.entries.back().is_none_or(|e| e.seq + 1 == seq));
         if self.limits.max_events == 0 {
             // Nothing is held: the floor is the position.
+            self.evicted_us = self.evicted_us.max(ts_us);
             if let Some(pos) = pos {
                 let p = pos.partition as usize;
                 self.topics[pos.topic].floor[p] = pos.offset + 1;
@@ -281,6 +295,7 @@ impl Replay {
             pos,
             target,
             frame,
+            ts_us,
             at: now,
         });
         while self.entries.len() > self.limits.max_events
@@ -304,6 +319,7 @@ impl Replay {
     fn pop_front(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             self.bytes -= e.frame.len();
+            self.evicted_us = self.evicted_us.max(e.ts_us);
             if let Some(pos) = e.pos {
                 let log = &mut self.topics[pos.topic];
                 let p = pos.partition as usize;
@@ -327,6 +343,21 @@ impl Replay {
         }
         Some(Range {
             next: seen + 1,
+            last: latest,
+            from: None,
+        })
+    }
+
+    /// What a new stream starting at time `ts_us` (µs since the epoch) is
+    /// owed (`since=`, embedded mode): every entry from then on; `None`
+    /// when an entry that recent was evicted. O(log n).
+    pub fn since(&self, ts_us: u64, latest: u64) -> Option<Range> {
+        if self.evicted_us >= ts_us {
+            return None;
+        }
+        let i = self.entries.partition_point(|e| e.ts_us < ts_us);
+        Some(Range {
+            next: self.entries.get(i).map_or(latest + 1, |e| e.seq),
             last: latest,
             from: None,
         })
@@ -430,7 +461,14 @@ mod tests {
 
     fn fill(r: &mut Replay, seqs: std::ops::RangeInclusive<u64>, now: Instant) {
         for s in seqs {
-            r.push(s, None, Target::Broadcast, Bytes::from(s.to_string()), now);
+            r.push(
+                s,
+                None,
+                Target::Broadcast,
+                Bytes::from(s.to_string()),
+                s,
+                now,
+            );
         }
     }
 
@@ -519,7 +557,7 @@ mod tests {
             } else {
                 Target::Broadcast
             };
-            r.push(s, None, target, Bytes::from_static(b"x"), now);
+            r.push(s, None, target, Bytes::from_static(b"x"), s, now);
         }
         let mut range = r.resume(0, 9000).unwrap();
         let only_u = |t: &Target| *t != Target::Broadcast;
@@ -549,6 +587,7 @@ mod tests {
                 Some(pos),
                 Target::Broadcast,
                 Bytes::from_static(b"k"),
+                seq,
                 now,
             );
         }
@@ -568,7 +607,7 @@ mod tests {
         {
             let pos = r.advance("t", p, off);
             let frame = Bytes::from(format!("{p}:{off} "));
-            r.push(seq as u64 + 1, Some(pos), Target::Broadcast, frame, now);
+            r.push(seq as u64 + 1, Some(pos), Target::Broadcast, frame, 1, now);
         }
     }
 
@@ -621,6 +660,18 @@ mod tests {
             }],
         };
         assert_eq!(r.vector_of(&other), r.position());
+    }
+
+    #[test]
+    fn since_starts_at_the_first_entry_that_late_unless_one_was_evicted() {
+        let now = Instant::now();
+        // Entry s has time s.
+        let mut r = Replay::new(limits(3, 1000));
+        fill(&mut r, 1..=5, now);
+        let read_all = |range: Range| read(&r, range);
+        assert_eq!(read_all(r.since(4, 5).unwrap()), "45");
+        assert_eq!(read_all(r.since(6, 5).unwrap()), "");
+        assert_eq!(r.since(2, 5), None, "entry 2 was evicted");
     }
 
     #[test]

@@ -162,7 +162,55 @@ async fn events_older_than_max_age_are_not_replayed(t: Transport) {
     assert_eq!(c.next().await.event, "herald-reset");
 }
 
+/// An id herald cannot read (another system's, garbled) is a reset, never a
+/// 400 (a 400 makes EventSource stop reconnecting for good).
+async fn an_unreadable_id_gets_the_reset_event_and_the_stream(t: Transport) {
+    let server = TestServer::on(t).await;
+    let mut c = server.subscribe_with("z", Some("4711:abc:x")).await;
+    let reset = c.next().await;
+    assert_eq!(reset.event, "herald-reset");
+    assert!(
+        reset.data.contains("last-event-id-unreadable"),
+        "{}",
+        reset.data
+    );
+    server.publish_ok(json!({"user": "z", "data": "on"})).await;
+    assert_eq!(c.next().await.data, r#""on""#);
+}
+
+/// `since=` starts a stream from a time (milliseconds since the epoch or
+/// RFC 3339); Last-Event-ID wins over it.
+async fn since_starts_a_stream_from_a_time(t: Transport) {
+    let server = TestServer::on(t).await;
+    server.publish_ok(json!({"user": "s", "data": 1})).await;
+    let first = server.publish_ok(json!({"user": "s", "data": 2})).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let at = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    server.publish_ok(json!({"user": "s", "data": 3})).await;
+    server.publish_ok(json!({"user": "s", "data": 4})).await;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let rfc = humantime::format_rfc3339_millis(at).to_string();
+    for q in [format!("since={ms}"), format!("since={rfc}")] {
+        let mut c = server.subscribe(&format!("s?{q}")).await;
+        let got: Vec<String> = c.next_n(2).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["3", "4"], "{q}");
+    }
+    // since=1 alone would give all four.
+    let mut c = server.subscribe_with("s?since=1", Some(&first)).await;
+    let got: Vec<String> = c.next_n(2).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(got, ["3", "4"], "the id wins: events after 2");
+    let (status, _, body) = server.get("/api/sse/subscribe/s?since=yesterday").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("RFC 3339"), "{body}");
+}
+
 on_every_transport!(
+    an_unreadable_id_gets_the_reset_event_and_the_stream,
+    since_starts_a_stream_from_a_time,
     reconnect_gets_exactly_the_missed_events_then_live,
     last_event_id_query_parameter_works_like_the_header,
     no_gap_no_duplicate_at_the_seam_under_concurrent_publishing,

@@ -96,6 +96,8 @@ pub struct Join {
     pub shared_conn: bool,
     /// Resume after this id (or an id that could not be read).
     pub resume: Option<Result<EventId, IdError>>,
+    /// Without `resume`: start from this time (µs since the epoch).
+    pub since_us: Option<u64>,
     /// `--max-streams-per-user`.
     pub max_per_user: Option<std::num::NonZeroUsize>,
 }
@@ -110,6 +112,7 @@ impl Join {
             conn: None,
             shared_conn: false,
             resume: None,
+            since_us: None,
             max_per_user: None,
         }
     }
@@ -135,6 +138,8 @@ pub struct Subscribed {
     /// registered parked and must be caught up from Kafka from this
     /// position (see `stream::catchup`) before it joins the live fan-out.
     pub catchup: Option<Vector>,
+    /// With `catchup`: start from this time instead of the position.
+    pub since_us: Option<u64>,
 }
 
 /// How a subscription starts (decided under the dispatch lock).
@@ -360,13 +365,13 @@ impl Fanout {
                         None => (self.local_id(st.seq), None),
                     };
                     let bytes = frame::event(&id, ev.kind(), &ev.data);
-                    st.replay
-                        .push(st.seq, pos, ev.target.clone(), bytes.clone(), now);
                     let ts = if ev.timestamp_us == 0 {
                         now_us
                     } else {
                         ev.timestamp_us
                     };
+                    st.replay
+                        .push(st.seq, pos, ev.target.clone(), bytes.clone(), ts, now);
                     self.route(&ev.target, &bytes, ts, now_us, out);
                     st.latest = id.clone();
                     ids.push(id);
@@ -461,7 +466,15 @@ impl Fanout {
         let mut st = self.state.lock();
         st.replay.expire(Instant::now());
         let start = match (&resume, cursor) {
-            (None, _) => Start::Live,
+            (None, _) => match join.since_us {
+                None => Start::Live,
+                // Kafka mode: the reader looks the time up.
+                Some(_) if st.replay.has_positions() => Start::CatchUp(st.replay.position()),
+                Some(t) => match st.replay.since(t, st.seq) {
+                    Some(range) => Start::Replay(range),
+                    None => Start::Reset(ResetReason::NotRetained),
+                },
+            },
             (Some(Err(_)), _) | (_, Some(Err(_))) => Start::Reset(ResetReason::Unreadable),
             (Some(Ok(_)), Some(Ok(c))) if st.replay.has_positions() => {
                 let v = st.replay.vector_of(&c);
@@ -495,6 +508,7 @@ impl Fanout {
             Some(Ok(id)) => id.clone(),
             _ => latest.clone(),
         };
+        let since_us = join.since_us.filter(|_| resume.is_none());
         Ok(match start {
             Start::Live => Subscribed {
                 subscription,
@@ -503,6 +517,7 @@ impl Fanout {
                 replay: None,
                 reset: None,
                 catchup: None,
+                since_us: None,
             },
             Start::Replay(range) => {
                 self.counters.resume_clean.increment(1);
@@ -513,6 +528,7 @@ impl Fanout {
                     replay: Some(range),
                     reset: None,
                     catchup: None,
+                    since_us: None,
                 }
             }
             Start::Reset(reason) => {
@@ -525,6 +541,7 @@ impl Fanout {
                     replay: None,
                     reset: Some(reason),
                     catchup: None,
+                    since_us: None,
                 }
             }
             Start::CatchUp(v) => {
@@ -536,6 +553,7 @@ impl Fanout {
                     replay: None,
                     reset: None,
                     catchup: Some(v),
+                    since_us,
                 }
             }
         })

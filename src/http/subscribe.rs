@@ -57,6 +57,9 @@ pub(crate) struct Params<'a> {
     /// The id to resume after, or why it could not be read (the stream
     /// then starts with a reset, never a 400).
     pub(crate) resume: Option<Result<EventId, IdError>>,
+    /// `since=`: start from this time (µs since the epoch) when there is
+    /// no id to resume after.
+    pub(crate) since_us: Option<u64>,
     /// The `access_token` query parameter, if any.
     pub(crate) token: Option<String>,
     pub(crate) authorization: Option<&'a [u8]>,
@@ -173,6 +176,7 @@ impl Subscribe {
             user: params.user,
             topics: params.topics,
             resume: params.resume,
+            since_us: params.since_us,
             expires_at: grant.expires_at,
             peer,
             conn: conn.clone(),
@@ -235,7 +239,13 @@ impl<'a> Params<'a> {
         query: Option<&str>,
         headers: &'a HeaderMap,
     ) -> Result<Self, String> {
-        let (user, topics, query_resume, token) = parse_target(rest, query)?;
+        let Target {
+            user,
+            topics,
+            resume: query_resume,
+            since_us,
+            token,
+        } = parse_target(rest, query)?;
         let authorization = single(headers, "authorization", "Authorization")?;
         let last_event_id = single(headers, "last-event-id", "Last-Event-ID")?;
         let mut cookies = headers.get_all(header::COOKIE).iter();
@@ -267,6 +277,8 @@ impl<'a> Params<'a> {
         Ok(Params {
             user,
             topics,
+            // An id to resume after wins over a time.
+            since_us: since_us.filter(|_| resume.is_none()),
             resume,
             token,
             authorization,
@@ -286,7 +298,14 @@ fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<
     }
 }
 
-type Target = (Name, Vec<Name>, Option<String>, Option<String>);
+/// What the path and query say.
+struct Target {
+    user: Name,
+    topics: Vec<Name>,
+    resume: Option<String>,
+    since_us: Option<u64>,
+    token: Option<String>,
+}
 
 /// The user (path after [`PREFIX`], percent-decoded), topics, `lastEventId`
 /// and `access_token` of a subscribe target.
@@ -301,6 +320,7 @@ fn parse_target(rest: &str, query: Option<&str>) -> Result<Target, String> {
 
     let mut topics = Vec::new();
     let mut query_resume = None;
+    let mut since_us = None;
     let mut token = None;
     for (key, value) in query_pairs(query.unwrap_or("")) {
         match key.as_str() {
@@ -316,13 +336,41 @@ fn parse_target(rest: &str, query: Option<&str>) -> Result<Target, String> {
                 let v = value.map_err(|_| "lastEventId is not valid UTF-8".to_owned())?;
                 query_resume = Some(v);
             }
+            "since" => {
+                let v = value.map_err(|_| "since is not valid UTF-8".to_owned())?;
+                since_us = Some(parse_since(&v)?);
+            }
             auth::QUERY_PARAM => {
                 token = Some(value.map_err(|_| "access_token is not valid UTF-8".to_owned())?);
             }
             _ => {}
         }
     }
-    Ok((user, topics, query_resume, token))
+    Ok(Target {
+        user,
+        topics,
+        resume: query_resume,
+        since_us,
+        token,
+    })
+}
+
+/// `since=`: an RFC 3339 time (`2026-12-01T10:00:00Z`) or milliseconds
+/// since the epoch; µs since the epoch.
+fn parse_since(v: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "since {v:?} is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor milliseconds since the epoch"
+        )
+    };
+    if !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = v.parse().map_err(|_| bad())?;
+        return ms.checked_mul(1000).ok_or_else(bad);
+    }
+    let t = humantime::parse_rfc3339_weak(v).map_err(|_| bad())?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .map_err(|_| bad())
 }
 
 /// `application/x-www-form-urlencoded` pairs: `+` is a space, `%XX` decoded.

@@ -446,6 +446,7 @@ impl Job {
     /// streams, after clamping each to what Kafka keeps.
     fn start(&mut self, consumer: &BaseConsumer, shared: &Shared) -> Result<(), String> {
         let node = shared.fanout.position();
+        self.resolve_times(consumer)?;
         let mut tpl = TopicPartitionList::new();
         for (t, (name, _)) in self.topics.clone().iter().enumerate() {
             for p in 0..self.pos[t].len() {
@@ -484,6 +485,52 @@ impl Job {
             ok
         });
         consumer.assign(&tpl).map_err(|e| e.to_string())
+    }
+
+    /// Streams that start from a time (`since=`): their offsets, looked
+    /// up once for all of them (the first record at or after the time; the
+    /// end when there is none).
+    fn resolve_times(&mut self, consumer: &BaseConsumer) -> Result<(), String> {
+        let mut times: Vec<u64> = self.clients.iter().filter_map(|c| c.req.since_us).collect();
+        times.sort_unstable();
+        times.dedup();
+        for t_us in times {
+            let ms = (t_us / 1000) as i64;
+            let mut tpl = TopicPartitionList::new();
+            for (t, (name, _)) in self.topics.iter().enumerate() {
+                for p in 0..self.pos[t].len() {
+                    tpl.add_partition_offset(name, p as i32, Offset::Offset(ms))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let found = consumer
+                .offsets_for_times(tpl, WATERMARK_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let mut at: Vec<Vec<i64>> =
+                self.pos.iter().map(|ps| vec![i64::MAX; ps.len()]).collect();
+            for e in found.elements() {
+                if let (Some(t), Offset::Offset(o)) = (self.topic(e.topic()), e.offset()) {
+                    if o >= 0 {
+                        if let Some(x) = at
+                            .get_mut(t)
+                            .and_then(|v| v.get_mut(e.partition() as usize))
+                        {
+                            *x = o;
+                        }
+                    }
+                }
+            }
+            // i64::MAX (no record that late) is clamped to the end.
+            for c in self
+                .clients
+                .iter_mut()
+                .filter(|c| c.req.since_us == Some(t_us))
+            {
+                c.at = at.clone();
+                c.req.from = at.clone().into();
+            }
+        }
+        Ok(())
     }
 
     fn topic(&self, name: &str) -> Option<usize> {

@@ -48,6 +48,9 @@ pub struct Request {
     pub user: Name,
     /// Where it stands, in the node's layout (`Replay::vector_of`).
     pub from: Vector,
+    /// Start from this time instead (µs since the epoch): the reader
+    /// looks up the offsets.
+    pub since_us: Option<u64>,
     pub feed: Arc<Feed>,
     /// When it was opened (for the time-to-live histogram).
     pub opened: Instant,

@@ -90,6 +90,8 @@ pub struct OpenRequest {
     pub topics: Vec<Name>,
     /// The id to resume after, or one that could not be read.
     pub resume: Option<Result<EventId, IdError>>,
+    /// Without `resume`: start from this time (µs since the epoch).
+    pub since_us: Option<u64>,
     /// The token's `exp` (seconds since the epoch): the stream ends then.
     pub expires_at: Option<u64>,
     pub peer: SocketAddr,
@@ -244,6 +246,7 @@ impl Streams {
             conn: Some(req.conn),
             shared_conn: req.shared_conn,
             resume: req.resume,
+            since_us: req.since_us,
             max_per_user: req.max_per_user,
         })?;
         let subscriber = sub.subscription.subscriber().clone();
@@ -254,6 +257,7 @@ impl Streams {
                     subscriber: subscriber.clone(),
                     user,
                     from,
+                    since_us: sub.since_us,
                     feed: feed.clone(),
                     opened: std::time::Instant::now(),
                 })?;

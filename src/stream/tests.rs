@@ -43,6 +43,7 @@ fn open(s: &Streams, resume: Option<EventId>) -> Opened {
         user: Name::new("u").unwrap(),
         topics: vec![],
         resume: resume.map(Ok),
+        since_us: None,
         expires_at: None,
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: Abort::new(),
