@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::TestServer;
+use super::{eventually, SseClient, TestServer};
 
 pub const TOPIC: &str = "events";
 
@@ -98,4 +98,32 @@ pub async fn server(
         tweak(c);
     })
     .await
+}
+
+/// Reads `n` events (none of them herald's own) as record numbers (their
+/// data); the last id.
+pub async fn read(c: &mut SseClient, n: usize) -> (Vec<usize>, String) {
+    let mut got = Vec::with_capacity(n);
+    let mut last = String::new();
+    for ev in c.next_n(n).await {
+        assert_eq!(ev.event, "message", "{ev:?}");
+        got.push(ev.data.parse().unwrap());
+        last = ev.id;
+    }
+    (got, last)
+}
+
+/// Waits until `node` has consumed `n` records (the sum of its position).
+pub async fn consumed(node: &TestServer, n: i64) {
+    let f = node.fanout.clone();
+    eventually(
+        || f.position().iter().flatten().sum::<i64>() >= n,
+        "records consumed",
+    )
+    .await;
+}
+
+/// Waits until no stream on `node` is being caught up from Kafka.
+pub async fn joined_live(node: &TestServer) {
+    eventually(|| node.catchups() == 0, "catch-ups done").await;
 }
