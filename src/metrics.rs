@@ -55,6 +55,12 @@ const FANOUT_BUCKETS: &[f64] = &[
     1e-6, 5e-6, 25e-6, 100e-6, 250e-6, 1e-3, 2.5e-3, 10e-3, 25e-3, 100e-3,
 ];
 
+/// Buckets for the time a caught-up stream takes to join live: 10 ms ..
+/// 5 min.
+const CATCHUP_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
 /// Installs the Prometheus recorder once per process and returns its handle.
 /// Later calls (several servers in one test process) share it.
 pub(crate) fn install() -> PrometheusHandle {
@@ -70,6 +76,12 @@ pub(crate) fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(DELIVERY_LAG.to_owned()),
                         LAG_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(CATCHUP_DURATION.to_owned()),
+                        CATCHUP_BUCKETS,
                     )
                 })
                 .map(PrometheusBuilder::build_recorder);

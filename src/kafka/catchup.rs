@@ -117,6 +117,7 @@ impl Pool {
             stop: AtomicBool::new(false),
         });
         shared.gauges(0);
+        metrics::counter!(m::CATCHUP_RECORDS).increment(0);
         let mut threads = Vec::new();
         for n in 0..cfg.catchup.readers.get() {
             let s = shared.clone();
