@@ -6,13 +6,20 @@
 //
 // Checks, each bounded in time:
 //  1. kcat -> Kafka -> herald -> browser onmessage (and the time it takes);
-//  2. herald is restarted while records keep being produced: the page's own
-//     automatic reconnect (Last-Event-ID) resumes with no gap and no duplicate;
+//  2. herald is killed (SIGKILL) and restarted with its defaults while records
+//     keep being produced: the page's own automatic reconnect (Last-Event-ID,
+//     a cursor) resumes with no gap and no duplicate (caught up from Kafka);
 //  3. a second herald node on the same topic delivers the same user's events;
 //  4. the demo page at / publishes through Kafka and shows the event;
 //  5. the seed page served from its own origin (as in the seed system)
 //     subscribes and publishes across origins (--cors-origins), while a page
-//     of an origin not on the list is refused by the browser.
+//     of an origin not on the list is refused by the browser;
+//  6. a client hops between two nodes 20 times while user, topic and unkeyed
+//     broadcast records flow over 8 partitions: nothing lost, nothing
+//     repeated, per-partition order;
+//  7. the seed page goes offline (context.setOffline) while more than the
+//     node's replay buffer flows, comes back: every message shown once, in
+//     order.
 //
 // Env: HERALD_BIN (herald binary), KCAT_LIBDIR (a librdkafka >= 2.2 for kcat),
 // OUT_DIR (screenshots). Ends with "N passed, N failed".
@@ -29,6 +36,10 @@ const KCAT_LIBDIR = process.env.KCAT_LIBDIR;
 const OUT = process.env.OUT_DIR || "e2e/out";
 const BROKER = "127.0.0.1:19092";
 const TOPIC = "messages";
+const HOPS_TOPIC = "hops";
+const NODE_C = 18092;
+const NODE_D = 18093;
+const PROXY_PORT = 18097;
 const NODE_A = 18090;
 const NODE_B = 18091;
 // Two static page origins: the allowed one and another.
@@ -95,8 +106,9 @@ async function startHerald(port, extra = []) {
   return h;
 }
 
-function kcat(records, headers = []) {
-  const args = ["-P", "-b", BROKER, "-t", TOPIC, "-K", "\t"];
+function kcat(records, headers = [], topic = TOPIC, partition = null) {
+  const args = ["-P", "-b", BROKER, "-t", topic, "-K", "\t"];
+  if (partition !== null) args.push("-p", String(partition));
   for (const h of headers) args.push("-H", h);
   execFileSync("kcat", args, {
     input: records.map((r) => r + "\n").join(""),
@@ -159,15 +171,17 @@ async function main() {
     kcat([`123\t{"text":"hello from kafka","n":1}`]);
     const m = await until("message 1", async () => received.find((r) => r.message.n === 1), 20000);
     if (m.message.text !== "hello from kafka") throw new Error(JSON.stringify(m));
-    if (!/^messages:\d+:\d+$/.test(m.lastEventId)) throw new Error(`id ${m.lastEventId}`);
+    // The id is a cursor: the node's position on every partition.
+    if (!/^c\.[A-Za-z0-9_-]+$/.test(m.lastEventId)) throw new Error(`id ${m.lastEventId}`);
     figures.produce_to_onmessage_ms = m.at - t0;
   });
 
-  await check("herald restart: the page reconnects by itself and resumes with no gap", async () => {
-    await stop(nodeA);
+  await check("herald killed (SIGKILL) and restarted with its defaults: the page resumes with no gap", async () => {
+    await stop(nodeA, "SIGKILL");
     // Produced while herald is down.
     kcat([2, 3, 4].map((n) => `123\t{"n":${n}}`));
-    nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window", ...CORS]);
+    // Defaults: starts live at "latest"; the page's cursor is caught up from Kafka.
+    nodeA = await startHerald(NODE_A, CORS);
     kcat([`123\t{"n":5}`]);
     await until("messages 2..5", async () => received.some((r) => r.message.n === 5), 30000);
     const ns = received.map((r) => r.message.n);
@@ -263,9 +277,205 @@ async function main() {
     }
   });
 
+  await check("a client hops between two nodes 20 times over 8 partitions: nothing lost or repeated", async () => {
+    execFileSync("tansu", ["topic", "create", HOPS_TOPIC, "--partitions", "8", "--broker", `tcp://${BROKER}`], { timeout: 30000 });
+    const small = ["--kafka-topics", HOPS_TOPIC, "--replay-max-events", "30"];
+    const nodeC = await startHerald(NODE_C, small);
+    const nodeD = await startHerald(NODE_D, small);
+    try {
+      const { got, total, forU } = await hops([NODE_C, NODE_D], 20);
+      const seen = new Set(got);
+      if (seen.size !== got.length) throw new Error(`${got.length - seen.size} repeated`);
+      const missing = forU.filter((n) => !seen.has(n));
+      if (missing.length) throw new Error(`missing ${missing.length} of ${forU.length}: ${missing.slice(0, 10)}`);
+      if (got.length !== forU.length) throw new Error(`got ${got.length}, want ${forU.length}`);
+      // User records share a partition, as do the topic's: each in order.
+      for (const kind of [0, 1]) {
+        const seq = got.filter((n) => n % 4 === kind);
+        if (seq.some((n, i) => i > 0 && n < seq[i - 1])) throw new Error(`kind ${kind} out of order: ${seq}`);
+      }
+      figures.hops_records = total;
+      figures.hops_delivered = got.length;
+    } finally {
+      await stop(nodeC);
+      await stop(nodeD);
+    }
+  });
+
+  await check("the seed page offline while more than the buffer flows: every message once, in order", async () => {
+    const small = await startHerald(NODE_C, ["--replay-max-events", "5", "--sse-retry", "500ms"]);
+    // The page reaches herald through a relay that "the network" can cut:
+    // going offline drops its connections, as a phone leaving a network does.
+    const relay = cuttable(NODE_C, PROXY_PORT);
+    try {
+      const context = await browser.newContext();
+      const seed = await context.newPage();
+      const got = [];
+      await seed.exposeFunction("addMessage", (m) => { got.push(m.n); });
+      await seed.goto(`http://127.0.0.1:${PROXY_PORT}/healthz`);
+      await seed.evaluate(({ base, userId }) => {
+        const API_BASE_URL = base;
+        // --- the seed page's code ---
+        const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
+        eventSource.onmessage = (event) => {
+          const newMessage = JSON.parse(event.data);
+          window.addMessage(newMessage);
+        };
+        // --- end ---
+        window.errors = 0;
+        eventSource.addEventListener("error", () => { window.errors += 1; });
+        window.es = eventSource;
+      }, { base: `http://127.0.0.1:${PROXY_PORT}`, userId: "offline" });
+      await until("EventSource open", () => seed.evaluate(() => window.es.readyState === 1));
+      kcat([0, 1, 2].map((n) => `offline\t{"n":${n}}`));
+      await until("first messages", async () => got.length === 3, 20000);
+      await context.setOffline(true);
+      relay.cut();
+      await until("the page lost its stream", () => seed.evaluate(() => window.errors > 0), 20000);
+      // 8x the node's replay buffer while the page is offline.
+      kcat(Array.from({ length: 40 }, (_, i) => `offline\t{"n":${i + 3}}`));
+      await sleep(1500);
+      await context.setOffline(false);
+      await until("all 43 messages", async () => got.length >= 43, 30000);
+      await sleep(500);
+      const want = Array.from({ length: 43 }, (_, i) => i);
+      if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(`got ${got}`);
+      figures.offline_page_errors = await seed.evaluate(() => window.errors);
+      await context.close();
+    } finally {
+      relay.close();
+      await stop(small);
+    }
+  });
+
   await browser.close();
   await stop(nodeA);
   await stop(tansu, "SIGKILL");
+}
+
+// A TCP relay from `listen` to herald on `port` whose connections can all be
+// dropped at once (cut), while it keeps accepting new ones.
+function cuttable(port, listen) {
+  const open = new Set();
+  const srv = net.createServer((client) => {
+    const upstream = net.connect(port, "127.0.0.1");
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const pair = { client, upstream };
+    open.add(pair);
+    const drop = () => { client.destroy(); upstream.destroy(); open.delete(pair); };
+    client.on("error", drop);
+    upstream.on("error", drop);
+    client.on("close", drop);
+    upstream.on("close", drop);
+  });
+  srv.listen(listen, "127.0.0.1");
+  return {
+    cut() { for (const p of [...open]) { p.client.destroy(); p.upstream.destroy(); open.delete(p); } },
+    close() { this.cut(); srv.close(); },
+  };
+}
+
+// A stream's events as { id, data } objects, from a fetch body.
+async function* sse(port, path, lastEventId, signal) {
+  const headers = lastEventId ? { "last-event-id": lastEventId } : {};
+  const resp = await fetch(`http://127.0.0.1:${port}${path}`, { headers, signal });
+  if (resp.status !== 200) throw new Error(`subscribe: ${resp.status}`);
+  const reader = resp.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let end;
+    while ((end = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      const ev = { id: null, event: "message", data: null };
+      for (const line of block.split("\n")) {
+        if (line.startsWith("id: ")) ev.id = line.slice(4);
+        else if (line.startsWith("event: ")) ev.event = line.slice(7);
+        else if (line.startsWith("data: ")) ev.data = line.slice(6);
+      }
+      if (ev.data !== null || ev.id !== null) yield ev;
+    }
+  }
+}
+
+// Records on HOPS_TOPIC while a client hops between `ports`: record n is for
+// user u (keyed), topic news (sse-topic header), everyone (no key) or user v.
+async function hops(ports, count) {
+  const path = "/api/sse/subscribe/u?topic=news";
+  // Where the client starts: the preamble's id (before any record).
+  let last = null;
+  {
+    const ctrl = new AbortController();
+    for await (const ev of sse(ports[0], path, null, ctrl.signal)) {
+      last = ev.id;
+      break;
+    }
+    ctrl.abort();
+  }
+  const forU = [];
+  let n = 0;
+  let producing = true;
+  const producer = (async () => {
+    while (producing && n < 2000) {
+      const batch = { u: [], news: [], all: [], v: [] };
+      for (let i = 0; i < 40; i += 1, n += 1) {
+        const kind = ["u", "news", "all", "v"][n % 4];
+        if (kind !== "v") forU.push(n);
+        batch[kind].push(n);
+      }
+      kcat(batch.u.map((k) => `u\t{"n":${k}}`), [], HOPS_TOPIC);
+      kcat(batch.news.map((k) => `x\t{"n":${k}}`), ["sse-topic=news"], HOPS_TOPIC);
+      // Unkeyed: any partition.
+      execFileSync("kcat", ["-P", "-b", BROKER, "-t", HOPS_TOPIC], {
+        input: batch.all.map((k) => `{"n":${k}}\n`).join(""),
+        env: { ...process.env, LD_LIBRARY_PATH: KCAT_LIBDIR },
+        timeout: 30000,
+      });
+      kcat(batch.v.map((k) => `v\t{"n":${k}}`), [], HOPS_TOPIC);
+      await sleep(50);
+    }
+  })();
+  const got = [];
+  for (let hop = 0; hop < count; hop += 1) {
+    const ctrl = new AbortController();
+    const stopAt = Date.now() + 300 + 40 * hop;
+    const timer = setTimeout(() => ctrl.abort(), stopAt - Date.now());
+    try {
+      for await (const ev of sse(ports[hop % 2], path, last, ctrl.signal)) {
+        if (ev.data === null) continue; // the preamble
+        if (ev.event !== "message") throw new Error(`hop ${hop}: ${ev.event} ${ev.data}`);
+        got.push(JSON.parse(ev.data).n);
+        last = ev.id;
+      }
+    } catch (e) {
+      if (e.name !== "AbortError") throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  producing = false;
+  await producer;
+  // The rest, on the first node.
+  const ctrl = new AbortController();
+  const deadline = setTimeout(() => ctrl.abort(), 30000);
+  try {
+    for await (const ev of sse(ports[0], path, last, ctrl.signal)) {
+      if (ev.data === null) continue;
+      got.push(JSON.parse(ev.data).n);
+      if (got.length >= forU.length) break;
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") throw e;
+  } finally {
+    clearTimeout(deadline);
+    ctrl.abort();
+  }
+  return { got, total: n, forU };
 }
 
 try {
