@@ -14,10 +14,11 @@
 //  5. the seed page served from its own origin (as in the seed system)
 //     subscribes and publishes across origins (--cors-origins), while a page
 //     of an origin not on the list is refused by the browser;
-//  6. a client hops between two nodes 20 times while user, topic and unkeyed
+//  6. since= starts a stream from a time (offsets for times on the broker);
+//  7. a client hops between two nodes 20 times while user, topic and unkeyed
 //     broadcast records flow over 8 partitions: nothing lost, nothing
 //     repeated, per-partition order;
-//  7. the seed page goes offline (context.setOffline) while more than the
+//  8. the seed page goes offline (context.setOffline) while more than the
 //     node's replay buffer flows, comes back: every message shown once, in
 //     order.
 //
@@ -275,6 +276,29 @@ async function main() {
     } finally {
       for (const srv of servers) srv.close();
     }
+  });
+
+  await check("since= starts a stream from a time (offsets for times on the broker)", async () => {
+    kcat([`since\t{"n":0}`]);
+    await sleep(1200);
+    const at = Date.now();
+    await sleep(1200);
+    kcat([1, 2, 3].map((n) => `since\t{"n":${n}}`));
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), 20000);
+    const got = [];
+    try {
+      for await (const ev of sse(NODE_A, `/api/sse/subscribe/since?since=${at}`, null, ctrl.signal)) {
+        if (ev.data === null) continue;
+        if (ev.event !== "message") throw new Error(`${ev.event} ${ev.data}`);
+        got.push(JSON.parse(ev.data).n);
+        if (got.length === 3) break;
+      }
+    } finally {
+      clearTimeout(timer);
+      ctrl.abort();
+    }
+    if (JSON.stringify(got) !== "[1,2,3]") throw new Error(`got ${got}`);
   });
 
   await check("a client hops between two nodes 20 times over 8 partitions: nothing lost or repeated", async () => {
