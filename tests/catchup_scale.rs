@@ -152,7 +152,7 @@ async fn a_thousand_streams_catch_up_at_once_exactly_with_bounded_readers() {
     let sent = flow.await.unwrap();
     times.sort();
     eprintln!(
-        "{STREAMS} streams caught up {HISTORY} records each way in {all:?}: time to caught up p50 {:?} p99 {:?} max {:?}; \
+        "{STREAMS} streams resuming at once from a cursor {HISTORY} records old: all caught up in {all:?}; per stream p50 {:?} p99 {:?} max {:?}; \
          readers at most {readers}; RSS (test process, herald and clients) {:.1} -> {:.1} MB peak",
         times[times.len() / 2],
         times[times.len() * 99 / 100],

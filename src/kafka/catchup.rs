@@ -225,7 +225,9 @@ impl Shared {
         let mut taken = Vec::new();
         let mut i = 0;
         while i < w.queue.len() && taken.len() < room {
-            if at_or_past(&w.queue[i].from, pos) {
+            // A stream from a time has no position until a reader looks it
+            // up at the start of its own job.
+            if w.queue[i].since_us.is_none() && at_or_past(&w.queue[i].from, pos) {
                 if let Some(r) = w.queue.remove(i) {
                     taken.push(r);
                 }
