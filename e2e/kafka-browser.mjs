@@ -118,6 +118,25 @@ function kcat(records, headers = [], topic = TOPIC, partition = null) {
   });
 }
 
+// Opens the seed page's EventSource in `page`, running the seed's code
+// unchanged (its addMessage is the page's exposed `addMessage`); also counts
+// the stream's errors (window.errors) and keeps it as window.es.
+async function seedPage(page, base, userId) {
+  await page.evaluate(({ base, userId }) => {
+    const API_BASE_URL = base;
+    // --- the seed page's code ---
+    const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
+    eventSource.onmessage = (event) => {
+      const newMessage = JSON.parse(event.data);
+      window.addMessage(newMessage, event.lastEventId); // addMessage(newMessage)
+    };
+    // --- end ---
+    window.errors = 0;
+    eventSource.addEventListener("error", () => { window.errors += 1; });
+    window.es = eventSource;
+  }, { base, userId });
+}
+
 async function check(name, fn) {
   const t = Date.now();
   try {
@@ -154,17 +173,7 @@ async function main() {
   });
   // A page of herald's origin, running the seed's code unchanged.
   await page.goto(`http://127.0.0.1:${NODE_A}/healthz`);
-  await page.evaluate(({ base, userId }) => {
-    const API_BASE_URL = base;
-    // --- the seed page's code ---
-    const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
-    eventSource.onmessage = (event) => {
-      const newMessage = JSON.parse(event.data);
-      window.addMessage(newMessage, event.lastEventId); // addMessage(newMessage)
-    };
-    // --- end ---
-    window.es = eventSource;
-  }, { base: `http://127.0.0.1:${NODE_A}`, userId: "123" });
+  await seedPage(page, `http://127.0.0.1:${NODE_A}`, "123");
   await until("EventSource open", () => page.evaluate(() => window.es.readyState === 1));
 
   await check("kcat -> Kafka -> herald -> browser onmessage", async () => {
@@ -233,17 +242,7 @@ async function main() {
       const got = [];
       await seed.exposeFunction("addMessage", (m) => { got.push(m); });
       await seed.goto(`http://127.0.0.1:${PAGE_ORIGIN_PORT}/`);
-      await seed.evaluate(({ base, userId }) => {
-        const API_BASE_URL = base;
-        // --- the seed page's code ---
-        const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
-        eventSource.onmessage = (event) => {
-          const newMessage = JSON.parse(event.data);
-          window.addMessage(newMessage);
-        };
-        // --- end ---
-        window.es = eventSource;
-      }, { base: `http://127.0.0.1:${NODE_A}`, userId: "cors-user" });
+      await seedPage(seed, `http://127.0.0.1:${NODE_A}`, "cors-user");
       await until("cross-origin EventSource open", () => seed.evaluate(() => window.es.readyState === 1));
       // A JSON POST from the page: the browser sends a preflight first.
       const status = await seed.evaluate(async (base) => {
@@ -337,19 +336,7 @@ async function main() {
       const got = [];
       await seed.exposeFunction("addMessage", (m) => { got.push(m.n); });
       await seed.goto(`http://127.0.0.1:${PROXY_PORT}/healthz`);
-      await seed.evaluate(({ base, userId }) => {
-        const API_BASE_URL = base;
-        // --- the seed page's code ---
-        const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
-        eventSource.onmessage = (event) => {
-          const newMessage = JSON.parse(event.data);
-          window.addMessage(newMessage);
-        };
-        // --- end ---
-        window.errors = 0;
-        eventSource.addEventListener("error", () => { window.errors += 1; });
-        window.es = eventSource;
-      }, { base: `http://127.0.0.1:${PROXY_PORT}`, userId: "offline" });
+      await seedPage(seed, `http://127.0.0.1:${PROXY_PORT}`, "offline");
       await until("EventSource open", () => seed.evaluate(() => window.es.readyState === 1));
       kcat([0, 1, 2].map((n) => `offline\t{"n":${n}}`));
       await until("first messages", async () => got.length === 3, 20000);

@@ -101,6 +101,9 @@ pub struct Range {
     pub next: u64,
     pub last: u64,
     pub from: Option<Vector>,
+    /// With `from`: the entries read so far carried ids at or past `from`
+    /// on every partition, so later ones do too (positions only grow).
+    pub dominated: bool,
 }
 
 /// One read of a [`Range`].
@@ -246,6 +249,13 @@ impl Replay {
         })
     }
 
+    /// Most entries a stream caught up from Kafka may still have to read
+    /// from the buffer when it joins the live fan-out: a quarter of the
+    /// buffer, so what it reads is far from eviction.
+    pub fn join_window(&self) -> u64 {
+        (self.limits.max_events / 4).max(1) as u64
+    }
+
     /// The range owed to a stream at `v` (which [`Replay::covers`]), given
     /// that `latest` is the last sequence dispatched. O(partitions · log n).
     pub fn range_from(&self, v: Vector, latest: u64) -> Range {
@@ -263,6 +273,7 @@ impl Replay {
             next: first,
             last: latest,
             from: Some(v),
+            dominated: false,
         }
     }
 
@@ -345,6 +356,7 @@ impl Replay {
             next: seen + 1,
             last: latest,
             from: None,
+            dominated: true,
         })
     }
 
@@ -360,6 +372,7 @@ impl Replay {
             next: self.entries.get(i).map_or(latest + 1, |e| e.seq),
             last: latest,
             from: None,
+            dominated: true,
         })
     }
 
@@ -395,11 +408,53 @@ impl Replay {
                 _ => false,
             };
             if !seen && wants(&e.target) {
-                buf.put_slice(&e.frame);
+                match (&range.from, range.dominated) {
+                    (Some(v), false) => match self.merged_id(&e.frame, v) {
+                        Some(frame) => buf.put_slice(&frame),
+                        None => {
+                            range.dominated = true;
+                            buf.put_slice(&e.frame);
+                        }
+                    },
+                    _ => buf.put_slice(&e.frame),
+                }
                 frames += 1;
             }
         }
         Chunk::Frames(buf.freeze(), frames)
+    }
+
+    /// For a stream resuming from `v`, a cursor of another node: the
+    /// frame's id is this node's position after it, which may be behind
+    /// `v` on partitions the stream had read further elsewhere. Such a
+    /// frame is re-issued with the greater of the two on every partition
+    /// (else the stream's next resume would repeat those records); `None`
+    /// when the frame's id is at or past `v` everywhere already.
+    fn merged_id(&self, frame: &[u8], v: &[Vec<i64>]) -> Option<Bytes> {
+        let c = Cursor::decode(crate::sse::frame::id_of(frame)?).ok()?;
+        let mut behind = false;
+        let merged: Vec<(u32, Vec<i64>)> = self
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(t, log)| {
+                let next = (0..log.next.len())
+                    .map(|p| {
+                        let mine = c.get(log.fingerprint, p as i32).unwrap_or(0);
+                        let theirs = v.get(t).and_then(|x| x.get(p)).copied().unwrap_or(0);
+                        behind |= mine < theirs;
+                        mine.max(theirs)
+                    })
+                    .collect();
+                (log.fingerprint, next)
+            })
+            .collect();
+        if !behind {
+            return None;
+        }
+        let mut id = String::with_capacity(48);
+        cursor::encode_topics(merged.iter().map(|(fp, n)| (*fp, n.as_slice())), &mut id);
+        Some(crate::sse::frame::with_id(frame, &id))
     }
 
     /// The sequence number of the retained event with this id: arithmetic
@@ -672,6 +727,32 @@ mod tests {
         assert_eq!(read_all(r.since(4, 5).unwrap()), "45");
         assert_eq!(read_all(r.since(6, 5).unwrap()), "");
         assert_eq!(r.since(2, 5), None, "entry 2 was evicted");
+    }
+
+    #[test]
+    fn a_foreign_cursor_ahead_elsewhere_is_kept_in_the_replayed_ids() {
+        let now = Instant::now();
+        let mut r = Replay::new(limits(100, 1 << 20));
+        r.start_partition("t", 0, 0);
+        r.start_partition("t", 1, 0);
+        for (seq, (p, off)) in [(0, 0), (1, 0), (0, 1), (1, 1)].into_iter().enumerate() {
+            let pos = r.advance("t", p, off);
+            let frame = crate::sse::frame::event(r.cursor(), None, &format!("{p}:{off}"));
+            r.push(seq as u64 + 1, Some(pos), Target::Broadcast, frame, 1, now);
+        }
+        // Another node gave this stream 0:0 and 1:0..=1: it is owed 0:1,
+        // whose own id here ([2, 1]) is behind it on partition 1.
+        let v: Vector = vec![vec![1, 2]].into();
+        assert!(r.covers(&v));
+        let mut range = r.range_from(v, 4);
+        let Chunk::Frames(bytes, 1) = r.chunk(&mut range, 1 << 16, |_| true) else {
+            panic!("one frame")
+        };
+        let id = crate::sse::frame::id_of(&bytes).unwrap();
+        let c = Cursor::decode(id).unwrap();
+        let fp = cursor::fingerprint("t");
+        assert_eq!((c.get(fp, 0), c.get(fp, 1)), (Some(2), Some(2)));
+        assert!(std::str::from_utf8(&bytes).unwrap().contains("data: 0:1\n"));
     }
 
     #[test]

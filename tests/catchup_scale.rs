@@ -161,7 +161,9 @@ async fn a_thousand_streams_catch_up_at_once_exactly_with_bounded_readers() {
         peak_rss as f64 / 1e6,
     );
     assert!(readers <= 4, "readers {readers}");
-    assert_eq!(node.catchups(), 0);
+    // A stream may get its first live records from its reader, just before
+    // it is joined to the live fan-out.
+    joined_live(&node).await;
     // The live stream got every record for it, in order.
     let want: Vec<usize> = (0..sent).collect();
     let (got, _) = read(&mut live, want.len()).await;

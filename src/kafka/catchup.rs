@@ -318,18 +318,8 @@ impl Reader {
 
     fn consumer(&mut self) -> Result<&BaseConsumer, rdkafka::error::KafkaError> {
         if self.consumer.is_none() {
-            let mut cc = client::config(&self.kafka);
-            cc.set(
-                "group.id",
-                format!("herald-catchup-{:x}-{}", self.shared.fanout.epoch(), self.n),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("allow.auto.create.topics", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.wait.max.ms", "100");
+            let group = format!("herald-catchup-{:x}-{}", self.shared.fanout.epoch(), self.n);
+            let mut cc = client::reader_config(&self.kafka, &group);
             client::apply_user_properties(&mut cc, &self.kafka);
             self.consumer = Some(cc.create()?);
         }

@@ -201,6 +201,24 @@ pub fn event(id: impl std::fmt::Display, event: Option<&str>, data: &str) -> Byt
         .finish()
 }
 
+/// The id of an [`event`] frame (its first line), if it has one.
+pub fn id_of(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let end = memchr::memchr(b'\n', rest)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// The same [`event`] frame with another id (a copy).
+pub fn with_id(frame: &[u8], id: &str) -> Bytes {
+    let old = id_of(frame).map_or(0, |i| 4 + i.len() + 1);
+    let mut b = BytesMut::with_capacity(frame.len() - old + id.len() + 5);
+    b.put_slice(b"id: ");
+    b.put_slice(id.as_bytes());
+    b.put_u8(b'\n');
+    b.put_slice(&frame[old..]);
+    b.freeze()
+}
+
 /// The first bytes of every stream: a comment (so headers and first bytes
 /// flush at once), the browser's reconnection delay, and the id the stream
 /// continues after (so even a browser that has seen no event yet resumes
@@ -268,6 +286,15 @@ pub fn token_expired(exp: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_id_is_read_and_replaced() {
+        let f = event("c.AAA", Some("note"), "a\nb");
+        assert_eq!(id_of(&f), Some("c.AAA"));
+        let g = with_id(&f, "c.BBBB");
+        assert_eq!(&g[..], &event("c.BBBB", Some("note"), "a\nb")[..]);
+        assert_eq!(id_of(b": heartbeat\n\n"), None);
+    }
 
     #[test]
     fn plain_event() {
