@@ -249,13 +249,6 @@ impl Replay {
         })
     }
 
-    /// Most entries a stream caught up from Kafka may still have to read
-    /// from the buffer when it joins the live fan-out: a quarter of the
-    /// buffer, so what it reads is far from eviction.
-    pub fn join_window(&self) -> u64 {
-        (self.limits.max_events / 4).max(1) as u64
-    }
-
     /// The range owed to a stream at `v` (which [`Replay::covers`]), given
     /// that `latest` is the last sequence dispatched. O(partitions · log n).
     pub fn range_from(&self, v: Vector, latest: u64) -> Range {

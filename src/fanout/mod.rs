@@ -560,14 +560,12 @@ impl Fanout {
     }
 
     /// Joins a parked stream (one being caught up from Kafka, now at `v`)
-    /// to the live fan-out, if the buffer holds everything from `v` on and
-    /// that is at most [`Replay::join_window`] entries:
-    /// then live events reach its queue from here, and the range is what
-    /// it must read from the buffer first, handed to `hand` under the
-    /// dispatch lock (so the stream learns it before any live event can
-    /// reach its queue; `hand` returns a waker to wake after the lock).
-    /// Atomic with dispatch: no gap and no duplicate at the seam. `false`:
-    /// not yet.
+    /// to the live fan-out, if the buffer holds everything from `v` on:
+    /// then live events reach its queue from here, and the range it must
+    /// read from the buffer first is handed to `hand` under the dispatch
+    /// lock (so the stream learns it before any live event can reach its
+    /// queue; `hand` returns a waker to wake after the lock). Atomic with
+    /// dispatch: no gap and no duplicate at the seam. `false`: not yet.
     pub fn join_live(
         &self,
         sub: &Subscriber,
@@ -578,14 +576,7 @@ impl Fanout {
         if !st.replay.covers(v) {
             return false;
         }
-        let range = st.replay.range_from(v.clone(), st.seq);
-        // Not at the buffer's edge: a range starting near the oldest entry
-        // could be evicted before the stream has read it (a reset). The
-        // reader reads on until what is left is a small part of the buffer.
-        if range.last.saturating_add(1).saturating_sub(range.next) > st.replay.join_window() {
-            return false;
-        }
-        let waker = hand(range);
+        let waker = hand(st.replay.range_from(v.clone(), st.seq));
         sub.queue.unpark();
         drop(st);
         if let Some(w) = waker {

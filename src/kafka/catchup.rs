@@ -477,7 +477,11 @@ impl Job {
             }
             ok
         });
-        consumer.assign(&tpl).map_err(|e| e.to_string())
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        // A partition a previous job paused (holding a record the node had
+        // not dispatched yet) stays paused in this consumer across assigns:
+        // it would never be read again.
+        consumer.resume(&tpl).map_err(|e| e.to_string())
     }
 
     /// Streams that start from a time (`since=`): their offsets, looked
