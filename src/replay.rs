@@ -132,7 +132,7 @@ impl Replay {
     }
 
     /// The index of `topic` among the node's topics (added if new).
-    pub fn topic(&mut self, topic: &str) -> usize {
+    fn topic(&mut self, topic: &str) -> usize {
         if let Some(i) = self.topic_index(topic) {
             return i;
         }
@@ -154,6 +154,12 @@ impl Replay {
     /// not "latest"): its position and floor.
     pub fn start_partition(&mut self, topic: &str, partition: i32, offset: i64) {
         let t = self.topic(topic);
+        self.start_at(t, partition, offset);
+    }
+
+    /// [`Replay::start_partition`] by topic index; a partition already
+    /// started is left as is.
+    fn start_at(&mut self, t: usize, partition: i32, offset: i64) {
         let p = partition.max(0) as usize;
         let log = &mut self.topics[t];
         if log.next.len() <= p {
@@ -169,11 +175,11 @@ impl Replay {
 
     /// Records that the record at `offset` was dispatched or skipped:
     /// moves the node's position past it. Its place, for [`Replay::push`].
+    /// One lookup of the topic per event.
     pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) -> Pos {
         let t = self.topic(topic);
-        self.start_partition(topic, partition, offset);
-        let p = partition.max(0) as usize;
-        let next = &mut self.topics[t].next[p];
+        self.start_at(t, partition, offset);
+        let next = &mut self.topics[t].next[partition.max(0) as usize];
         *next = (*next).max(offset + 1);
         Pos {
             topic: t,

@@ -504,59 +504,38 @@ impl Fanout {
         let subscription = self.registry.register(sub, join.max_per_user)?;
         let latest = st.latest.clone();
         drop(st);
-        let requested = || match &resume {
-            Some(Ok(id)) => id.clone(),
-            _ => latest.clone(),
+        // A resume continues after the id asked for; the rest after the
+        // last event dispatched.
+        let requested = resume.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+        let mut out = Subscribed {
+            subscription,
+            after: latest.clone(),
+            latest,
+            replay: None,
+            reset: None,
+            catchup: None,
+            since_us: None,
         };
-        let since_us = join.since_us.filter(|_| resume.is_none());
-        Ok(match start {
-            Start::Live => Subscribed {
-                subscription,
-                after: latest.clone(),
-                latest,
-                replay: None,
-                reset: None,
-                catchup: None,
-                since_us: None,
-            },
+        match start {
+            Start::Live => {}
             Start::Replay(range) => {
                 self.counters.resume_clean.increment(1);
-                Subscribed {
-                    subscription,
-                    after: requested(),
-                    latest,
-                    replay: Some(range),
-                    reset: None,
-                    catchup: None,
-                    since_us: None,
-                }
+                out.after = requested.unwrap_or(out.after);
+                out.replay = Some(range);
             }
             Start::Reset(reason) => {
                 self.counters.resume_gap.increment(1);
                 reason.count();
-                Subscribed {
-                    subscription,
-                    after: latest.clone(),
-                    latest,
-                    replay: None,
-                    reset: Some(reason),
-                    catchup: None,
-                    since_us: None,
-                }
+                out.reset = Some(reason);
             }
             Start::CatchUp(v) => {
                 self.counters.resume_catchup.increment(1);
-                Subscribed {
-                    subscription,
-                    after: requested(),
-                    latest,
-                    replay: None,
-                    reset: None,
-                    catchup: Some(v),
-                    since_us,
-                }
+                out.after = requested.unwrap_or(out.after);
+                out.catchup = Some(v);
+                out.since_us = join.since_us.filter(|_| resume.is_none());
             }
-        })
+        }
+        Ok(out)
     }
 
     /// Joins a parked stream (one being caught up from Kafka, now at `v`)

@@ -22,7 +22,7 @@
 //! ```
 //!
 //! One topic of 8 partitions is an id of 25 characters near offset 10^3 and
-//! about 38 near 10^6 (partitions within 1% of each other). Offsets are
+//! about 36 near 10^6 (partitions within 1% of each other). Offsets are
 //! stored relative to their smallest so that balanced partitions cost one to
 //! three bytes each.
 //!
@@ -312,6 +312,41 @@ mod tests {
             Cursor::decode(&"A".repeat(MAX_CURSOR_CHARS + 1)),
             Err(CursorError::TooLong)
         );
+    }
+
+    /// The id sizes BENCHMARKS.md quotes (`cargo test --lib cursor_sizes
+    /// -- --nocapture`): partitions spread over 1% above a base offset.
+    #[test]
+    fn cursor_sizes() {
+        for (topics, parts, base) in [
+            (1, 4, 1_000i64),
+            (1, 8, 1_000),
+            (1, 8, 1_000_000),
+            (1, 8, 1_000_000_000),
+            (1, 32, 1_000_000),
+            (1, 64, 1_000_000),
+            (3, 8, 1_000_000),
+        ] {
+            let spread = |p: i64| base + base / 100 * p / parts;
+            let c = Cursor {
+                topics: (0..topics)
+                    .map(|t| TopicOffsets {
+                        fingerprint: fingerprint(&format!("topic{t}")),
+                        next: (0..parts).map(spread).collect(),
+                    })
+                    .collect(),
+            };
+            let old = format!("messages:{}:{}", parts - 1, spread(parts - 1));
+            let len = c.encode().len();
+            eprintln!(
+                "{topics} topic(s) x {parts} partitions near {base}: {len} chars (old id {})",
+                old.len()
+            );
+            // Relative offsets: no partition costs more than the varint of
+            // the spread (at most 4 bytes here), not of the offset.
+            let raw_max = 2 + topics as usize * (4 + 2 + 5 + parts as usize * 4);
+            assert!(len <= 2 + raw_max.div_ceil(3) * 4, "{len}");
+        }
     }
 
     proptest! {

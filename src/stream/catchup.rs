@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Condvar, Mutex};
@@ -159,19 +159,6 @@ impl Feed {
     /// Whether the stream is gone.
     pub fn is_gone(&self) -> bool {
         self.state.lock().gone
-    }
-
-    /// Waits until the stream drained the feed or `max` passed; whether it
-    /// is empty.
-    pub fn wait_drained(&self, max: Duration) -> bool {
-        let deadline = Instant::now() + max;
-        let mut st = self.state.lock();
-        while !st.buf.is_empty() && !st.gone {
-            if self.room.wait_until(&mut st, deadline).timed_out() {
-                break;
-            }
-        }
-        st.buf.is_empty()
     }
 
     /// Everything fed so far as one write, or the end once all is read.
