@@ -372,24 +372,18 @@ impl Stream {
                 }
             }
             let (chunk, replayed) = prefix.next_write(self.sub.subscriber());
-            let stash = if prefix.is_done() {
-                let stash = prefix.stash.take();
-                self.prefix = None;
-                stash
+            // Live events drained while joining go after the whole replay
+            // (an empty chunk: the head and the replay are done).
+            let stash = if chunk.is_empty() {
+                prefix.stash.take()
             } else {
                 None
             };
+            if prefix.is_done() {
+                self.prefix = None;
+            }
             self.account(replayed, 0);
             if !chunk.is_empty() {
-                if let Some(batch) = stash {
-                    // Rare (a switch raced a publish): the next write.
-                    self.prefix = Some(Box::new(Prefix {
-                        head: None,
-                        catchup: None,
-                        replay: None,
-                        stash: Some(batch),
-                    }));
-                }
                 return Poll::Ready(Next::Data(chunk));
             }
             if let Some(batch) = stash {
@@ -552,7 +546,10 @@ impl Prefix {
     }
 
     fn is_done(&self) -> bool {
-        self.head.is_none() && self.catchup.is_none() && self.replay.is_none()
+        self.head.is_none()
+            && self.catchup.is_none()
+            && self.replay.is_none()
+            && self.stash.is_none()
     }
 
     /// While being caught up: the head, then what the feed holds, and the
