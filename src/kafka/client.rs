@@ -114,3 +114,30 @@ impl ErrorKind {
         metrics::counter!(m::KAFKA_ERRORS, "kind" => self.label()).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The librdkafka herald links reaches the clusters users run: TLS,
+    /// SASL PLAIN / SCRAM / OAUTHBEARER, and
+    /// every compression codec a producer may have used.
+    #[test]
+    fn librdkafka_is_built_with_tls_sasl_and_every_codec() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        let have: Vec<&str> = features.split(',').collect();
+        for want in [
+            "gzip",
+            "snappy",
+            "lz4",
+            "zstd",
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+        ] {
+            assert!(have.contains(&want), "{want} missing from {features}");
+        }
+    }
+}
