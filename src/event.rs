@@ -42,6 +42,10 @@ pub enum Target {
     Topic(Name),
     /// Every connection.
     Broadcast,
+    /// Several users and topics (a Kafka record whose mapping names a list):
+    /// each stream they reach gets the event once. Never nested, never
+    /// `Broadcast` inside.
+    Many(Arc<[Target]>),
 }
 
 /// One event on its way to the dispatcher, from any source. `data` and
@@ -137,6 +141,7 @@ impl Target {
             Target::User(_) => "user",
             Target::Topic(_) => "topic",
             Target::Broadcast => "broadcast",
+            Target::Many(_) => "many",
         }
     }
 }

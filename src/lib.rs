@@ -73,3 +73,4 @@ pub mod bench {
     pub use crate::http::h1::write_chunk;
 }
 pub use config::{Cli, Config, ConfigError};
+pub use kafka::mapping::Mappings;

@@ -32,6 +32,9 @@ pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub(crate) const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
 pub(crate) const KAFKA_SKIPPED: &str = "herald_kafka_records_skipped_total";
+pub(crate) const KAFKA_DEAD_LETTERS: &str = "herald_kafka_dead_letters_total";
+pub(crate) const SCHEMA_FETCHES: &str = "herald_schema_registry_fetches_total";
+pub(crate) const SCHEMAS_HELD: &str = "herald_schema_registry_schemas";
 pub(crate) const KAFKA_LAG: &str = "herald_kafka_consumer_lag_records";
 pub(crate) const KAFKA_ERRORS: &str = "herald_kafka_errors_total";
 pub(crate) const KAFKA_ASSIGNMENTS: &str = "herald_kafka_assignments_total";
@@ -230,7 +233,22 @@ fn describe_all() {
     describe_counter!(
         KAFKA_SKIPPED,
         Unit::Count,
-        "Kafka records skipped, by reason (value_not_utf8, no_value, bad_key, bad_topic_header, bad_event_header, reserved_event)."
+        "Kafka records herald could not map, by reason (kafka::record::Skip); also counted when sent to the dead-letter topic."
+    );
+    describe_counter!(
+        KAFKA_DEAD_LETTERS,
+        Unit::Count,
+        "Records written to --kafka-dead-letter-topic, by outcome (queued, failed: the producer refused or the broker did not take it)."
+    );
+    describe_counter!(
+        SCHEMA_FETCHES,
+        Unit::Count,
+        "Schema registry lookups of a schema not held yet, by outcome (ok, unknown_schema, registry_unavailable, bad_schema)."
+    );
+    describe_gauge!(
+        SCHEMAS_HELD,
+        Unit::Count,
+        "Schema ids held (fetched, or remembered as failed for a while)."
     );
     describe_gauge!(
         KAFKA_CONNECTED,

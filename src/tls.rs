@@ -13,13 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Loads a certificate chain and its private key (PEM files) into a server
 /// configuration. The error names what is wrong, not the key's contents.
 pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<ServerConfig>, (&'static str, String)> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| ("tls-cert", format!("cannot be read as PEM: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("tls-cert", format!("holds an invalid certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(("tls-cert", "holds no certificate".into()));
-    }
+    let certs = pem_certs(std::path::Path::new(cert_path)).map_err(|e| ("tls-cert", e))?;
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| ("tls-key", format!("holds no usable private key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -31,4 +25,21 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<ServerConfig>, (&'sta
         .map_err(|e| ("tls-key", format!("does not match the certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Every certificate in a PEM file; an error if there is none.
+fn pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot be read as PEM: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("holds an invalid certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    Ok(certs)
+}
+
+/// CA certificates (PEM) as DER, for a client that trusts them.
+pub fn load_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    Ok(pem_certs(path)?.into_iter().map(|c| c.to_vec()).collect())
 }

@@ -5,7 +5,7 @@
 //! Every problem names the flag (and the environment variable, when the
 //! value came from one: [`load`]) before anything binds.
 
-mod parse;
+pub(crate) mod parse;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -386,6 +386,39 @@ pub struct KafkaArgs {
         value_name = "N"
     )]
     pub max_catchups_per_user: NonZeroUsize,
+
+    /// Per-topic mapping rules (TOML or YAML): where the user, SSE topic
+    /// and event type come from, formats, projection. Its topics are read
+    /// too. Without it every topic uses the default rule (key = user,
+    /// sse-topic / sse-event headers, UTF-8 value).
+    #[arg(long, env = "HERALD_KAFKA_MAPPING", value_name = "FILE")]
+    pub kafka_mapping: Option<std::path::PathBuf>,
+
+    /// Schema registry (Confluent REST API) for Avro, Protobuf and JSON
+    /// Schema values, e.g. http://registry:8081.
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY_URL", value_name = "URL")]
+    pub schema_registry_url: Option<String>,
+
+    /// Basic auth for the schema registry, USER:PASSWORD (Confluent Cloud:
+    /// API key and secret). Prefer the environment variable.
+    #[arg(
+        long,
+        env = "HERALD_SCHEMA_REGISTRY_AUTH",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub schema_registry_auth: Option<String>,
+
+    /// PEM file of the CA certificates that sign the schema registry's
+    /// certificate (default: the bundled web PKI roots).
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY_CA", value_name = "FILE")]
+    pub schema_registry_ca: Option<std::path::PathBuf>,
+
+    /// Topic that records herald can not map are written to, with headers
+    /// naming the source topic, partition, offset and error (default: such
+    /// records are skipped, counted and logged).
+    #[arg(long, env = "HERALD_KAFKA_DEAD_LETTER_TOPIC", value_name = "TOPIC", value_parser = parse::kafka_topic)]
+    pub kafka_dead_letter_topic: Option<String>,
 }
 
 /// Log output format.
@@ -551,6 +584,33 @@ pub struct KafkaConfig {
     pub backpressure: Option<Duration>,
     /// Catching streams up from Kafka.
     pub catchup: CatchUpConfig,
+    /// `--kafka-mapping`: per-topic rules (empty: the default rule).
+    pub mappings: crate::kafka::mapping::Mappings,
+    /// `--schema-registry-*`.
+    pub schema_registry: Option<SchemaRegistryConfig>,
+    /// `--kafka-dead-letter-topic`.
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Where the schema registry is and how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, `http://` or `https://`.
+    pub url: String,
+    /// `USER:PASSWORD` for basic auth (never logged).
+    pub basic_auth: Option<String>,
+    /// DER certificates trusted for an `https` registry (`None`: web PKI).
+    pub ca: Option<Vec<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for SchemaRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistryConfig")
+            .field("url", &self.url)
+            .field("basic_auth", &self.basic_auth.as_ref().map(|_| "<set>"))
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// Catch-up readers (see `kafka::catchup`).
@@ -860,6 +920,18 @@ fn kafka_config(
         if !k.kafka_topics.is_empty() {
             return Err(err("kafka-topics", &topics_text, "needs --kafka-brokers"));
         }
+        for (flag, set) in [
+            ("kafka-mapping", k.kafka_mapping.is_some()),
+            ("schema-registry-url", k.schema_registry_url.is_some()),
+            (
+                "kafka-dead-letter-topic",
+                k.kafka_dead_letter_topic.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(err(flag, "", "needs --kafka-brokers"));
+            }
+        }
         if let Some(t) = &k.kafka_publish_topic {
             return Err(err("kafka-publish-topic", t, "needs --kafka-brokers"));
         }
@@ -871,8 +943,72 @@ fn kafka_config(
             topics.push(t);
         }
     }
+    let mappings = match &k.kafka_mapping {
+        Some(path) => crate::kafka::mapping::Mappings::load(path)
+            .map_err(|problem| err("kafka-mapping", &path.display().to_string(), &problem))?,
+        None => Default::default(),
+    };
+    for t in mappings.topics() {
+        if !topics.iter().any(|x| x == t) {
+            topics.push(t.to_owned());
+        }
+    }
     if topics.is_empty() {
-        return Err(err("kafka-topics", "", "is required with --kafka-brokers"));
+        return Err(err(
+            "kafka-topics",
+            "",
+            "is required with --kafka-brokers (or a --kafka-mapping file naming topics)",
+        ));
+    }
+    let schema_registry = match k.schema_registry_url {
+        None if mappings.needs_registry() => {
+            return Err(err(
+                "kafka-mapping",
+                &k.kafka_mapping
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "reads avro, protobuf or json-schema: needs --schema-registry-url",
+            ))
+        }
+        None => None,
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(
+                    "schema-registry-url",
+                    &url,
+                    "must start with http:// or https://",
+                ));
+            }
+            if let Some(auth) = &k.schema_registry_auth {
+                if !auth.contains(':') {
+                    return Err(err(
+                        "schema-registry-auth",
+                        "<hidden>",
+                        "must be USER:PASSWORD",
+                    ));
+                }
+            }
+            let ca = match &k.schema_registry_ca {
+                None => None,
+                Some(path) => Some(crate::tls::load_certs(path).map_err(|problem| {
+                    err("schema-registry-ca", &path.display().to_string(), &problem)
+                })?),
+            };
+            Some(SchemaRegistryConfig {
+                url,
+                basic_auth: k.schema_registry_auth,
+                ca,
+            })
+        }
+    };
+    if let Some(d) = &k.kafka_dead_letter_topic {
+        if topics.contains(d) {
+            return Err(err(
+                "kafka-dead-letter-topic",
+                d,
+                "is a topic herald reads (its dead letters would come back)",
+            ));
+        }
     }
     let publish_topic = match k.kafka_publish_topic {
         Some(t) if topics.contains(&t) => t,
@@ -900,6 +1036,9 @@ fn kafka_config(
             max_waiting: k.catchup_max_waiting,
             per_user: k.max_catchups_per_user,
         },
+        mappings,
+        schema_registry,
+        dead_letter_topic: k.kafka_dead_letter_topic,
     }))
 }
 

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+
+use super::mapping::Mapper;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{CatchUpConfig, KafkaConfig};
@@ -47,7 +49,6 @@ use crate::sse::EventId;
 use crate::stream::catchup::{CatchUp, FeedEnd, Refused, Request, Stalled};
 
 use super::client;
-use super::record;
 
 /// Most streams one reader serves at once.
 pub(crate) const MAX_PER_JOB: usize = 4096;
@@ -77,6 +78,8 @@ struct Shared {
     /// Streams that write slower than this are closed.
     stall: Duration,
     fanout: Arc<Fanout>,
+    /// The same rules (and schema cache) as ingest.
+    mapper: Arc<Mapper>,
     busy: AtomicUsize,
     reading: AtomicUsize,
     stop: AtomicBool,
@@ -105,6 +108,7 @@ impl Pool {
         cfg: &KafkaConfig,
         stall: Duration,
         fanout: Arc<Fanout>,
+        mapper: Arc<Mapper>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting::default()),
@@ -112,6 +116,7 @@ impl Pool {
             settings: cfg.catchup,
             stall,
             fanout,
+            mapper,
             busy: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -543,12 +548,13 @@ impl Job {
         if let Some(x) = self.pos[t].get_mut(p) {
             *x = (*x).max(o + 1);
         }
-        let headers = msg
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value));
-        let event = record::map(msg.key(), headers, msg.payload()).ok();
+        // A record ingest skipped is skipped here too (dead letters are
+        // ingest's to write, once).
+        let mut headers = Vec::new();
+        let event = shared
+            .mapper
+            .topic(msg.topic())
+            .and_then(|i| shared.mapper.map(i, msg, &mut headers).ok());
         let topics = &self.topics;
         let deadline = Instant::now() + shared.stall;
         // Frames are encoded per distinct cursor: streams at the same place

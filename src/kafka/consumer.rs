@@ -23,7 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::dead_letter::DeadLetters;
+use super::mapping::Mapper;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
@@ -258,18 +261,19 @@ impl Ingest {
             "Kafka ingest assigned"
         );
 
+        let mapper = Arc::new(super::mapping::Mapper::new(cfg));
+        let dead_letters = super::dead_letter::DeadLetters::start(cfg)?;
         let catchup = Arc::new(
-            super::catchup::Pool::start(cfg, stall, fanout.clone()).map_err(StartError::Thread)?,
+            super::catchup::Pool::start(cfg, stall, fanout.clone(), mapper.clone())
+                .map_err(StartError::Thread)?,
         );
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             consumer,
             fanout,
-            topics: cfg
-                .topics
-                .iter()
-                .map(|t| Arc::<str>::from(t.as_str()))
-                .collect(),
+            topics: mapper.topics().to_vec(),
+            mapper,
+            dead_letters,
             partitions,
             status: status.clone(),
             stop: stop.clone(),
@@ -350,6 +354,10 @@ struct Worker {
     fanout: Arc<Fanout>,
     /// Configured topics, shared into every event id.
     topics: Vec<Arc<str>>,
+    /// Each topic's rule.
+    mapper: Arc<super::mapping::Mapper>,
+    /// Where records that can not be mapped go, if anywhere.
+    dead_letters: Option<super::dead_letter::DeadLetters>,
     /// Partitions assigned per topic.
     partitions: HashMap<String, i32>,
     status: Arc<Status>,
@@ -384,13 +392,21 @@ impl Worker {
                 if let Some(max) = self.backpressure {
                     self.fanout.room_blocking(max, &self.stop);
                 }
-                dispatch(&self.fanout, &self.topics, &burst);
+                dispatch(
+                    &self.fanout,
+                    &self.mapper,
+                    self.dead_letters.as_ref(),
+                    &burst,
+                );
             }
             drop(burst);
             if Instant::now() >= next_refresh {
                 self.refresh();
                 next_refresh = Instant::now() + self.metadata_interval;
             }
+        }
+        if let Some(d) = &self.dead_letters {
+            d.flush();
         }
         tracing::info!("Kafka ingest stopped");
     }
@@ -458,26 +474,26 @@ fn added_partitions(known: i32, observed: i32) -> Vec<(i32, Offset)> {
         .collect()
 }
 
-/// Maps a burst and dispatches it under one lock. Bad records are counted
-/// and logged with their position, never dispatched, never fatal.
-fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>]) {
+/// Maps a burst (decoding included, before any lock) and dispatches it
+/// under one lock. Records that can not be mapped are counted and logged
+/// with their position (or dead-lettered), never dispatched, never fatal.
+fn dispatch(
+    fanout: &Fanout,
+    mapper: &Mapper,
+    dead_letters: Option<&DeadLetters>,
+    burst: &[BorrowedMessage<'_>],
+) {
     let mut out = Vec::with_capacity(burst.len());
     let mut skipped = Vec::new();
+    let mut headers = Vec::new();
     for msg in burst {
-        let headers = msg
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value));
-        match record::map(msg.key(), headers, msg.payload()) {
+        let Some(t) = mapper.topic(msg.topic()) else {
+            continue;
+        };
+        match mapper.map(t, msg, &mut headers) {
             Ok(mut event) => {
-                let topic = topics
-                    .iter()
-                    .find(|t| ***t == *msg.topic())
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(msg.topic()));
                 event.id = Some(EventId::Kafka {
-                    topic,
+                    topic: mapper.topics()[t].clone(),
                     partition: msg.partition(),
                     offset: msg.offset(),
                 });
@@ -486,16 +502,19 @@ fn dispatch(fanout: &Fanout, topics: &[Arc<str>], burst: &[BorrowedMessage<'_>])
                 event.timestamp_us = record::timestamp_us(msg.timestamp().to_millis());
                 out.push(event);
             }
-            Err(skip) => {
+            Err(why) => {
                 skipped.push((msg.topic(), msg.partition(), msg.offset()));
-                metrics::counter!(m::KAFKA_SKIPPED, "reason" => skip.as_str()).increment(1);
-                tracing::warn!(
-                    topic = msg.topic(),
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    reason = %skip,
-                    "skipping Kafka record"
-                );
+                metrics::counter!(m::KAFKA_SKIPPED, "reason" => why.skip.as_str()).increment(1);
+                match dead_letters {
+                    Some(d) => d.send(msg, &why),
+                    None => tracing::warn!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        reason = %why,
+                        "skipping Kafka record"
+                    ),
+                }
             }
         }
     }

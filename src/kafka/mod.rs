@@ -17,6 +17,9 @@
 pub(crate) mod catchup;
 pub(crate) mod client;
 pub(crate) mod consumer;
+pub(crate) mod dead_letter;
+pub(crate) mod format;
+pub(crate) mod mapping;
 pub(crate) mod producer;
 pub(crate) mod record;
 

@@ -302,6 +302,16 @@ impl Producer {
                 })
             }
             Target::Broadcast => partition = Some(0),
+            // The publish API never makes these (only Kafka mappings do).
+            // Fail closed if one ever got here: an empty `sse-topic` is a
+            // record every node skips (`bad_topic`), never a broadcast.
+            Target::Many(_) => {
+                partition = Some(0);
+                headers = headers.insert(Header {
+                    key: TOPIC_HEADER,
+                    value: Some(""),
+                })
+            }
         }
         if let Some(e) = ev.kind() {
             headers = headers.insert(Header {

@@ -35,6 +35,20 @@ pub trait RouteSink {
     fn push(&mut self, sub: &Arc<Subscriber>);
 }
 
+/// Passes each subscriber on once.
+struct Once<'a, S: ?Sized> {
+    sink: &'a mut S,
+    seen: std::collections::HashSet<*const Subscriber>,
+}
+
+impl<S: RouteSink + ?Sized> RouteSink for Once<'_, S> {
+    fn push(&mut self, sub: &Arc<Subscriber>) {
+        if self.seen.insert(Arc::as_ptr(sub)) {
+            self.sink.push(sub);
+        }
+    }
+}
+
 /// A user already holds as many streams as it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -180,7 +194,7 @@ impl Registry {
     }
 
     /// Hands every subscriber `target` reaches to `sink`.
-    pub fn route(&self, target: &Target, sink: &mut impl RouteSink) {
+    pub fn route<S: RouteSink + ?Sized>(&self, target: &Target, sink: &mut S) {
         match target {
             Target::User(u) => {
                 let maps = self.shard(u).inner.lock();
@@ -195,6 +209,20 @@ impl Registry {
                 }
             }
             Target::Broadcast => self.for_each(sink),
+            Target::Many(all) => {
+                // A stream reached through several of them (its user and a
+                // topic, two topics) gets the event once.
+                let mut once = Once {
+                    sink,
+                    seen: std::collections::HashSet::new(),
+                };
+                for t in all.iter() {
+                    // Never nested: a `Many` inside is ignored.
+                    if let Target::User(_) | Target::Topic(_) = t {
+                        self.route(t, &mut once as &mut dyn RouteSink);
+                    }
+                }
+            }
         }
     }
 
@@ -214,7 +242,7 @@ impl Registry {
     }
 
     /// Every subscriber, one shard lock at a time.
-    pub fn for_each(&self, sink: &mut impl RouteSink) {
+    pub fn for_each<S: RouteSink + ?Sized>(&self, sink: &mut S) {
         for shard in self.shards.iter() {
             let maps = shard.inner.lock();
             for s in maps.users.values().flatten() {

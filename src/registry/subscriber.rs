@@ -58,6 +58,7 @@ impl Subscriber {
             Target::Broadcast => true,
             Target::User(u) => *u == self.user,
             Target::Topic(t) => self.topics.contains(t),
+            Target::Many(all) => all.iter().any(|t| self.wants(t)),
         }
     }
 

@@ -29,6 +29,9 @@ pub fn kafka(
         metadata_interval: Duration::from_millis(200),
         backpressure: Some(Duration::from_secs(5)),
         catchup: Default::default(),
+        mappings: Default::default(),
+        schema_registry: None,
+        dead_letter_topic: None,
     }
 }
 
