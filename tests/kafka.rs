@@ -122,7 +122,7 @@ async fn a_bad_record_is_skipped_and_its_partition_keeps_flowing() {
         support::metric(
             &page,
             "herald_kafka_records_skipped_total",
-            Some("bad_event_header")
+            Some("bad_event")
         ) >= 1.0
     );
 }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 pub mod kafka;
+pub mod registry;
 
 /// Upper bound on any single wait in a test: generous, only hit on failure.
 pub const WAIT: Duration = Duration::from_secs(20);
