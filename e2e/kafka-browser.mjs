@@ -20,7 +20,11 @@
 //     repeated, per-partition order;
 //  8. the seed page goes offline (context.setOffline) while more than the
 //     node's replay buffer flows, comes back: every message shown once, in
-//     order.
+//     order;
+//  9. topics not written for herald (e2e/schemas.py): Avro, Protobuf and
+//     JSON Schema records from confluent-kafka's real serializers, through a
+//     schema registry and a mapping file, reach the seed page as JSON with a
+//     field dropped; bad records go to the dead-letter topic.
 //
 // Env: HERALD_BIN (herald binary), KCAT_LIBDIR (a librdkafka >= 2.2 for kcat),
 // OUT_DIR (screenshots). Ends with "N passed, N failed".
@@ -356,6 +360,36 @@ async function main() {
     } finally {
       relay.close();
       await stop(small);
+    }
+  });
+
+  await check("schema-registry topics (Avro, Protobuf, JSON Schema) reach the seed page, mapped by a field", async () => {
+    const py = spawn("python3", ["e2e/schemas.py", "--controlled"], {
+      stdio: ["pipe", "pipe", "inherit"],
+      env: { ...process.env, HERALD_BIN: HERALD, BROKER, SCHEMA_NODE_PORT: "18099" },
+    });
+    children.add(py);
+    let out = "";
+    py.stdout.on("data", (d) => { out += d; process.stdout.write(`  [schemas.py] ${d}`); });
+    const exited = new Promise((r) => py.on("exit", (code) => { children.delete(py); r(code); }));
+    const port = await until("schemas.py ready", async () => (out.match(/ready (\d+)/) || [])[1], 90000);
+    const ctx = await browser.newContext();
+    const p = await ctx.newPage();
+    const shown = [];
+    await p.exposeFunction("addMessage", (message) => { shown.push(message); });
+    await p.goto(`http://127.0.0.1:${port}/healthz`);
+    await seedPage(p, `http://127.0.0.1:${port}`, "c-42");
+    await until("EventSource open", () => p.evaluate(() => window.es.readyState === 1));
+    py.stdin.write("go\n");
+    const code = await Promise.race([exited, sleep(240000).then(() => "timeout")]);
+    await ctx.close();
+    const results = JSON.parse((out.match(/RESULTS (.*)/) || [])[1] || "{}");
+    figures.schemas = results.figures;
+    if (code !== 0) throw new Error(`schemas.py exited ${code}: ${JSON.stringify(results)}`);
+    const ids = ["o-1", "o-2", "o-3"].map((id) => shown.find((m) => m.id === id));
+    if (ids.some((m) => !m) || ids.some((m) => "card" in m)) throw new Error(`page showed ${JSON.stringify(shown)}`);
+    if (ids[0].total !== "12.30" || ids[1].totalCents !== "1230" || ids[2].total !== 12.3) {
+      throw new Error(`page showed ${JSON.stringify(ids)}`);
     }
   });
 
