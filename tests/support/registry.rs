@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 #[derive(Clone)]
 pub struct Registry {
@@ -46,7 +48,7 @@ impl Registry {
                     }
                     if let Some(v) = h.to_ascii_lowercase().strip_prefix("authorization:") {
                         let v = h[h.len() - v.len()..].trim().to_owned();
-                        *me.auth.lock().unwrap() = Some(v);
+                        *me.auth.lock() = Some(v);
                     }
                 }
                 me.requests.fetch_add(1, Ordering::SeqCst);
@@ -57,7 +59,7 @@ impl Registry {
                     match path
                         .strip_prefix("/schemas/ids/")
                         .and_then(|id| id.parse::<u32>().ok())
-                        .and_then(|id| me.schemas.lock().unwrap().get(&id).cloned())
+                        .and_then(|id| me.schemas.lock().get(&id).cloned())
                     {
                         Some(body) => ("200 OK", body),
                         None => ("404 Not Found", r#"{"error_code":40403}"#.to_owned()),
@@ -76,6 +78,6 @@ impl Registry {
     /// Registers `schema` (its JSON text) under `id` as `kind` (AVRO, ...).
     pub fn add(&self, id: u32, kind: &str, schema: &str) {
         let body = serde_json::json!({"schema": schema, "schemaType": kind}).to_string();
-        self.schemas.lock().unwrap().insert(id, body);
+        self.schemas.lock().insert(id, body);
     }
 }
