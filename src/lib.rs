@@ -71,6 +71,15 @@ pub use app::{run, start, Running, StartError};
 #[doc(hidden)]
 pub mod bench {
     pub use crate::http::h1::write_chunk;
+
+    /// One Kafka record mapped by a rule, the way ingest does before the
+    /// dispatch lock: `format` is `string` (the default rule, text passed
+    /// through), `json` (a field as the user, a field dropped), `avro` or
+    /// `protobuf` (the same mapping, decoded with a held schema). Returns a
+    /// closure mapping the same record each call (the data's length).
+    pub fn map_record(format: &str) -> Box<dyn FnMut() -> usize> {
+        crate::kafka::mapping::bench_case(format)
+    }
 }
 pub use config::{Cli, Config, ConfigError};
 pub use kafka::mapping::Mappings;

@@ -593,5 +593,63 @@ fn remove(doc: &mut Json, pointer: &str) {
     }
 }
 
+/// See `herald::bench::map_record`.
+pub(crate) fn bench_case(format: &str) -> Box<dyn FnMut() -> usize> {
+    use super::format::{avro::Avro, protobuf::Proto, Schema};
+    const AVRO: &str = r#"{"type":"record","name":"Order","fields":[
+        {"name":"id","type":"string"},{"name":"customerId","type":"string"},
+        {"name":"card","type":"string"},{"name":"seq","type":"long"},
+        {"name":"note","type":["null","string"]}]}"#;
+    const PROTO: &str = "syntax = \"proto3\"; message Order { string id = 1; \
+        string customer_id = 2; string card = 3; int64 seq = 4; string note = 5; }";
+    let registry = Registry::new(&crate::config::SchemaRegistryConfig {
+        url: "http://127.0.0.1:9".into(),
+        basic_auth: None,
+        ca: None,
+    });
+    let mapped = |value: Format| Rule {
+        value,
+        user: Some(Source::Field("/customerId".into())),
+        drop: vec!["/card".into()],
+        ..default_rule("orders")
+    };
+    let json = br#"{"id":"o-1","customerId":"c-42","card":"4111111111111111","seq":1,"note":"leave at the door"}"#;
+    let (rule, key, value): (Rule, &[u8], Vec<u8>) = match format {
+        "string" => (default_rule("orders"), b"c-42", json.to_vec()),
+        "json" => (mapped(Format::Json), b"o-1", json.to_vec()),
+        "avro" => {
+            let a = Avro::parse(AVRO, &[]).unwrap_or_else(|e| unreachable!("{e}"));
+            registry.hold(1, Arc::new(Schema::Avro(a)));
+            // id, customerId, card, seq, note (union branch 1).
+            let mut v = vec![0, 0, 0, 0, 1];
+            for s in ["o-1", "c-42", "4111111111111111"] {
+                v.push((s.len() * 2) as u8);
+                v.extend(s.as_bytes());
+            }
+            v.extend([2, 2, 34]);
+            v.extend(b"leave at the door");
+            (mapped(Format::Avro), b"o-1", v)
+        }
+        _ => {
+            let p = Proto::parse(PROTO, &[]).unwrap_or_else(|e| unreachable!("{e}"));
+            registry.hold(1, Arc::new(Schema::Protobuf(p)));
+            let mut v = vec![0, 0, 0, 0, 1, 0];
+            for (tag, s) in [(1u8, "o-1"), (2, "c-42"), (3, "4111111111111111")] {
+                v.extend([tag << 3 | 2, s.len() as u8]);
+                v.extend(s.as_bytes());
+            }
+            v.extend([4 << 3, 1, 5 << 3 | 2, 17]);
+            v.extend(b"leave at the door");
+            (mapped(Format::Protobuf), b"o-1", v)
+        }
+    };
+    Box::new(move || {
+        match rule.apply(Some(key), &[], Some(&value), Some(&registry)) {
+            Ok(e) => e.data.len(),
+            Err(r) => unreachable!("bench record maps: {r}"),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests;

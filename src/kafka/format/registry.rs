@@ -124,6 +124,11 @@ impl Registry {
         }
     }
 
+    /// Holds `schema` under `id` as if fetched (benches, tests).
+    pub(crate) fn hold(&self, id: u32, schema: Arc<Schema>) {
+        self.cache.write().insert(id, Entry::Held(schema));
+    }
+
     /// The schema with registry id `id`: held, or fetched and parsed now.
     pub(crate) fn schema(&self, id: u32) -> Result<Arc<Schema>, Rejected> {
         let now = Instant::now();
