@@ -165,10 +165,21 @@ impl Node {
                     .write_timeout
                     .unwrap_or(std::time::Duration::from_secs(30));
                 let kc = k.clone();
-                let producer =
-                    tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await??;
+                // Ingest first: its metadata check names the broker, the
+                // topic and the client's last error (a TLS or SASL failure)
+                // where the producer could only say its transactions timed
+                // out.
                 let ingest =
                     tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f)).await??;
+                let producer = match tokio::task::spawn_blocking(move || Producer::new(&kc, epoch))
+                    .await?
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tokio::task::spawn_blocking(move || ingest.stop()).await?;
+                        return Err(e.into());
+                    }
+                };
                 (Some(ingest), Sink::Kafka(Arc::new(producer)))
             }
             None => (

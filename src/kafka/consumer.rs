@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::dead_letter::DeadLetters;
@@ -84,6 +85,22 @@ impl ClientContext for IngestContext {
         ErrorKind::of(&error).count();
         self.log.error(&error, reason);
     }
+
+    /// librdkafka's own log lines (from its threads, also before anything
+    /// polls): an error line is kept as the client's last error, so a start
+    /// that fails on TLS or SASL says so.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, line: &str) {
+        use RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                self.log.state.lock().last = Some(line.to_owned());
+                tracing::error!(target: "librdkafka", "{fac} {line}");
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "{fac} {line}"),
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac} {line}"),
+            L::Debug => tracing::debug!(target: "librdkafka", "{fac} {line}"),
+        }
+    }
 }
 
 /// How often a continuing Kafka outage is summarised in the log.
@@ -106,12 +123,16 @@ struct Outage {
     since_logged: u64,
     /// Errors since the outage began.
     total: u64,
+    /// The last error's text (a start failure names it: a TLS or SASL
+    /// failure is only told through the client's error callback).
+    last: Option<String>,
 }
 
 impl ErrorLog {
     fn error(&self, error: &KafkaError, reason: &str) {
         let mut o = self.state.lock();
         o.total += 1;
+        o.last = Some(format!("{error}: {reason}"));
         match o.logged_at {
             None => {
                 o.logged_at = Some(Instant::now());
@@ -127,6 +148,11 @@ impl ErrorLog {
             }
             Some(_) => o.since_logged += 1,
         }
+    }
+
+    /// The last error the client reported, if any.
+    fn last(&self) -> Option<String> {
+        self.state.lock().last.clone()
     }
 
     /// The broker answers again: ends an outage with one line.
@@ -198,7 +224,15 @@ impl Ingest {
                     Lookup::Failed(error) => StartError::Metadata {
                         topic: topic.clone(),
                         brokers: cfg.brokers.clone(),
-                        error: error.to_string(),
+                        // Serves the client's queued log lines and errors
+                        // (nothing is assigned yet: no record is taken).
+                        error: match {
+                            let _ = consumer.poll(Duration::from_millis(100));
+                            consumer.context().log.last()
+                        } {
+                            Some(last) => format!("{error} (the client's last error: {last})"),
+                            None => error.to_string(),
+                        },
                     },
                 })?;
             partitions.insert(topic.clone(), count);
