@@ -171,15 +171,14 @@ impl Node {
                 // out.
                 let ingest =
                     tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f)).await??;
-                let producer = match tokio::task::spawn_blocking(move || Producer::new(&kc, epoch))
-                    .await?
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tokio::task::spawn_blocking(move || ingest.stop()).await?;
-                        return Err(e.into());
-                    }
-                };
+                let producer =
+                    match tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await? {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tokio::task::spawn_blocking(move || ingest.stop()).await?;
+                            return Err(e.into());
+                        }
+                    };
                 (Some(ingest), Sink::Kafka(Arc::new(producer)))
             }
             None => (

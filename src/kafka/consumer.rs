@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::dead_letter::DeadLetters;
@@ -221,19 +221,19 @@ impl Ingest {
             let count =
                 partition_count(&consumer, topic, STARTUP_TIMEOUT).map_err(|e| match e {
                     Lookup::Missing => StartError::UnknownTopic(topic.clone()),
-                    Lookup::Failed(error) => StartError::Metadata {
-                        topic: topic.clone(),
-                        brokers: cfg.brokers.clone(),
+                    Lookup::Failed(error) => {
                         // Serves the client's queued log lines and errors
                         // (nothing is assigned yet: no record is taken).
-                        error: match {
-                            let _ = consumer.poll(Duration::from_millis(100));
-                            consumer.context().log.last()
-                        } {
-                            Some(last) => format!("{error} (the client's last error: {last})"),
-                            None => error.to_string(),
-                        },
-                    },
+                        let _ = consumer.poll(Duration::from_millis(100));
+                        StartError::Metadata {
+                            topic: topic.clone(),
+                            brokers: cfg.brokers.clone(),
+                            error: match consumer.context().log.last() {
+                                Some(last) => format!("{error} (the client's last error: {last})"),
+                                None => error.to_string(),
+                            },
+                        }
+                    }
                 })?;
             partitions.insert(topic.clone(), count);
             for p in 0..count {

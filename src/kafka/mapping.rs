@@ -619,7 +619,7 @@ pub(crate) fn bench_case(format: &str) -> Box<dyn FnMut() -> usize> {
         "json" => (mapped(Format::Json), b"o-1", json.to_vec()),
         "avro" => {
             let a = Avro::parse(AVRO, &[]).unwrap_or_else(|e| unreachable!("{e}"));
-            registry.hold(1, Arc::new(Schema::Avro(a)));
+            registry.hold(1, Arc::new(Schema::Avro(Box::new(a))));
             // id, customerId, card, seq, note (union branch 1).
             let mut v = vec![0, 0, 0, 0, 1];
             for s in ["o-1", "c-42", "4111111111111111"] {
@@ -643,12 +643,12 @@ pub(crate) fn bench_case(format: &str) -> Box<dyn FnMut() -> usize> {
             (mapped(Format::Protobuf), b"o-1", v)
         }
     };
-    Box::new(move || {
-        match rule.apply(Some(key), &[], Some(&value), Some(&registry)) {
+    Box::new(
+        move || match rule.apply(Some(key), &[], Some(&value), Some(&registry)) {
             Ok(e) => e.data.len(),
             Err(r) => unreachable!("bench record maps: {r}"),
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -24,11 +24,13 @@ use serde_json::{Map, Value as Json};
 
 use crate::kafka::record::{Rejected, Skip};
 
-/// A writer's schema and the schemas it references.
+/// A writer's schema, the schemas it references, and every named type in
+/// them (resolved once, for the JSON walk).
 #[derive(Debug)]
 pub(crate) struct Avro {
     root: Schema,
     references: Vec<Schema>,
+    names: Names,
 }
 
 impl Avro {
@@ -36,10 +38,19 @@ impl Avro {
         let (root, references) =
             Schema::parse_str_with_list(schema, references.iter().map(|(_, s)| s.as_str()))
                 .map_err(|e| format!("cannot parse the Avro schema: {e}"))?;
-        let avro = Self { root, references };
-        avro.resolved()
-            .map_err(|e| format!("cannot resolve the Avro schema: {e}"))?;
-        Ok(avro)
+        let mut all = vec![&root];
+        all.extend(references.iter());
+        let names = ResolvedSchema::new_with_schemata(all)
+            .map_err(|e| format!("cannot resolve the Avro schema: {e}"))?
+            .get_names()
+            .iter()
+            .map(|(n, s)| (n.clone(), (*s).clone()))
+            .collect();
+        Ok(Self {
+            root,
+            references,
+            names,
+        })
     }
 
     fn resolved(&self) -> apache_avro::AvroResult<ResolvedSchema<'_>> {
@@ -51,7 +62,6 @@ impl Avro {
     /// Decodes one datum written with this schema into JSON.
     pub(crate) fn decode(&self, mut payload: &[u8]) -> Result<Json, Rejected> {
         let bad = |e: String| Rejected::new(Skip::Decode, e);
-        let resolved = self.resolved().map_err(|e| bad(e.to_string()))?;
         let reader = apache_avro::reader::datum::GenericDatumReader::builder(&self.root)
             .resolved_writer_schemata(self.resolved().map_err(|e| bad(e.to_string()))?)
             .build()
@@ -65,15 +75,14 @@ impl Avro {
                 payload.len()
             )));
         }
-        let names = resolved.get_names();
-        to_json(value, &self.root, names).map_err(bad)
+        to_json(value, &self.root, &self.names).map_err(bad)
     }
 }
 
-type Names<'a> = std::collections::HashMap<apache_avro::schema::Name, &'a Schema>;
+type Names = std::collections::HashMap<apache_avro::schema::Name, Schema>;
 
 /// Follows named references to the schema they name.
-fn deref<'a>(mut schema: &'a Schema, names: &Names<'a>) -> &'a Schema {
+fn deref<'a>(mut schema: &'a Schema, names: &'a Names) -> &'a Schema {
     for _ in 0..64 {
         match schema {
             Schema::Ref { name } => match names.get(name) {
@@ -90,7 +99,7 @@ fn deref<'a>(mut schema: &'a Schema, names: &Names<'a>) -> &'a Schema {
 pub(crate) fn to_json<'a>(
     value: Value,
     schema: &'a Schema,
-    names: &Names<'a>,
+    names: &'a Names,
 ) -> Result<Json, String> {
     let schema = deref(schema, names);
     Ok(match value {

@@ -37,7 +37,7 @@ pub(crate) enum Format {
 /// A schema fetched from the registry, parsed once.
 #[derive(Debug)]
 pub(crate) enum Schema {
-    Avro(avro::Avro),
+    Avro(Box<avro::Avro>),
     Protobuf(protobuf::Proto),
     Json,
 }
@@ -140,7 +140,7 @@ pub(crate) fn framed(bytes: &[u8]) -> Result<(u32, &[u8]), Rejected> {
 impl Schema {
     pub(crate) fn parse(f: &registry::Fetched) -> Result<Arc<Schema>, String> {
         Ok(Arc::new(match f.kind.as_str() {
-            "AVRO" => Schema::Avro(avro::Avro::parse(&f.schema, &f.references)?),
+            "AVRO" => Schema::Avro(Box::new(avro::Avro::parse(&f.schema, &f.references)?)),
             "PROTOBUF" => Schema::Protobuf(protobuf::Proto::parse(&f.schema, &f.references)?),
             "JSON" => Schema::Json,
             other => return Err(format!("unknown schemaType {other:?}")),
