@@ -57,7 +57,9 @@ fn main() {
                 let key = format!("o-{i}");
                 order(format, i, users.max(1), &mut buf);
                 loop {
-                    let r = BaseRecord::<str, [u8]>::to(&topic).key(&key).payload(&buf[..]);
+                    let r = BaseRecord::<str, [u8]>::to(&topic)
+                        .key(&key)
+                        .payload(&buf[..]);
                     match producer.send(r) {
                         Ok(()) => break,
                         Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -123,8 +125,10 @@ fn order(format: &str, i: usize, users: usize, out: &mut Vec<u8>) {
             varint(i as u64, out);
         }
         _ => out.extend(
-            format!(r#"{{"id":"{id}","customerId":"{user}","card":"{card}","seq":{i},"note":"{note}"}}"#)
-                .as_bytes(),
+            format!(
+                r#"{{"id":"{id}","customerId":"{user}","card":"{card}","seq":{i},"note":"{note}"}}"#
+            )
+            .as_bytes(),
         ),
     }
 }
@@ -159,7 +163,11 @@ fn registry() -> String {
             } else {
                 String::new()
             };
-            let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+            let status = if body.is_empty() {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
             let _ = write!(
                 conn,
                 "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -380,6 +380,50 @@ mod tests {
         assert_eq!(one(u, Value::Uuid(id.parse().unwrap())), Json::from(id));
     }
 
+    /// The encodings the Avro specification gives as examples (binary
+    /// encoding: zigzag longs, a string, the record of its complex types).
+    #[test]
+    fn the_specification_examples() {
+        let long = Avro::parse(r#""long""#, &[]).unwrap();
+        for (bytes, want) in [
+            (&[0x00][..], 0),
+            (&[0x01], -1),
+            (&[0x02], 1),
+            (&[0x03], -2),
+            (&[0x04], 2),
+            (&[0x7f], -64),
+            (&[0x80, 0x01], 64),
+        ] {
+            assert_eq!(long.decode(bytes).unwrap(), Json::from(want), "{bytes:?}");
+        }
+        let s = Avro::parse(r#""string""#, &[]).unwrap();
+        assert_eq!(
+            s.decode(&[0x06, 0x66, 0x6f, 0x6f]).unwrap(),
+            Json::from("foo")
+        );
+        // The spec's record example: {"a": 27 (long), "b": "foo"} is
+        // 36 06 66 6f 6f.
+        let r = Avro::parse(
+            r#"{"type":"record","name":"test","fields":[{"name":"a","type":"long"},{"name":"b","type":"string"}]}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            r.decode(&[0x36, 0x06, 0x66, 0x6f, 0x6f]).unwrap(),
+            serde_json::json!({"a": 27, "b": "foo"})
+        );
+        // An array of longs {3, 27}: 04 06 36 00.
+        let a = Avro::parse(r#"{"type":"array","items":"long"}"#, &[]).unwrap();
+        assert_eq!(
+            a.decode(&[0x04, 0x06, 0x36, 0x00]).unwrap(),
+            serde_json::json!([3, 27])
+        );
+        // The union ["null","string"]: null is 00; "a" is 02 02 61.
+        let u = Avro::parse(r#"["null","string"]"#, &[]).unwrap();
+        assert_eq!(u.decode(&[0x00]).unwrap(), Json::Null);
+        assert_eq!(u.decode(&[0x02, 0x02, 0x61]).unwrap(), Json::from("a"));
+    }
+
     #[test]
     fn junk_is_a_decode_error_not_a_panic() {
         let avro = Avro::parse(r#"{"type":"array","items":"string"}"#, &[]).unwrap();

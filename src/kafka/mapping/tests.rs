@@ -298,3 +298,28 @@ fn file_errors_name_the_file_line_and_rule() {
             .needs_registry()
     );
 }
+
+#[test]
+fn a_json_key_names_the_user() {
+    let r = rule("[[topics]]\ntopic = \"k\"\nkey = \"json\"\nvalue = \"json\"\n");
+    assert_eq!(
+        apply(&r, Some(br#""u1""#), &[], b"{}").unwrap().target,
+        Target::User(name("u1"))
+    );
+    assert_eq!(
+        apply(&r, Some(b"42"), &[], b"{}").unwrap().target,
+        Target::User(name("42"))
+    );
+    assert_eq!(
+        apply(&r, Some(b"null"), &[], b"{}").unwrap_err().skip,
+        Skip::NoUser
+    );
+    assert_eq!(
+        apply(&r, Some(b"{"), &[], b"{}").unwrap_err().skip,
+        Skip::BadUser
+    );
+    assert_eq!(
+        apply(&r, Some(br#"{"a":1}"#), &[], b"{}").unwrap_err().skip,
+        Skip::BadUser
+    );
+}
