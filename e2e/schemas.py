@@ -44,12 +44,13 @@ from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from harness import RESULTS, check, herald_ready, until
+
 HERALD = os.environ["HERALD_BIN"]
 BROKER = os.environ.get("BROKER", "127.0.0.1:19092")
 PORT = int(os.environ.get("SCHEMA_NODE_PORT", "18099"))
 DEAD = "dead-letters"
 TOPICS = {"avro": "orders-avro", "proto": "orders-proto", "json": "orders-json"}
-RESULTS = {"passed": 0, "failed": 0, "figures": {}}
 
 
 # --- a minimal schema registry -------------------------------------------
@@ -163,27 +164,6 @@ def proto_order_class():
 
 # --- helpers -------------------------------------------------------------
 
-def check(name, fn):
-    t = time.time()
-    try:
-        fn()
-        RESULTS["passed"] += 1
-        print(f"ok   {name} ({int((time.time() - t) * 1000)} ms)", flush=True)
-    except Exception as e:  # noqa: BLE001 - any failure is reported
-        RESULTS["failed"] += 1
-        print(f"FAIL {name}: {e!r}", flush=True)
-
-
-def until(what, fn, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise TimeoutError(what)
-
-
 class Sse:
     """A raw SSE reader on herald's stream for one user."""
 
@@ -258,14 +238,7 @@ drop = ["/card"]
          "--kafka-publish-transactions", "false", "--shutdown-drain", "200ms"],
         stdout=subprocess.DEVNULL, stderr=sys.stderr, env={**os.environ, "NO_COLOR": "1"})
     try:
-        def ready():
-            try:
-                s = socket.create_connection(("127.0.0.1", PORT), timeout=1)
-                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                return s.recv(100).startswith(b"HTTP/1.1 200")
-            except OSError:
-                return False
-        until("herald ready", ready, 60)
+        until("herald ready", lambda: herald_ready(PORT), 60)
         stream = Sse(PORT, "c-42")
         if controlled:
             print(f"ready {PORT}", flush=True)

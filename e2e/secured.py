@@ -36,31 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from confluent_kafka import Producer
 
+from harness import RESULTS, check, herald_ready, until
+
 HERALD = os.environ["HERALD_BIN"]
 PLAIN_PORT, TLS_PORT, NODE = 19392, 19393, 18098
 TOPIC = "secured"
-RESULTS = {"passed": 0, "failed": 0}
-
-
-def check(name, fn):
-    t = time.time()
-    try:
-        fn()
-        RESULTS["passed"] += 1
-        print(f"ok   {name} ({int((time.time() - t) * 1000)} ms)", flush=True)
-    except Exception as e:  # noqa: BLE001
-        RESULTS["failed"] += 1
-        print(f"FAIL {name}: {e!r}", flush=True)
-
-
-def until(what, fn, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def certificates(d):
@@ -184,14 +164,7 @@ def main():
                 env={**os.environ, "HERALD_KAFKA_PROPERTY": props(sasl_ssl(paths)), "NO_COLOR": "1"},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-            def ready():
-                try:
-                    s = socket.create_connection(("127.0.0.1", NODE), timeout=1)
-                    s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    return s.recv(64).startswith(b"HTTP/1.1 200")
-                except OSError:
-                    return False
-            until("herald ready over SASL_SSL", ready, 60)
+            until("herald ready over SASL_SSL", lambda: herald_ready(NODE), 60)
             s = socket.create_connection(("127.0.0.1", NODE), timeout=30)
             s.sendall(b"GET /api/sse/subscribe/u1 HTTP/1.1\r\nHost: x\r\n\r\n")
             for codec in ["gzip", "snappy", "lz4", "zstd"]:

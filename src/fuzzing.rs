@@ -134,7 +134,8 @@ const FUZZ_AVRO: &str = r#"{"type":"record","name":"R","fields":[
   {"name":"f","type":{"type":"int","logicalType":"date"}},
   {"name":"g","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
   {"name":"h","type":{"type":"fixed","name":"F","size":3}},
-  {"name":"i","type":["null","R"]}]}"#;
+  {"name":"i","type":["null",{"type":"record","name":"S","fields":[{"name":"s","type":"string"}]}]},
+  {"name":"j","type":["null","S"]}]}"#;
 
 const FUZZ_PROTO: &str = r#"syntax = "proto3";
 import "google/protobuf/timestamp.proto";

@@ -23,6 +23,9 @@ pub(crate) enum Sink {
     },
     /// Kafka mode.
     Kafka(Arc<Producer>),
+    /// Kafka mode with no topic to publish to (every topic read has a
+    /// mapping rule).
+    Off,
 }
 
 /// Why a batch was not published.
@@ -36,6 +39,9 @@ pub(crate) enum PublishError {
     /// `--kafka-publish-timeout`); none of it was written.
     #[error("{0}")]
     Kafka(#[from] ProduceFailure),
+    /// Kafka mode without a publish topic.
+    #[error("publishing is off on this node: every Kafka topic it reads has a --kafka-mapping rule, and herald publishes only to a topic in its own record format (name one with --kafka-publish-topic)")]
+    Off,
 }
 
 // === impl Sink ===
@@ -56,6 +62,7 @@ impl Sink {
                 Ok(fanout.publish(events, Source::Http))
             }
             Sink::Kafka(producer) => Ok(producer.publish(events).await?),
+            Sink::Off => Err(PublishError::Off),
         }
     }
 }

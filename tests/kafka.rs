@@ -262,7 +262,7 @@ async fn a_missing_topic_is_a_clear_startup_error() {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let mut k = kafka(&cluster, StartPosition::Latest);
     k.topics = vec!["nope".to_owned()];
-    k.publish_topic = "nope".to_owned();
+    k.publish_topic = Some("nope".to_owned());
     config.kafka = Some(k);
     let err = tokio::time::timeout(Duration::from_secs(30), herald::app::start(config, 100))
         .await

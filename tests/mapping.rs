@@ -182,4 +182,25 @@ async fn an_avro_topic_by_field_with_dead_letters_and_a_registry_outage() {
         support::metric(&page, "herald_kafka_dead_letters_total", Some("queued")),
         3.0
     );
+
+    // A node whose every topic has a rule has nowhere to publish in
+    // herald's own format: a clear 501, never a write into `orders`.
+    let mut k = kafka(&cluster, StartPosition::Latest);
+    k.topics = vec!["orders".into()];
+    k.publish_topic = None;
+    k.mappings = herald::Mappings::load(&file).unwrap();
+    k.schema_registry = Some(SchemaRegistryConfig {
+        url: registry.url.clone(),
+        basic_auth: None,
+        ca: None,
+    });
+    let mapped_only = TestServer::with(|c| c.kafka = Some(k)).await;
+    let (status, reply) = mapped_only
+        .publish(serde_json::json!({"user": "c-42", "data": {"x": 1}}))
+        .await;
+    assert_eq!(status, 501, "{reply}");
+    assert!(
+        reply.to_string().contains("--kafka-publish-topic"),
+        "{reply}"
+    );
 }

@@ -171,15 +171,26 @@ impl Node {
                 // out.
                 let ingest =
                     tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f)).await??;
-                let producer =
-                    match tokio::task::spawn_blocking(move || Producer::new(&kc, epoch)).await? {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tokio::task::spawn_blocking(move || ingest.stop()).await?;
-                            return Err(e.into());
+                let producer = match kc.publish_topic.clone() {
+                    // Every topic has a mapping rule: publishing is off.
+                    None => None,
+                    Some(topic) => {
+                        match tokio::task::spawn_blocking(move || Producer::new(&kc, &topic, epoch))
+                            .await?
+                        {
+                            Ok(p) => Some(Arc::new(p)),
+                            Err(e) => {
+                                tokio::task::spawn_blocking(move || ingest.stop()).await?;
+                                return Err(e.into());
+                            }
                         }
-                    };
-                (Some(ingest), Sink::Kafka(Arc::new(producer)))
+                    }
+                };
+                let sink = match producer {
+                    Some(p) => Sink::Kafka(p),
+                    None => Sink::Off,
+                };
+                (Some(ingest), sink)
             }
             None => (
                 None,

@@ -574,7 +574,9 @@ pub struct KafkaConfig {
     pub start: StartPosition,
     /// librdkafka properties, in the order given.
     pub properties: Vec<(String, String)>,
-    pub publish_topic: String,
+    /// Where `POST /api/publish` writes; `None` when every topic read has a
+    /// mapping rule (publishing is then off: a 501).
+    pub publish_topic: Option<String>,
     pub publish_timeout: Duration,
     /// One transaction per publish (else idempotent writes per event).
     pub publish_transactions: bool,
@@ -1010,16 +1012,25 @@ fn kafka_config(
             ));
         }
     }
+    // herald publishes its own record format (the default rule's): never
+    // into a topic whose readers expect another one.
     let publish_topic = match k.kafka_publish_topic {
-        Some(t) if topics.contains(&t) => t,
-        Some(t) => {
+        Some(t) if !topics.contains(&t) => {
             return Err(err(
                 "kafka-publish-topic",
                 &t,
                 "must be one of --kafka-topics (or published events would never come back)",
             ))
         }
-        None => topics[0].clone(),
+        Some(t) if mappings.has_rule(&t) => {
+            return Err(err(
+                "kafka-publish-topic",
+                &t,
+                "has a --kafka-mapping rule: herald writes its own record format (key = user, sse-topic / sse-event headers), which that topic's readers do not expect; name a topic without a rule",
+            ))
+        }
+        Some(t) => Some(t),
+        None => topics.iter().find(|t| !mappings.has_rule(t)).cloned(),
     };
     Ok(Some(KafkaConfig {
         brokers,

@@ -204,7 +204,7 @@ fn kafka_flags() {
     .unwrap();
     let k = c.kafka.unwrap();
     assert_eq!(k.topics, ["a", "b"]);
-    assert_eq!(k.publish_topic, "a");
+    assert_eq!(k.publish_topic.as_deref(), Some("a"));
     assert_eq!(k.start, StartPosition::Latest);
     let c = cli(&[
         "--kafka-brokers",
@@ -255,4 +255,65 @@ fn kafka_flags() {
         let e = refused(&args);
         assert!(e.contains(flag), "{args:?}: {e}");
     }
+}
+
+#[test]
+fn kafka_mapping_flags() {
+    let dir = std::env::temp_dir().join(format!("herald-config-mapping-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.toml");
+    std::fs::write(
+        &file,
+        "[[topics]]\ntopic = \"orders\"\nvalue = \"avro\"\nuser = \"field:/c\"\n",
+    )
+    .unwrap();
+    let m = file.to_str().unwrap();
+    let reg = ["--schema-registry-url", "http://r:8081"];
+    let with = |extra: &[&str]| {
+        let mut a = vec!["--kafka-brokers", "h:1", "--kafka-mapping", m];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = with(&reg);
+    let k = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .validate()
+        .unwrap()
+        .kafka
+        .unwrap();
+    assert_eq!(k.topics, ["orders"], "the file's topics are read");
+    assert_eq!(
+        k.publish_topic, None,
+        "no topic in herald's format: publishing is off"
+    );
+    let args = with(&[&reg[..], &["--kafka-topics", "a"]].concat());
+    let k = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .validate()
+        .unwrap()
+        .kafka
+        .unwrap();
+    assert_eq!(k.topics, ["a", "orders"]);
+    assert_eq!(k.publish_topic.as_deref(), Some("a"));
+    for (extra, want) in [
+        (vec![], "needs --schema-registry-url"),
+        (
+            vec![reg[0], reg[1], "--kafka-publish-topic", "orders"],
+            "has a --kafka-mapping rule",
+        ),
+        (
+            vec![reg[0], reg[1], "--kafka-dead-letter-topic", "orders"],
+            "a topic herald reads",
+        ),
+        (vec!["--schema-registry-url", "r:8081"], "http://"),
+        (
+            vec![reg[0], reg[1], "--schema-registry-auth", "nocolon"],
+            "USER:PASSWORD",
+        ),
+    ] {
+        let args = with(&extra);
+        let e = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(e.contains(want), "{extra:?}: {e}");
+        assert!(!e.contains("nocolon"), "a secret is never echoed: {e}");
+    }
+    let e = refused(&["--kafka-mapping", m]);
+    assert!(e.contains("needs --kafka-brokers"), "{e}");
 }

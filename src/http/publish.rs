@@ -197,6 +197,9 @@ impl Refusal {
             Refusal::Unreadable(msg) | Refusal::Invalid(msg) => {
                 rejected(StatusCode::BAD_REQUEST, &msg)
             }
+            Refusal::Sink(e @ PublishError::Off) => {
+                rejected(StatusCode::NOT_IMPLEMENTED, &e.to_string())
+            }
             Refusal::Sink(e @ PublishError::Behind { .. }) => {
                 let secs = 1;
                 retry_later(

@@ -251,6 +251,11 @@ impl Mappings {
         self.rules.iter().map(|r| r.topic.as_str())
     }
 
+    /// Whether the file has a rule for `topic`.
+    pub fn has_rule(&self, topic: &str) -> bool {
+        self.rules.iter().any(|r| r.topic == topic)
+    }
+
     /// Whether any rule reads a registry format.
     pub fn needs_registry(&self) -> bool {
         self.rules

@@ -87,8 +87,8 @@ impl Producer {
     /// Creates the pool and initialises each producer's transactions
     /// (blocking, up to the startup timeout each: call from a blocking
     /// context). `run` names this node's run (the id epoch).
-    pub(crate) fn new(cfg: &KafkaConfig, run: u64) -> Result<Self, StartError> {
-        let topic = Arc::from(cfg.publish_topic.as_str());
+    pub(crate) fn new(cfg: &KafkaConfig, topic: &str, run: u64) -> Result<Self, StartError> {
+        let topic = Arc::from(topic);
         if !cfg.publish_transactions {
             let mut cc = client::config(cfg);
             cc.set(

@@ -23,7 +23,7 @@ pub fn kafka(
         topics: vec![TOPIC.to_owned()],
         start,
         properties: vec![],
-        publish_topic: TOPIC.to_owned(),
+        publish_topic: Some(TOPIC.to_owned()),
         publish_timeout: Duration::from_secs(2),
         publish_transactions: true,
         metadata_interval: Duration::from_millis(200),

@@ -46,6 +46,12 @@ impl Avro {
             .iter()
             .map(|(n, s)| (n.clone(), (*s).clone()))
             .collect();
+        if recursive(&root, &names, &mut Vec::new()) {
+            // A recursive type lets one record nest as deep as its length
+            // allows, and the decoder recurses per level: a hostile record
+            // of a megabyte would overflow the ingest thread's stack.
+            return Err("the Avro schema is recursive (a type contains itself); herald does not read recursive Avro types".into());
+        }
         Ok(Self {
             root,
             references,
@@ -80,6 +86,33 @@ impl Avro {
 }
 
 type Names = std::collections::HashMap<apache_avro::schema::Name, Schema>;
+
+/// Whether `schema` contains a named type inside itself. `stack`: the full
+/// names of the records being walked.
+fn recursive(schema: &Schema, names: &Names, stack: &mut Vec<String>) -> bool {
+    match schema {
+        // A reference to a record being walked is recursion; any other is
+        // walked (the record pushes its own name).
+        Schema::Ref { name } => {
+            stack.contains(&name.fullname(None))
+                || names.get(name).is_some_and(|s| recursive(s, names, stack))
+        }
+        Schema::Record(r) => {
+            let full = r.name.fullname(None);
+            if stack.contains(&full) {
+                return true;
+            }
+            stack.push(full);
+            let found = r.fields.iter().any(|f| recursive(&f.schema, names, stack));
+            stack.pop();
+            found
+        }
+        Schema::Array(a) => recursive(&a.items, names, stack),
+        Schema::Map(m) => recursive(&m.types, names, stack),
+        Schema::Union(u) => u.variants().iter().any(|v| recursive(v, names, stack)),
+        _ => false,
+    }
+}
 
 /// Follows named references to the schema they name.
 fn deref<'a>(mut schema: &'a Schema, names: &'a Names) -> &'a Schema {
@@ -431,5 +464,16 @@ mod tests {
             assert_eq!(avro.decode(junk).unwrap_err().skip, Skip::Decode);
         }
         assert!(Avro::parse("{", &[]).is_err());
+        let list = r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"]}]}"#;
+        let e = Avro::parse(list, &[]).unwrap_err();
+        assert!(e.contains("recursive"), "{e}");
+        let nested = r#"{"type":"record","name":"A","fields":[{"name":"b","type":{"type":"array","items":
+            {"type":"record","name":"B","fields":[{"name":"a","type":{"type":"map","values":"A"}}]}}}]}"#;
+        assert!(Avro::parse(nested, &[]).unwrap_err().contains("recursive"));
+        // The same named type twice, side by side, is not recursion.
+        let twice = r#"{"type":"record","name":"P","fields":[
+            {"name":"x","type":{"type":"record","name":"Q","fields":[{"name":"v","type":"int"}]}},
+            {"name":"y","type":"Q"}]}"#;
+        assert!(Avro::parse(twice, &[]).is_ok());
     }
 }
