@@ -50,42 +50,31 @@ fn main() {
         let n: usize = parts[1].parse::<usize>().unwrap_or(0).min(10_000_000);
         let users: usize = parts[2].parse().unwrap_or(0);
         let t = Instant::now();
-        if let Some(format) = parts.get(3) {
-            let topic = format!("bench-{format}");
-            let mut buf = Vec::new();
-            for i in 0..n {
-                let key = format!("o-{i}");
-                order(format, i, users.max(1), &mut buf);
-                loop {
-                    let r = BaseRecord::<str, [u8]>::to(&topic)
-                        .key(&key)
-                        .payload(&buf[..]);
-                    match producer.send(r) {
-                        Ok(()) => break,
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            }
-            producer.flush(Duration::from_secs(60)).ok();
-            println!("produced {n} in {:.3} s", t.elapsed().as_secs_f64());
-            std::io::stdout().flush().ok();
-            continue;
-        }
         let mut key = String::new();
+        let mut buf = Vec::new();
+        let topic = parts
+            .get(3)
+            .map_or("bench".to_owned(), |f| format!("bench-{f}"));
         for i in 0..n {
-            loop {
-                let mut r = BaseRecord::<str, [u8]>::to("bench").payload(&value[..]);
+            key.clear();
+            let mut r = BaseRecord::<str, [u8]>::to(&topic);
+            if let Some(format) = parts.get(3) {
+                // Keyed by order id; the user is in the value.
+                key.push_str(&format!("o-{i}"));
+                order(format, i, users.max(1), &mut buf);
+                r = r.key(key.as_str()).payload(&buf[..]);
+            } else {
+                r = r.payload(&value[..]);
                 if users > 0 {
-                    key.clear();
                     key.push_str("load-");
                     key.push_str(&(i % users).to_string());
                     r = r.key(key.as_str());
                 }
-                match producer.send(r) {
-                    Ok(()) => break,
-                    // Local queue full: let it drain.
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
+            }
+            // Local queue full: let it drain, then send the same record.
+            while let Err((_, back)) = producer.send(r) {
+                std::thread::sleep(Duration::from_millis(1));
+                r = back;
             }
         }
         producer.flush(Duration::from_secs(60)).ok();
