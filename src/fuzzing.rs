@@ -97,7 +97,9 @@ fn checked_kafka_record(
 }
 
 /// Schema-registry payloads (Avro, Protobuf) of any bytes, with schemas
-/// that use every type herald converts: a JSON value or an error, never a
+/// that use most types herald converts (unions, collections, decimals,
+/// timestamps, dates, enums, fixed; nested and oneof messages, maps,
+/// well-known types): a JSON value or an error, never a
 /// panic, and a value that serializes to JSON text.
 pub fn schema_decode(payload: &[u8]) {
     use std::sync::OnceLock;

@@ -93,7 +93,7 @@ impl ClientContext for IngestContext {
         use RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
-                self.log.state.lock().last = Some(line.to_owned());
+                self.log.remember(line);
                 tracing::error!(target: "librdkafka", "{fac} {line}");
             }
             L::Warning => tracing::warn!(target: "librdkafka", "{fac} {line}"),
@@ -130,9 +130,9 @@ struct Outage {
 
 impl ErrorLog {
     fn error(&self, error: &KafkaError, reason: &str) {
+        self.remember(&format!("{error}: {reason}"));
         let mut o = self.state.lock();
         o.total += 1;
-        o.last = Some(format!("{error}: {reason}"));
         match o.logged_at {
             None => {
                 o.logged_at = Some(Instant::now());
@@ -148,6 +148,11 @@ impl ErrorLog {
             }
             Some(_) => o.since_logged += 1,
         }
+    }
+
+    /// Keeps `error` as the client's last error.
+    fn remember(&self, error: &str) {
+        self.state.lock().last = Some(error.to_owned());
     }
 
     /// The last error the client reported, if any.

@@ -418,33 +418,34 @@ impl Rule {
         tree: Option<&Json>,
         registry: Option<&Registry>,
     ) -> Result<Target, Rejected> {
-        let named = |s: &Option<Source>, bad: Skip| -> Result<Vec<Name>, Rejected> {
-            let names = match s {
-                None => return Ok(Vec::new()),
-                Some(s) => self.names(s, key, header, tree, registry, bad)?,
-            };
-            let list: Vec<Cow<'_, str>> = match names {
-                Names::None => Vec::new(),
-                Names::One(n) => vec![n],
-                Names::Many(v) => v.into_iter().map(Cow::Owned).collect(),
-            };
-            if list.len() > MAX_TARGETS {
-                return Err(Rejected::new(
+        // One name (every record of the default rule) makes one `Name`
+        // and no list; a field's list is checked, bounded and merged.
+        let named = |s: &Option<Source>,
+                     bad: Skip,
+                     make: fn(Name) -> Target|
+         -> Result<Option<Target>, Rejected> {
+            let name = |n: &str| Name::new(n).map_err(|e| Rejected::new(bad, format!("{n:?} {e}")));
+            let Some(s) = s else { return Ok(None) };
+            match self.names(s, key, header, tree, registry, bad)? {
+                Names::None => Ok(None),
+                Names::One(n) => Ok(Some(make(name(&n)?))),
+                Names::Many(list) if list.len() > MAX_TARGETS => Err(Rejected::new(
                     Skip::TooManyTargets,
                     format!("{} names; at most {MAX_TARGETS}", list.len()),
-                ));
+                )),
+                Names::Many(list) if list.is_empty() => Ok(None),
+                Names::Many(list) => Ok(Some(many(
+                    list.iter()
+                        .map(|n| name(n).map(make))
+                        .collect::<Result<_, _>>()?,
+                ))),
             }
-            list.iter()
-                .map(|n| Name::new(n).map_err(|e| Rejected::new(bad, format!("{n:?} {e}"))))
-                .collect()
         };
-        let topics = named(&self.sse_topic, Skip::BadTopic)?;
-        if !topics.is_empty() {
-            return Ok(many(topics.into_iter().map(Target::Topic).collect()));
+        if let Some(t) = named(&self.sse_topic, Skip::BadTopic, Target::Topic)? {
+            return Ok(t);
         }
-        let users = named(&self.user, Skip::BadUser)?;
-        if !users.is_empty() {
-            return Ok(many(users.into_iter().map(Target::User).collect()));
+        if let Some(t) = named(&self.user, Skip::BadUser, Target::User)? {
+            return Ok(t);
         }
         match (self.user.is_some(), self.no_user) {
             (true, NoUser::Skip) => Err(Skip::NoUser.into()),
@@ -478,8 +479,12 @@ impl Rule {
                 Some(k) => match self
                     .key
                     .decode(k, true, registry)
-                    .map_err(|r| Rejected { skip: bad, ..r })?
-                {
+                    // An unreadable key is a bad name; a registry that
+                    // can not be asked keeps its own reason.
+                    .map_err(|r| match r.skip {
+                        Skip::UnknownSchema | Skip::RegistryUnavailable | Skip::BadSchema => r,
+                        _ => Rejected { skip: bad, ..r },
+                    })? {
                     Decoded::Text(t) => Names::One(Cow::Borrowed(t)),
                     Decoded::Tree(j, _) => scalar(&j, bad, "the key")?
                         .map_or(Names::None, |s| Names::One(Cow::Owned(s))),
