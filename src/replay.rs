@@ -104,6 +104,10 @@ pub struct Range {
     /// With `from`: the entries read so far carried ids at or past `from`
     /// on every partition, so later ones do too (positions only grow).
     pub dominated: bool,
+    /// With `from`: where the stream stands after the entries read so far
+    /// (`from`, raised past each one), where a catch-up from Kafka takes
+    /// over if the rest was evicted before it was read.
+    pub reached: Option<Vec<Vec<i64>>>,
 }
 
 /// One read of a [`Range`].
@@ -271,6 +275,7 @@ impl Replay {
         Range {
             next: first,
             last: latest,
+            reached: Some(v.to_vec()),
             from: Some(v),
             dominated: false,
         }
@@ -356,6 +361,7 @@ impl Replay {
             last: latest,
             from: None,
             dominated: true,
+            reached: None,
         })
     }
 
@@ -372,6 +378,7 @@ impl Replay {
             last: latest,
             from: None,
             dominated: true,
+            reached: None,
         })
     }
 
@@ -399,6 +406,14 @@ impl Replay {
                 break;
             }
             range.next = e.seq + 1;
+            if let (Some(at), Some(pos)) = (&mut range.reached, e.pos) {
+                if let Some(o) = at
+                    .get_mut(pos.topic)
+                    .and_then(|x| x.get_mut(pos.partition as usize))
+                {
+                    *o = (*o).max(pos.offset + 1);
+                }
+            }
             let seen = match (&range.from, e.pos) {
                 (Some(v), Some(pos)) => v
                     .get(pos.topic)

@@ -37,9 +37,19 @@ fn for_u(range: std::ops::Range<usize>) -> usize {
 }
 
 async fn send(p: &FutureProducer, records: std::ops::Range<usize>) {
+    send_padded(p, records, 0).await
+}
+
+/// [`send`] with `pad` bytes after the record's number.
+async fn send_padded(p: &FutureProducer, records: std::ops::Range<usize>, pad: usize) {
     let mut pending = Vec::new();
+    let padding = format!(" {}", "y".repeat(pad));
     for i in records {
-        let value = i.to_string();
+        let value = if pad == 0 {
+            i.to_string()
+        } else {
+            format!("{i}{padding}")
+        };
         let mut r = FutureRecord::<str, str>::to(TOPIC)
             .partition((i % 8) as i32)
             .payload(&value);
@@ -120,6 +130,49 @@ async fn away_while_ten_buffers_flow_past_gets_every_event_once_in_order() {
     assert_eq!(node.catchups(), 0);
 }
 
+/// A client reading its resume from the buffer slower than the buffer
+/// turns over: the rest of its range, evicted before it was read, is caught
+/// up from Kafka (no reset, nothing lost or repeated), then live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_overtaken_by_eviction_goes_on_from_kafka() {
+    let cluster = cluster();
+    let p = producer(&cluster.bootstrap_servers());
+    let node = server(&cluster, |c| c.streams.replay.max_events = 300).await;
+    let mut c = node.subscribe(PATH).await;
+    send(&p, 0..8).await;
+    let (_, last) = read(&mut c, for_u(0..8)).await;
+    drop(c);
+    // ~3 MB held: more than the first writes and the socket buffers take.
+    send_padded(&p, 8..308, 10_000).await;
+    consumed(&node, 308).await;
+    let stalled = node.stalled(PATH, Some(&last)).await;
+    let replayed = || metric(&node.metrics(), "herald_events_replayed_total", None);
+    eventually(|| replayed() > 0.0, "the replay started").await;
+    // 300 more records evict all that was held; then the client reads.
+    send(&p, 308..608).await;
+    consumed(&node, 608).await;
+    let mut c = support::SseClient::from_raw(stalled).await;
+    let mut got = Vec::new();
+    for ev in c.next_n(for_u(8..608)).await {
+        assert_eq!(ev.event, "message", "{ev:?}");
+        got.push(ev.data.split(' ').next().unwrap().parse().unwrap());
+    }
+    assert_exact(&got, 8..608);
+    send(&p, 608..640).await;
+    got.extend(read(&mut c, for_u(608..640)).await.0);
+    assert_exact(&got, 8..640);
+    let page = node.metrics();
+    assert!(metric(&page, "herald_catchup_records_read_total", None) > 0.0);
+    assert_eq!(
+        metric(
+            &page,
+            "herald_stream_resets_total",
+            Some("reason=\"last-event-id-not-retained\"")
+        ),
+        0.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_between_two_nodes_loses_and_repeats_nothing() {
     const TOTAL: usize = 1600;
@@ -128,7 +181,11 @@ async fn hopping_between_two_nodes_loses_and_repeats_nothing() {
     // Small buffers: some hops resume from the buffer, some from Kafka.
     let a = server(&cluster, |c| c.streams.replay.max_events = 100).await;
     let b = server(&cluster, |c| c.streams.replay.max_events = 100).await;
+    // The flow starts once the first stream is open: a stream without a
+    // cursor begins at the present.
+    let (opened, first_open) = tokio::sync::oneshot::channel();
     let flow = tokio::spawn(async move {
+        first_open.await.unwrap();
         for start in (0..TOTAL).step_by(40) {
             send(&p, start..start + 40).await;
             tokio::time::sleep(Duration::from_millis(15)).await;
@@ -136,11 +193,22 @@ async fn hopping_between_two_nodes_loses_and_repeats_nothing() {
     });
     let mut got = Vec::new();
     let mut last: Option<String> = None;
+    let mut opened = Some(opened);
     for hop in 0..20 {
         let node = if hop % 2 == 0 { &a } else { &b };
         let mut c = node.subscribe_with(PATH, last.as_deref()).await;
+        if let Some(go) = opened.take() {
+            go.send(()).unwrap();
+        }
         let until = tokio::time::Instant::now() + Duration::from_millis(60 + 17 * hop);
-        while let Ok(ev) = tokio::time::timeout_at(until, c.next()).await {
+        loop {
+            // Without a cursor the next stream would begin at the present:
+            // a hop leaves only once it has one.
+            let ev = match (&last, tokio::time::timeout_at(until, c.next()).await) {
+                (_, Ok(ev)) => ev,
+                (None, Err(_)) => c.next().await,
+                (Some(_), Err(_)) => break,
+            };
             assert_eq!(ev.event, "message", "hop {hop}: {ev:?}");
             got.push(ev.data.parse().unwrap());
             last = Some(ev.id);
@@ -299,7 +367,7 @@ async fn catchups_are_bounded_per_user_and_in_total() {
     let one = NonZeroUsize::MIN;
     let node = server(&cluster, |c| {
         c.streams.replay.max_events = 10;
-        c.server.write_timeout = Some(Duration::from_secs(6));
+        c.server.write_timeout = Some(Duration::from_secs(10));
         if let Some(k) = c.kafka.as_mut() {
             k.catchup.readers = one;
             k.catchup.max_waiting = one;

@@ -197,9 +197,16 @@ impl Queue {
         (Push::Queued, st.waker.take())
     }
 
-    /// Stops queueing event frames (see `State::parked`).
+    /// Stops queueing event frames (see `State::parked`) and drops those
+    /// queued: the catch-up that follows delivers them (a stream parked
+    /// again after a gap in its replay held live events past it).
     pub fn park(&self) {
-        self.state.lock().parked = true;
+        let mut st = self.state.lock();
+        st.parked = true;
+        if st.frames.iter().any(|&(_, ts)| ts != 0) {
+            st.frames.retain(|&(_, ts)| ts == 0);
+            st.bytes = st.frames.iter().map(|(f, _)| f.len()).sum();
+        }
     }
 
     /// Queues event frames again. Call under the dispatch lock, so that

@@ -183,6 +183,16 @@ struct Prefix {
     /// Live events drained while switching from the feed to the buffer:
     /// written after the replay.
     stash: Option<Batch>,
+    /// Kafka mode: where a replay that meets a gap (its range evicted
+    /// before it was read) is caught up from instead of reset.
+    refill: Option<Refill>,
+}
+
+/// A stream's way back to Kafka.
+#[derive(Debug)]
+struct Refill {
+    catchup: Arc<dyn CatchUp>,
+    user: Name,
 }
 
 /// A stream being caught up from Kafka.
@@ -255,7 +265,7 @@ impl Streams {
                 let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
                 catchup.submit(catchup::Request {
                     subscriber: subscriber.clone(),
-                    user,
+                    user: user.clone(),
                     from,
                     since_us: sub.since_us,
                     feed: feed.clone(),
@@ -293,12 +303,20 @@ impl Streams {
         });
         let mut stream =
             Stream::with_replay(sub.subscription, head, replay, &self.settings).leasing(lease);
-        if let (Some(feed), Some(prefix)) = (feed, &mut stream.prefix) {
-            prefix.catchup = Some(CatchingUp {
-                feed,
-                fanout: self.fanout.clone(),
-                requested,
-            });
+        if let Some(prefix) = &mut stream.prefix {
+            if let Some(feed) = feed {
+                prefix.catchup = Some(CatchingUp {
+                    feed,
+                    fanout: self.fanout.clone(),
+                    requested,
+                });
+            }
+            if let (Some(catchup), true) = (&self.catchup, prefix.has_cursor()) {
+                prefix.refill = Some(Refill {
+                    catchup: catchup.clone(),
+                    user,
+                });
+            }
         }
         Ok(Opened {
             after: sub.after,
@@ -331,6 +349,7 @@ impl Stream {
                 catchup: None,
                 replay,
                 stash: None,
+                refill: None,
             })),
             window: settings.coalesce,
             hold: None,
@@ -385,6 +404,10 @@ impl Stream {
             self.account(replayed, 0);
             if !chunk.is_empty() {
                 return Poll::Ready(Next::Data(chunk));
+            }
+            if self.prefix.as_ref().is_some_and(|p| p.catchup.is_some()) {
+                // A gap sent it back to Kafka: wait on its feed.
+                return self.poll_next(cx);
             }
             if let Some(batch) = stash {
                 self.account(batch.events, batch.oldest_us);
@@ -502,7 +525,7 @@ impl Prefix {
     /// The head (if not yet written) and the next chunk of the replay,
     /// about [`PREFIX_WRITE_BYTES`], as one buffer; and how many replayed
     /// frames it holds. Empty only once the prefix is done.
-    fn next_write(&mut self, sub: &Subscriber) -> (Bytes, usize) {
+    fn next_write(&mut self, sub: &Arc<Subscriber>) -> (Bytes, usize) {
         let head = self.head.take();
         let Some(r) = &mut self.replay else {
             return (head.unwrap_or_default(), 0);
@@ -520,17 +543,7 @@ impl Prefix {
                         self.replay = None;
                         (Bytes::new(), 0)
                     }
-                    Chunk::Gap => {
-                        // Evicted while this client was still reading: say so,
-                        // and continue where live events start.
-                        let reset = frame::reset_event(
-                            ResetReason::NotRetained,
-                            r.requested.as_deref(),
-                            &r.latest,
-                        );
-                        self.replay = None;
-                        (reset, 0)
-                    }
+                    Chunk::Gap => (self.gap(sub), 0),
                 };
             return match head {
                 None => (tail, frames),
@@ -543,6 +556,52 @@ impl Prefix {
                 }
             };
         }
+    }
+
+    /// The rest of the replay was evicted before this client read it. In
+    /// Kafka mode the stream is caught up from where it stands (live events
+    /// it queued meanwhile are dropped: the catch-up brings them); if no
+    /// catch-up can be taken now it ends as slow, and the client resumes
+    /// from the last id it got. Else a reset, and the stream goes on where
+    /// live events start.
+    fn gap(&mut self, sub: &Arc<Subscriber>) -> Bytes {
+        let Some(r) = self.replay.take() else {
+            return Bytes::new();
+        };
+        if let (Some(refill), Some(at)) = (&self.refill, r.range.reached) {
+            sub.queue.park();
+            self.stash = None;
+            let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
+            let req = catchup::Request {
+                subscriber: sub.clone(),
+                user: refill.user.clone(),
+                from: at.into(),
+                since_us: None,
+                feed: feed.clone(),
+                opened: std::time::Instant::now(),
+            };
+            match refill.catchup.submit(req) {
+                Ok(()) => {
+                    self.catchup = Some(CatchingUp {
+                        feed,
+                        fanout: r.fanout,
+                        requested: r.requested,
+                    });
+                }
+                Err(_) => sub.end(CloseReason::Slow, None),
+            }
+            return Bytes::new();
+        }
+        frame::reset_event(ResetReason::NotRetained, r.requested.as_deref(), &r.latest)
+    }
+
+    /// Whether the stream resumed from a cursor (Kafka mode).
+    fn has_cursor(&self) -> bool {
+        self.catchup.is_some()
+            || self
+                .replay
+                .as_ref()
+                .is_some_and(|r| r.range.reached.is_some())
     }
 
     fn is_done(&self) -> bool {

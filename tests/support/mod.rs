@@ -313,6 +313,60 @@ impl SseClient {
         }
     }
 
+    /// The stream on `s`, a connection that sent its request (see
+    /// [`TestServer::stalled`]) and read nothing since: the response head,
+    /// then the chunked body, read as the events are asked for.
+    pub async fn from_raw(mut s: TcpStream) -> Self {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut b = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before the response head");
+            buf.extend_from_slice(&b[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        buf.drain(..head_end);
+        // Undoes the chunked encoding: each item is one chunk's data.
+        let body = futures_util::stream::unfold((s, buf), |(mut s, mut buf)| async move {
+            loop {
+                if let Some(line) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let size = std::str::from_utf8(&buf[..line])
+                        .ok()
+                        .and_then(|t| usize::from_str_radix(t.trim(), 16).ok());
+                    let Some(size) = size else {
+                        return Some((Err("a bad chunk size".to_string()), (s, Vec::new())));
+                    };
+                    if size == 0 {
+                        return None;
+                    }
+                    if buf.len() >= line + 2 + size + 2 {
+                        let data = Bytes::copy_from_slice(&buf[line + 2..line + 2 + size]);
+                        buf.drain(..line + 2 + size + 2);
+                        return Some((Ok(data), (s, buf)));
+                    }
+                }
+                let mut b = [0u8; 16384];
+                match s.read(&mut b).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            }
+        });
+        let events = body.eventsource().map(|r| r.map_err(|e| e.to_string()));
+        Self {
+            headers: Default::default(),
+            events: Box::pin(events),
+        }
+    }
+
     /// The next event; panics on end of stream or after [`WAIT`].
     pub async fn next(&mut self) -> Event {
         match tokio::time::timeout(WAIT, self.events.next()).await {
