@@ -307,6 +307,7 @@ async fn publish_phase(
         "delivered_per_second={:.0} (over {wall:.2}s incl. settle)",
         received as f64 / wall
     );
+    report.set("publish_seconds", publish_secs);
     for (k, v) in [
         ("published", published),
         ("expected", expected),
