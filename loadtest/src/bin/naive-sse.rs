@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -61,7 +63,6 @@ async fn subscribe(
     let mine = app
         .users
         .lock()
-        .unwrap()
         .entry(user)
         .or_insert_with(|| broadcast::channel(1024).0)
         .subscribe();
@@ -85,7 +86,7 @@ async fn publish(
         let msg = Arc::new(Msg { id, data });
         match item.get("user").and_then(|u| u.as_str()) {
             Some(user) => {
-                let mut users = app.users.lock().unwrap();
+                let mut users = app.users.lock();
                 if let Some(tx) = users.get(user) {
                     if tx.send(msg).is_err() {
                         // Its last stream has gone.
