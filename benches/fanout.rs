@@ -5,6 +5,11 @@
 //! timing, and holds a waker, so each push also takes and wakes it (a no-op
 //! waker here: the scheduler's share of a real wake-up is not included).
 //!
+//! `heartbeat`: one tick of the heartbeat task at 20,000 idle streams (one
+//! shard of 64, what a tick walks at the default interval) against the
+//! whole registry in one call (before issue 14): the longest a periodic task
+//! holds a shard lock, and the work one tick hands the runtime.
+//!
 //! Run: `cargo bench --bench fanout`. Results: BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)]
@@ -89,5 +94,31 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn heartbeat(c: &mut Criterion) {
+    let mut g = c.benchmark_group("heartbeat");
+    g.sample_size(20);
+    let n = 20_000;
+    let (fanout, subs) = setup(n);
+    drain(&subs);
+    let quiet = Duration::from_millis(1);
+    for (name, shards) in [("one_tick", 0..1), ("whole_registry", 0..64)] {
+        g.bench_function(BenchmarkId::new(name, n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // Quiet for longer than `quiet`: every stream is due.
+                    std::thread::sleep(quiet);
+                    let t = Instant::now();
+                    fanout.heartbeat(shards.clone(), quiet);
+                    total += t.elapsed();
+                    drain(&subs);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, heartbeat);
 criterion_main!(benches);

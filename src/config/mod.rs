@@ -114,7 +114,9 @@ pub struct ListenArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Streams")]
 pub struct StreamArgs {
-    /// Interval between heartbeat comments on every stream.
+    /// Longest a stream stays silent: one sent nothing for about three
+    /// quarters of this gets a heartbeat comment (spread over the interval,
+    /// a slice of the streams at a time; streams getting events get none).
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "15s", value_name = "DURATION", value_parser = parse::duration_10ms)]
     pub heartbeat_interval: Duration,
 

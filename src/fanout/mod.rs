@@ -208,6 +208,8 @@ struct PushSink<'a> {
     ts_us: u64,
     /// The dispatcher's clock for this batch (µs since the epoch).
     now_us: u64,
+    /// Heartbeats: skip queues pushed to within this long (0: none).
+    quiet_us: u64,
     limits: queue::Limits,
     out: &'a mut Delivery,
     queued: u64,
@@ -396,6 +398,7 @@ impl Fanout {
             frame,
             ts_us,
             now_us,
+            quiet_us: 0,
             limits: self.queue_limits,
             out,
             queued: 0,
@@ -616,20 +619,24 @@ impl Fanout {
         chunk
     }
 
-    /// Queues a heartbeat comment to every connection. A connection whose
-    /// queue is full is closed as slow, like for any other frame.
-    pub fn heartbeat(&self) {
+    /// Queues a heartbeat comment to each connection of registry shards
+    /// `shards` that has been sent nothing for `quiet` (the heartbeat task
+    /// walks the registry a slice per tick: no tick holds a lock long or
+    /// wakes every stream at once). A connection whose queue is full is
+    /// closed as slow, like for any other frame.
+    pub fn heartbeat(&self, shards: std::ops::Range<usize>, quiet: Duration) {
         DELIVERY.with_borrow_mut(|out| {
             let mut sink = PushSink {
                 frame: &frame::HEARTBEAT,
                 ts_us: 0,
                 now_us: unix_micros(),
+                quiet_us: quiet.as_micros() as u64,
                 limits: self.queue_limits,
                 out,
                 queued: 0,
                 dropped: 0,
             };
-            self.registry.for_each(&mut sink);
+            self.registry.for_shards(shards, &mut sink);
             if sink.dropped > 0 {
                 self.counters.dropped_slow.increment(sink.dropped);
             }
@@ -649,16 +656,20 @@ impl Fanout {
 
 impl RouteSink for PushSink<'_> {
     fn push(&mut self, sub: &Arc<Subscriber>) {
-        let (outcome, waker) = sub
-            .queue
-            .try_push(self.frame, self.ts_us, self.now_us, self.limits);
+        let (outcome, waker) = sub.queue.push_if_quiet(
+            self.frame,
+            self.ts_us,
+            self.now_us,
+            self.quiet_us,
+            self.limits,
+        );
         match outcome {
             Push::Queued => self.queued += 1,
             Push::Overflow { dropped } => {
                 self.dropped += dropped as u64;
                 self.out.slow.push((sub.clone(), dropped));
             }
-            Push::Closed | Push::Parked => {}
+            Push::Closed | Push::Parked | Push::Recent => {}
         }
         if let Some(w) = waker {
             self.out.wakers.push(w);

@@ -243,7 +243,18 @@ impl Registry {
 
     /// Every subscriber, one shard lock at a time.
     pub fn for_each<S: RouteSink + ?Sized>(&self, sink: &mut S) {
-        for shard in self.shards.iter() {
+        self.for_shards(0..self.shards.len(), sink);
+    }
+
+    /// Every subscriber of shards `range` (clamped to the shard count), one
+    /// shard lock at a time.
+    pub fn for_shards<S: RouteSink + ?Sized>(&self, range: std::ops::Range<usize>, sink: &mut S) {
+        let end = range.end.min(self.shards.len());
+        for shard in self
+            .shards
+            .get(range.start.min(end)..end)
+            .unwrap_or_default()
+        {
             let maps = shard.inner.lock();
             for s in maps.users.values().flatten() {
                 sink.push(s);

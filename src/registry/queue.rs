@@ -114,6 +114,8 @@ pub enum Push {
     Closed,
     /// An event frame for a parked queue; not queued.
     Parked,
+    /// A heartbeat for a queue that took a frame recently; not queued.
+    Recent,
 }
 
 /// What the body gets from one drain.
@@ -142,6 +144,9 @@ struct State {
     bytes: usize,
     /// When the oldest queued frame was pushed (µs since the epoch).
     oldest_at_us: u64,
+    /// When the last frame was pushed, or the queue made (µs since the
+    /// epoch): a new stream has just been sent its preamble.
+    last_push_us: u64,
     /// The body's waker, set while it waits on an empty queue.
     waker: Option<Waker>,
     closed: Option<CloseReason>,
@@ -154,7 +159,9 @@ struct State {
 
 impl Queue {
     pub fn new() -> Self {
-        Self::default()
+        let q = Self::default();
+        q.state.lock().last_push_us = crate::fanout::unix_micros();
+        q
     }
 
     /// Queues `frame` unless that would break `limits`. `now_us` is the
@@ -168,12 +175,29 @@ impl Queue {
         now_us: u64,
         limits: Limits,
     ) -> (Push, Option<Waker>) {
+        self.push_if_quiet(frame, ts_us, now_us, 0, limits)
+    }
+
+    /// [`Queue::try_push`], unless a frame was pushed within the last
+    /// `quiet_us` ([`Push::Recent`]): a heartbeat goes only to a stream that
+    /// has sent nothing for a while.
+    pub fn push_if_quiet(
+        &self,
+        frame: &Bytes,
+        ts_us: u64,
+        now_us: u64,
+        quiet_us: u64,
+        limits: Limits,
+    ) -> (Push, Option<Waker>) {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return (Push::Closed, None);
         }
         if st.parked && ts_us != 0 {
             return (Push::Parked, None);
+        }
+        if quiet_us > 0 && now_us.saturating_sub(st.last_push_us) < quiet_us {
+            return (Push::Recent, None);
         }
         let stalled = !st.frames.is_empty()
             && limits
@@ -192,6 +216,7 @@ impl Queue {
         if st.frames.is_empty() {
             st.oldest_at_us = now_us;
         }
+        st.last_push_us = now_us;
         st.frames.push_back((frame.clone(), ts_us));
         st.bytes += frame.len();
         (Push::Queued, st.waker.take())
@@ -365,6 +390,47 @@ mod tests {
         }
         assert_eq!(q.len(), (0, 0));
         assert!(drain(&q, &waker).is_pending());
+    }
+
+    #[test]
+    fn a_heartbeat_goes_only_to_a_queue_quiet_for_long_enough() {
+        let q = Queue::new();
+        let hb = Bytes::from_static(b":\n\n");
+        let made = q.state.lock().last_push_us;
+        // Just made (its preamble just went out): recent.
+        assert_eq!(
+            q.push_if_quiet(&hb, 0, made + 499, 500, LIMITS).0,
+            Push::Recent
+        );
+        assert_eq!(
+            q.push_if_quiet(&hb, 0, made + 500, 500, LIMITS).0,
+            Push::Queued
+        );
+        let q = Queue::default();
+        assert_eq!(q.push_if_quiet(&hb, 0, 1_000, 500, LIMITS).0, Push::Queued);
+        assert_eq!(
+            q.try_push(&Bytes::from_static(b"e"), 1, 2_000, LIMITS).0,
+            Push::Queued
+        );
+        // 499 µs after the event: recent, nothing queued.
+        assert_eq!(q.push_if_quiet(&hb, 0, 2_499, 500, LIMITS).0, Push::Recent);
+        assert_eq!(q.len().0, 2);
+        assert_eq!(q.push_if_quiet(&hb, 0, 2_500, 500, LIMITS).0, Push::Queued);
+        assert_eq!(q.len().0, 3);
+    }
+
+    #[test]
+    fn parking_again_drops_queued_events_and_keeps_heartbeats() {
+        let q = Queue::new();
+        q.try_push(&Bytes::from_static(b"e1"), 1, 0, LIMITS);
+        q.try_push(&Bytes::from_static(b":"), 0, 0, LIMITS);
+        q.try_push(&Bytes::from_static(b"e2"), 2, 0, LIMITS);
+        q.park();
+        assert_eq!(q.len(), (1, 1));
+        assert_eq!(
+            q.try_push(&Bytes::from_static(b"e3"), 3, 0, LIMITS).0,
+            Push::Parked
+        );
     }
 
     #[test]
