@@ -186,11 +186,7 @@ impl Node {
                         }
                     }
                 };
-                let sink = match producer {
-                    Some(p) => Sink::Kafka(p),
-                    None => Sink::Off,
-                };
-                (Some(ingest), sink)
+                (Some(ingest), producer.map_or(Sink::Off, Sink::Kafka))
             }
             None => (
                 None,

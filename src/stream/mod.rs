@@ -183,16 +183,9 @@ struct Prefix {
     /// Live events drained while switching from the feed to the buffer:
     /// written after the replay.
     stash: Option<Batch>,
-    /// Kafka mode: where a replay that meets a gap (its range evicted
-    /// before it was read) is caught up from instead of reset.
-    refill: Option<Refill>,
-}
-
-/// A stream's way back to Kafka.
-#[derive(Debug)]
-struct Refill {
-    catchup: Arc<dyn CatchUp>,
-    user: Name,
+    /// Kafka mode: the catch-up a replay that meets a gap (its range
+    /// evicted before it was read) goes on from instead of a reset.
+    refill: Option<Arc<dyn CatchUp>>,
 }
 
 /// A stream being caught up from Kafka.
@@ -201,6 +194,34 @@ struct CatchingUp {
     feed: Arc<Feed>,
     fanout: Arc<Fanout>,
     requested: Option<String>,
+}
+
+impl CatchingUp {
+    /// Hands `subscriber` (registered parked) to the catch-up readers, from
+    /// `from` or the time `since_us`; refused when too many wait already.
+    fn start(
+        catchup: &dyn CatchUp,
+        subscriber: &Arc<Subscriber>,
+        from: crate::replay::Vector,
+        since_us: Option<u64>,
+        fanout: Arc<Fanout>,
+        requested: Option<String>,
+    ) -> Result<Self, Refused> {
+        let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
+        catchup.submit(catchup::Request {
+            subscriber: subscriber.clone(),
+            user: subscriber.user.clone(),
+            from,
+            since_us,
+            feed: feed.clone(),
+            opened: std::time::Instant::now(),
+        })?;
+        Ok(Self {
+            feed,
+            fanout,
+            requested,
+        })
+    }
 }
 
 /// A resume being read from the replay buffer, a chunk per write: the
@@ -248,7 +269,6 @@ impl Streams {
             _ => None,
         };
         let lease = req.lease;
-        let user = req.user.clone();
         let sub = self.fanout.subscribe(Join {
             user: req.user,
             topics: req.topics,
@@ -260,19 +280,15 @@ impl Streams {
             max_per_user: req.max_per_user,
         })?;
         let subscriber = sub.subscription.subscriber().clone();
-        let feed = match (sub.catchup, &self.catchup) {
-            (Some(from), Some(catchup)) => {
-                let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
-                catchup.submit(catchup::Request {
-                    subscriber: subscriber.clone(),
-                    user: user.clone(),
-                    from,
-                    since_us: sub.since_us,
-                    feed: feed.clone(),
-                    opened: std::time::Instant::now(),
-                })?;
-                Some(feed)
-            }
+        let catching = match (sub.catchup, &self.catchup) {
+            (Some(from), Some(catchup)) => Some(CatchingUp::start(
+                catchup.as_ref(),
+                &subscriber,
+                from,
+                sub.since_us,
+                self.fanout.clone(),
+                requested.clone(),
+            )?),
             // Not reading Kafka: nothing can serve it (not reached: a
             // cursor needs positions, which only Kafka mode has).
             (Some(_), None) => {
@@ -304,19 +320,8 @@ impl Streams {
         let mut stream =
             Stream::with_replay(sub.subscription, head, replay, &self.settings).leasing(lease);
         if let Some(prefix) = &mut stream.prefix {
-            if let Some(feed) = feed {
-                prefix.catchup = Some(CatchingUp {
-                    feed,
-                    fanout: self.fanout.clone(),
-                    requested,
-                });
-            }
-            if let (Some(catchup), true) = (&self.catchup, prefix.has_cursor()) {
-                prefix.refill = Some(Refill {
-                    catchup: catchup.clone(),
-                    user,
-                });
-            }
+            prefix.catchup = catching;
+            prefix.refill = self.catchup.clone();
         }
         Ok(Opened {
             after: sub.after,
@@ -571,37 +576,13 @@ impl Prefix {
         if let (Some(refill), Some(at)) = (&self.refill, r.range.reached) {
             sub.queue.park();
             self.stash = None;
-            let feed = Arc::new(Feed::new(PREFIX_WRITE_BYTES * 4));
-            let req = catchup::Request {
-                subscriber: sub.clone(),
-                user: refill.user.clone(),
-                from: at.into(),
-                since_us: None,
-                feed: feed.clone(),
-                opened: std::time::Instant::now(),
-            };
-            match refill.catchup.submit(req) {
-                Ok(()) => {
-                    self.catchup = Some(CatchingUp {
-                        feed,
-                        fanout: r.fanout,
-                        requested: r.requested,
-                    });
-                }
+            match CatchingUp::start(refill.as_ref(), sub, at.into(), None, r.fanout, r.requested) {
+                Ok(c) => self.catchup = Some(c),
                 Err(_) => sub.end(CloseReason::Slow, None),
             }
             return Bytes::new();
         }
         frame::reset_event(ResetReason::NotRetained, r.requested.as_deref(), &r.latest)
-    }
-
-    /// Whether the stream resumed from a cursor (Kafka mode).
-    fn has_cursor(&self) -> bool {
-        self.catchup.is_some()
-            || self
-                .replay
-                .as_ref()
-                .is_some_and(|r| r.range.reached.is_some())
     }
 
     fn is_done(&self) -> bool {
