@@ -18,6 +18,7 @@ pub(crate) const HTTP_CONNECTIONS_OPEN: &str = "herald_http_connections";
 pub(crate) const EVENTS_INGESTED: &str = "herald_events_ingested_total";
 pub(crate) const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
 pub(crate) const EVENTS_QUEUED: &str = "herald_events_queued_total";
+pub(crate) const EVENTS_SENT_DIRECT: &str = "herald_events_sent_direct_total";
 pub(crate) const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 pub(crate) const EVENTS_DROPPED: &str = "herald_events_dropped_total";
 pub(crate) const EVENTS_REPLAYED: &str = "herald_events_replayed_total";
@@ -169,6 +170,11 @@ fn describe_all() {
         EVENTS_QUEUED,
         Unit::Count,
         "Event frames queued to connections by the dispatcher."
+    );
+    describe_counter!(
+        EVENTS_SENT_DIRECT,
+        Unit::Count,
+        "Of the queued event frames, those the publishing request wrote to an idle stream's socket itself (herald's HTTP/1.1 writer)."
     );
     describe_histogram!(
         DELIVERY_LAG,

@@ -52,10 +52,6 @@ impl<I> TimedIo<I> {
         &self.inner
     }
 
-    pub(crate) fn get_mut(&mut self) -> &mut I {
-        &mut self.inner
-    }
-
     /// Called when a write made no progress: arms the timer if needed and
     /// tells whether it has fired.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {

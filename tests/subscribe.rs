@@ -193,7 +193,67 @@ async fn write_coalescing_holds_a_busy_stream_for_the_window(t: Transport) {
     assert!(held >= window, "held only {held:?}");
 }
 
+/// Events for one user published from several connections at once reach
+/// each of its streams once each, in the order herald numbered them. On
+/// herald's writer most go out as direct sends from the publishing request
+/// (the stream idle), the rest through the stream's queue when one is in
+/// flight: the two must never overtake each other.
+async fn concurrent_publishes_for_one_user_arrive_once_in_order(t: Transport) {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 150;
+    let server = std::sync::Arc::new(TestServer::on(t).await);
+    // Read while publishing: the queues stay short.
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut tab = server.subscribe("u").await;
+        readers.push(tokio::spawn(async move {
+            let got = tab.next_n(PUBLISHERS * EACH).await;
+            tab.assert_quiet(Duration::from_millis(200)).await;
+            got
+        }));
+    }
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let pad = "x".repeat(i * 37 % 3000);
+                    let body = json!({"user": "u", "data": {"p": p, "i": i, "pad": pad}});
+                    assert_eq!(server.publish(body).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seq = |id: &str| id.rsplit('-').next().unwrap().parse::<u64>().unwrap();
+    for reader in readers {
+        let got = reader.await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|e| seq(&e.id)).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "ids out of order: {seqs:?}"
+        );
+        // Each publisher's own events in the order it sent them.
+        for p in 0..PUBLISHERS {
+            let mine: Vec<u64> = got
+                .iter()
+                .map(|e| serde_json::from_str::<serde_json::Value>(&e.data).unwrap())
+                .filter(|v| v["p"] == p)
+                .map(|v| v["i"].as_u64().unwrap())
+                .collect();
+            assert_eq!(mine, (0..EACH as u64).collect::<Vec<_>>(), "publisher {p}");
+        }
+    }
+    if t == Transport::Herald {
+        let direct = support::metric(&server.metrics(), "herald_events_sent_direct_total", None);
+        assert!(direct > 0.0, "no direct sends");
+    }
+}
+
 on_every_transport!(
+    concurrent_publishes_for_one_user_arrive_once_in_order,
     seed_page_flow_user_123,
     preamble_sets_retry_and_resume_point,
     user_events_reach_only_that_user_and_all_its_tabs,

@@ -86,9 +86,10 @@ pub(crate) struct Args {
     /// overflows at once, a wave of slow closes.
     #[arg(long, default_value_t = 0)]
     pub(crate) stalled_burst_after: u64,
-    /// Events per stalled user in the burst: one more than the server's
-    /// --queue-max-frames overflows every stalled queue.
-    #[arg(long, default_value_t = 1025)]
+    /// Events per stalled user in the burst: two more than the server's
+    /// --queue-max-frames overflows every stalled queue (the first may be
+    /// written straight to the idle stream's socket, a direct send).
+    #[arg(long, default_value_t = 1026)]
     pub(crate) stalled_burst: usize,
     /// While publishing, N adversaries of each kind alongside the healthy
     /// streams (slowloris variants, stalled readers, resume floods, junk

@@ -178,6 +178,7 @@ struct Counters {
     ingested_http: Counter,
     ingested_kafka: Counter,
     queued: Counter,
+    sent_direct: Counter,
     dropped_slow: Counter,
     replayed: Counter,
     resume_clean: Counter,
@@ -193,6 +194,8 @@ struct Counters {
 #[derive(Debug, Default)]
 struct Delivery {
     wakers: Vec<Waker>,
+    /// Frames claimed for direct sends, with their event's timestamp.
+    direct: Vec<(Arc<Subscriber>, Bytes, u64)>,
     /// Overflowed streams and the frames each dropped.
     slow: Vec<(Arc<Subscriber>, usize)>,
 }
@@ -210,6 +213,8 @@ struct PushSink<'a> {
     now_us: u64,
     /// Heartbeats: skip queues pushed to within this long (0: none).
     quiet_us: u64,
+    /// Direct sends this dispatch may still claim.
+    claims: usize,
     limits: queue::Limits,
     out: &'a mut Delivery,
     queued: u64,
@@ -219,6 +224,13 @@ struct PushSink<'a> {
 /// At most one slow-close log line per this period; the line counts the
 /// closes since the previous one.
 const SLOW_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Most frames one HTTP publish writes to sockets itself (direct sends, see
+/// `registry::queue`): an event for one user reaches its idle streams
+/// without waking their tasks, while a broadcast's writes stay spread over
+/// the workers. Kafka ingest claims none: its one thread is the node's
+/// ingest budget, and a write costs it more than a wake-up.
+pub const DIRECT_SENDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct SlowLog {
@@ -260,6 +272,7 @@ impl Fanout {
                 ingested_http: counter!(m::EVENTS_INGESTED, "source" => "http"),
                 ingested_kafka: counter!(m::EVENTS_INGESTED, "source" => "kafka"),
                 queued: counter!(m::EVENTS_QUEUED),
+                sent_direct: counter!(m::EVENTS_SENT_DIRECT),
                 dropped_slow: counter!(m::EVENTS_DROPPED, "reason" => "slow"),
                 replayed: counter!(m::EVENTS_REPLAYED),
                 resume_clean: counter!(m::RESUMES, "outcome" => "clean"),
@@ -350,6 +363,10 @@ impl Fanout {
                 // 2026-11-23).
                 let now = Instant::now();
                 let now_us = unix_micros();
+                let mut claims = match source {
+                    Source::Http => DIRECT_SENDS,
+                    Source::Kafka => 0,
+                };
                 for ev in events {
                     st.seq += 1;
                     let (id, pos) = match &ev.id {
@@ -374,7 +391,7 @@ impl Fanout {
                     };
                     st.replay
                         .push(st.seq, pos, ev.target.clone(), bytes.clone(), ts, now);
-                    self.route(&ev.target, &bytes, ts, now_us, out);
+                    claims = self.route(&ev.target, &bytes, ts, now_us, claims, out);
                     st.latest = id.clone();
                     ids.push(id);
                 }
@@ -393,12 +410,23 @@ impl Fanout {
         ids
     }
 
-    fn route(&self, target: &Target, frame: &Bytes, ts_us: u64, now_us: u64, out: &mut Delivery) {
+    /// Pushes `frame` to every stream `target` reaches, claiming at most
+    /// `claims` direct sends; returns the claims left.
+    fn route(
+        &self,
+        target: &Target,
+        frame: &Bytes,
+        ts_us: u64,
+        now_us: u64,
+        claims: usize,
+        out: &mut Delivery,
+    ) -> usize {
         let mut sink = PushSink {
             frame,
             ts_us,
             now_us,
             quiet_us: 0,
+            claims,
             limits: self.queue_limits,
             out,
             queued: 0,
@@ -409,13 +437,31 @@ impl Fanout {
         if sink.dropped > 0 {
             self.counters.dropped_slow.increment(sink.dropped);
         }
+        sink.claims
     }
 
-    /// With no lock held: wakes the writers, kills overflowed connections
-    /// and logs them (rate-limited).
+    /// With no lock held: wakes the writers, makes the direct sends (after
+    /// the wake-ups, so the other streams' writes start meanwhile), kills
+    /// overflowed connections and logs them (rate-limited).
     fn deliver(&self, out: &mut Delivery) {
         for w in out.wakers.drain(..) {
             w.wake();
+        }
+        let mut sent = 0;
+        for (sub, frame, ts_us) in out.direct.drain(..) {
+            let (reached, waker) = sub.queue.send_claimed(&frame, ts_us);
+            if reached {
+                sent += 1;
+                sub.delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::stream::sample_lag(ts_us);
+            }
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+        if sent > 0 {
+            self.counters.sent_direct.increment(sent);
         }
         if out.slow.is_empty() {
             return;
@@ -631,6 +677,7 @@ impl Fanout {
                 ts_us: 0,
                 now_us: unix_micros(),
                 quiet_us: quiet.as_micros() as u64,
+                claims: 0,
                 limits: self.queue_limits,
                 out,
                 queued: 0,
@@ -656,15 +703,23 @@ impl Fanout {
 
 impl RouteSink for PushSink<'_> {
     fn push(&mut self, sub: &Arc<Subscriber>) {
-        let (outcome, waker) = sub.queue.push_if_quiet(
+        let (outcome, waker) = sub.queue.push(
             self.frame,
             self.ts_us,
             self.now_us,
             self.quiet_us,
+            self.claims > 0,
             self.limits,
         );
         match outcome {
             Push::Queued => self.queued += 1,
+            Push::Claimed => {
+                self.queued += 1;
+                self.claims -= 1;
+                self.out
+                    .direct
+                    .push((sub.clone(), self.frame.clone(), self.ts_us));
+            }
             Push::Overflow { dropped } => {
                 self.dropped += dropped as u64;
                 self.out.slow.push((sub.clone(), dropped));

@@ -69,7 +69,9 @@ impl http_body::Body for Body {
             Body::Sse(s) => s.poll_next(cx).map(|next| match next {
                 Next::Data(b) => Some(Ok(Frame::data(b))),
                 Next::End => None,
-                Next::Abort => Some(Err(BodyError::Aborted)),
+                // Wire bytes come only through a wire, and hyper's streams
+                // install none: not reached.
+                Next::Abort | Next::Wire(_) => Some(Err(BodyError::Aborted)),
             }),
         }
     }

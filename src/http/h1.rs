@@ -24,6 +24,11 @@
 //!   watched for the client going away (or sending anything, which ends the
 //!   stream: an SSE client has nothing to send), both polled in one
 //!   `poll_fn` (no future built per wait).
+//! - Direct sends: the socket is shared ([`Socket`]) between the stream's
+//!   task and the dispatcher, which writes a live event for an idle stream
+//!   itself, as a chunk (`Wire` for [`Socket`]; the ownership rules are the
+//!   queue's, `registry::queue`). The task writes the rest of a partial one
+//!   ([`Next::Wire`]) before anything else.
 //! - Ends: a clean end writes the final chunk and FIN; an abort (slow) drops
 //!   the connection (the dispatcher also trips the connection's `Abort`, for
 //!   a task stuck in a write); the client closing ends it at the next read
@@ -44,7 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::abort::Abort;
-use crate::stream::{io_reason, CloseReason, Next, Stream};
+use crate::stream::{io_reason, CloseReason, Next, Sent, Stream, Wire};
 use crate::timed_io::TimedIo;
 
 use super::subscribe::{Admission, Subscribe, PREFIX};
@@ -167,39 +172,125 @@ fn take(bytes: &[u8]) -> Option<Taken> {
     Some(Taken { head_len, parts })
 }
 
+/// A stream's connection, shared by its task (writing through [`Shared`])
+/// and the dispatcher (direct sends through its [`Wire`]).
+#[derive(Debug)]
+struct Socket(TcpStream);
+
+impl Wire for Socket {
+    /// The frame as one chunk, if the socket takes it now; the bytes it
+    /// did not take of a partial write come back to be written next.
+    fn send(&self, frame: &[u8]) -> Sent {
+        let mut size = [0u8; 18];
+        let len = chunk_size_line(frame.len(), &mut size);
+        let parts: [&[u8]; 3] = [&size[..len], frame, b"\r\n"];
+        let total = len + frame.len() + 2;
+        let slices = parts.map(IoSlice::new);
+        match self.0.try_write_vectored(&slices) {
+            Ok(n) if n >= total => Sent::All,
+            // Full (or failed: the stream's own write will say how).
+            Ok(0) | Err(_) => Sent::Nothing,
+            Ok(n) => {
+                let mut rest = Vec::with_capacity(total - n);
+                let mut skip = n;
+                for p in parts {
+                    let from = skip.min(p.len());
+                    rest.extend_from_slice(&p[from..]);
+                    skip -= from;
+                }
+                Sent::Part(Bytes::from(rest))
+            }
+        }
+    }
+}
+
+/// The task's writing half of a [`Socket`].
+#[derive(Debug)]
+struct Shared(Arc<Socket>);
+
+impl Shared {
+    fn tcp(&self) -> &TcpStream {
+        &self.0 .0
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.tcp().poll_write_ready(cx))?;
+            match self.tcp().try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.tcp().poll_write_ready(cx))?;
+            match self.tcp().try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write))
+    }
+}
+
 /// Serves a taken request: the admission's answer, or the stream until it
 /// ends.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     taken: Box<Taken>,
     peer: SocketAddr,
     subscribe: &Subscribe,
     write_timeout: Option<Duration>,
     conn: &Arc<Abort>,
 ) -> io::Result<()> {
-    let mut io = TimedIo::new(stream, write_timeout, conn.clone());
-    // The setup's state (head, admission, first write) lives in its own box,
+    // Consume exactly the head we peeked (it is in the socket already).
+    let mut head = vec![0u8; taken.head_len];
+    stream.read_exact(&mut head).await?;
+    drop(head);
+    let socket = Arc::new(Socket(stream));
+    let mut io = TimedIo::new(Shared(socket.clone()), write_timeout, conn.clone());
+    // The setup's state (admission, first write) lives in its own box,
     // freed once the stream is live: a task's future is allocated at the size
     // of its largest state, for the connection's whole life.
     let Some(mut s) = Box::pin(start(&mut io, taken, peer, subscribe, conn)).await? else {
         return Ok(());
     };
+    s.set_wire(socket);
     run(&mut io, &mut s).await
 }
 
-/// Consumes the head, decides it; writes a refusal (`None`), or the stream's
-/// response head with its first bytes.
+/// Decides the request; writes a refusal (`None`), or the stream's response
+/// head with its first bytes.
 async fn start(
-    io: &mut TimedIo<TcpStream>,
+    io: &mut TimedIo<Shared>,
     taken: Box<Taken>,
     peer: SocketAddr,
     subscribe: &Subscribe,
     conn: &Arc<Abort>,
 ) -> io::Result<Option<Stream>> {
-    // Consume exactly the head we peeked.
-    let mut head = vec![0u8; taken.head_len];
-    io.get_mut().read_exact(&mut head).await?;
-    drop(head);
     match subscribe.admit(&taken.parts, peer, conn) {
         Admission::Answer(resp) => {
             let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
@@ -225,15 +316,16 @@ async fn start(
 }
 
 /// The live stream: whatever the core hands out, into the socket.
-async fn run(io: &mut TimedIo<TcpStream>, s: &mut Stream) -> io::Result<()> {
+async fn run(io: &mut TimedIo<Shared>, s: &mut Stream) -> io::Result<()> {
     loop {
         let next = poll_fn(|cx| match s.poll_next(cx) {
             Poll::Ready(next) => Poll::Ready(Ok(next)),
-            Poll::Pending => poll_client_gone(io.get_ref(), cx).map(Err),
+            Poll::Pending => poll_client_gone(io.get_ref().tcp(), cx).map(Err),
         })
         .await;
         let written = match next {
             Ok(Next::Data(batch)) => write_chunk(io, &batch).await,
+            Ok(Next::Wire(bytes)) => write_all(io, &[&bytes]).await,
             Ok(Next::End) => {
                 // Once per stream: boxed, so it does not size every future.
                 let r = Box::pin(write_all(io, &[b"0\r\n\r\n"])).await;

@@ -13,12 +13,22 @@
 //!   [`Bytes`] (copied together when there is more than one frame), so a burst
 //!   leaves in one write instead of one write per frame.
 //!
-//! Memory: an idle queue is one lock word, an empty `VecDeque` (no heap) and
-//! an `Option<Waker>`; under load it holds at most `max_frames` entries of 40
+//! - Direct sends: a transport that can write without waiting (herald's
+//!   HTTP/1.1 writer) installs its [`Wire`] once the stream is live. An
+//!   event for an empty queue whose stream is not writing is then *claimed*
+//!   ([`Push::Claimed`]) instead of queued: the dispatcher writes it to the
+//!   socket itself after releasing its locks ([`Queue::send_claimed`]), and
+//!   the stream's task is neither woken nor polled. One writer at a time:
+//!   while a claim is out the stream drains nothing, and while the stream
+//!   writes a batch nothing is claimed, so bytes leave in dispatch order.
+//!
+//! Memory: an idle queue is one lock word, an empty `VecDeque` (no heap), an
+//! `Option<Waker>` and the wire's handle; under load it holds at most `max_frames` entries of 40
 //! bytes (a frame handle and its event's timestamp, for the delivery-lag
 //! histogram) plus `max_bytes` of frames shared with every other subscriber.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -26,6 +36,42 @@ use parking_lot::Mutex;
 
 /// Deque capacity a stream keeps between drains (40 bytes per entry).
 const KEEP_CAPACITY: usize = 16;
+
+/// The timestamp that marks a queued entry as wire bytes: the rest of a
+/// direct send the socket took only part of, already framed by the
+/// transport, to be written before anything else.
+const WIRE_BYTES: u64 = u64::MAX;
+
+/// A transport's way to write one frame at once, without waiting (see the
+/// module doc: direct sends).
+pub trait Wire: Send + Sync + std::fmt::Debug {
+    /// Writes `frame`, framed as this transport frames it, if the socket
+    /// takes it now.
+    fn send(&self, frame: &[u8]) -> Sent;
+}
+
+/// How much of a direct send the socket took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// All of it.
+    All,
+    /// Nothing (the socket is full, or failed): the frame is queued.
+    Nothing,
+    /// Part: these wire bytes (framing included) must follow.
+    Part(Bytes),
+}
+
+/// Who writes to the connection now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Nobody: the next event may be claimed.
+    #[default]
+    Idle,
+    /// The stream, a drained batch (until it asks for the next one).
+    Stream,
+    /// A dispatcher, a claimed frame (until [`Queue::send_claimed`]).
+    Dispatcher,
+}
 
 /// Bounds of one connection's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +162,9 @@ pub enum Push {
     Parked,
     /// A heartbeat for a queue that took a frame recently; not queued.
     Recent,
+    /// Claimed for a direct send: the caller must hand the frame to
+    /// [`Queue::send_claimed`] once it holds no lock.
+    Claimed,
 }
 
 /// What the body gets from one drain.
@@ -127,6 +176,9 @@ pub struct Batch {
     pub events: usize,
     /// Timestamp (µs since the epoch) of the oldest event frame, 0 if none.
     pub oldest_us: u64,
+    /// Wire bytes, already framed (the rest of a direct send): written as
+    /// they are. Such a batch holds nothing else.
+    pub wire: bool,
 }
 
 /// A bounded, drain-all queue of shared frames.
@@ -153,6 +205,9 @@ struct State {
     /// Event frames are not queued (the stream is being caught up from
     /// Kafka and joins the live fan-out later); heartbeats and the end are.
     parked: bool,
+    /// The transport's direct writer, once the stream is live.
+    wire: Option<Arc<dyn Wire>>,
+    writer: Writer,
 }
 
 // === impl Queue ===
@@ -175,18 +230,23 @@ impl Queue {
         now_us: u64,
         limits: Limits,
     ) -> (Push, Option<Waker>) {
-        self.push_if_quiet(frame, ts_us, now_us, 0, limits)
+        self.push(frame, ts_us, now_us, 0, false, limits)
     }
 
-    /// [`Queue::try_push`], unless a frame was pushed within the last
-    /// `quiet_us` ([`Push::Recent`]): a heartbeat goes only to a stream that
-    /// has sent nothing for a while.
-    pub fn push_if_quiet(
+    /// The general push: [`Queue::try_push`], and
+    /// - unless a frame was pushed within the last `quiet_us`
+    ///   ([`Push::Recent`]): a heartbeat goes only to a stream that has sent
+    ///   nothing for a while;
+    /// - for an event with `may_claim`, when the stream is idle with nothing
+    ///   queued and a wire installed: a claim for a direct send
+    ///   ([`Push::Claimed`]).
+    pub fn push(
         &self,
         frame: &Bytes,
         ts_us: u64,
         now_us: u64,
         quiet_us: u64,
+        may_claim: bool,
         limits: Limits,
     ) -> (Push, Option<Waker>) {
         let mut st = self.state.lock();
@@ -213,13 +273,76 @@ impl Queue {
             st.bytes = 0;
             return (Push::Overflow { dropped }, st.waker.take());
         }
+        st.last_push_us = now_us;
+        if may_claim
+            && ts_us != 0
+            && st.frames.is_empty()
+            && st.writer == Writer::Idle
+            && st.wire.is_some()
+        {
+            st.writer = Writer::Dispatcher;
+            return (Push::Claimed, None);
+        }
         if st.frames.is_empty() {
             st.oldest_at_us = now_us;
         }
-        st.last_push_us = now_us;
         st.frames.push_back((frame.clone(), ts_us));
         st.bytes += frame.len();
-        (Push::Queued, st.waker.take())
+        // While a claim is out the stream may not drain: its sender wakes
+        // it once the claimed frame is on the wire.
+        let waker = match st.writer {
+            Writer::Dispatcher => None,
+            _ => st.waker.take(),
+        };
+        (Push::Queued, waker)
+    }
+
+    /// Sends a frame claimed by [`Queue::push`] through the wire,
+    /// with no lock held by the caller. What the socket does not take is
+    /// queued in front (the rest of a partial write as wire bytes), so the
+    /// stream writes it before anything pushed since. Returns whether the
+    /// frame reached the socket (whole, or its start with the rest queued),
+    /// and the waker to wake when the stream has something to do.
+    pub fn send_claimed(&self, frame: &Bytes, ts_us: u64) -> (bool, Option<Waker>) {
+        let wire = self.state.lock().wire.clone();
+        let sent = wire.map_or(Sent::Nothing, |w| w.send(frame));
+        let mut st = self.state.lock();
+        st.writer = Writer::Idle;
+        let reached = match sent {
+            Sent::All => true,
+            Sent::Part(rest) => {
+                st.bytes += rest.len();
+                st.frames.push_front((rest, WIRE_BYTES));
+                true
+            }
+            Sent::Nothing => {
+                // Closed since the claim: delivered only if queued frames
+                // still are.
+                if st.closed.is_none_or(CloseReason::delivers_queued) {
+                    if st.frames.is_empty() {
+                        st.oldest_at_us = crate::fanout::unix_micros();
+                    }
+                    st.bytes += frame.len();
+                    st.frames.push_front((frame.clone(), ts_us));
+                }
+                false
+            }
+        };
+        let waker = if !st.frames.is_empty() || st.closed.is_some() {
+            st.waker.take()
+        } else {
+            None
+        };
+        (reached, waker)
+    }
+
+    /// Installs (or, with `None`, removes) the transport's direct writer.
+    /// Install it only while the stream has nothing in flight (it is about
+    /// to drain); remove it when the stream ends, so the socket is not kept
+    /// open by the queue.
+    pub fn set_wire(&self, wire: Option<Arc<dyn Wire>>) {
+        let old = std::mem::replace(&mut self.state.lock().wire, wire);
+        drop(old);
     }
 
     /// Stops queueing event frames (see `State::parked`) and drops those
@@ -228,8 +351,9 @@ impl Queue {
     pub fn park(&self) {
         let mut st = self.state.lock();
         st.parked = true;
-        if st.frames.iter().any(|&(_, ts)| ts != 0) {
-            st.frames.retain(|&(_, ts)| ts == 0);
+        let event = |ts: u64| ts != 0 && ts != WIRE_BYTES;
+        if st.frames.iter().any(|&(_, ts)| event(ts)) {
+            st.frames.retain(|&(_, ts)| !event(ts));
             st.bytes = st.frames.iter().map(|(f, _)| f.len()).sum();
         }
     }
@@ -279,6 +403,30 @@ impl Queue {
     /// empty; `Pending` (waker stored) when there is nothing yet.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Result<Batch, CloseReason>> {
         let mut st = self.state.lock();
+        if st.writer == Writer::Dispatcher {
+            // A direct send is in flight: its sender wakes us after it.
+            match &mut st.waker {
+                Some(w) => w.clone_from(cx.waker()),
+                None => st.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        st.writer = if st.frames.is_empty() || st.wire.is_none() {
+            Writer::Idle
+        } else {
+            Writer::Stream
+        };
+        if st.frames.front().is_some_and(|&(_, ts)| ts == WIRE_BYTES) {
+            let (bytes, _) = st.frames.pop_front().unwrap_or_default();
+            st.bytes -= bytes.len();
+            return Poll::Ready(Ok(Batch {
+                bytes,
+                frames: 1,
+                events: 0,
+                oldest_us: 0,
+                wire: true,
+            }));
+        }
         match st.frames.len() {
             0 => {
                 if let Some(reason) = st.closed {
@@ -299,6 +447,7 @@ impl Queue {
                     frames: 1,
                     events,
                     oldest_us: ts,
+                    wire: false,
                 }))
             }
             n => {
@@ -330,6 +479,7 @@ impl Queue {
                     frames: n,
                     events,
                     oldest_us,
+                    wire: false,
                 }))
             }
         }
@@ -399,23 +549,23 @@ mod tests {
         let made = q.state.lock().last_push_us;
         // Just made (its preamble just went out): recent.
         assert_eq!(
-            q.push_if_quiet(&hb, 0, made + 499, 500, LIMITS).0,
+            q.push(&hb, 0, made + 499, 500, false, LIMITS).0,
             Push::Recent
         );
         assert_eq!(
-            q.push_if_quiet(&hb, 0, made + 500, 500, LIMITS).0,
+            q.push(&hb, 0, made + 500, 500, false, LIMITS).0,
             Push::Queued
         );
         let q = Queue::default();
-        assert_eq!(q.push_if_quiet(&hb, 0, 1_000, 500, LIMITS).0, Push::Queued);
+        assert_eq!(q.push(&hb, 0, 1_000, 500, false, LIMITS).0, Push::Queued);
         assert_eq!(
             q.try_push(&Bytes::from_static(b"e"), 1, 2_000, LIMITS).0,
             Push::Queued
         );
         // 499 µs after the event: recent, nothing queued.
-        assert_eq!(q.push_if_quiet(&hb, 0, 2_499, 500, LIMITS).0, Push::Recent);
+        assert_eq!(q.push(&hb, 0, 2_499, 500, false, LIMITS).0, Push::Recent);
         assert_eq!(q.len().0, 2);
-        assert_eq!(q.push_if_quiet(&hb, 0, 2_500, 500, LIMITS).0, Push::Queued);
+        assert_eq!(q.push(&hb, 0, 2_500, 500, false, LIMITS).0, Push::Queued);
         assert_eq!(q.len().0, 3);
     }
 
@@ -482,6 +632,168 @@ mod tests {
             drain(&q, w),
             Poll::Ready(Err(CloseReason::Shutdown))
         ));
+    }
+
+    /// A socket that takes up to `room` bytes per send (usize::MAX: all).
+    #[derive(Debug)]
+    struct FakeWire {
+        room: parking_lot::Mutex<usize>,
+        took: parking_lot::Mutex<Vec<u8>>,
+    }
+
+    impl FakeWire {
+        fn new(room: usize) -> Arc<Self> {
+            Arc::new(Self {
+                room: parking_lot::Mutex::new(room),
+                took: parking_lot::Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl Wire for FakeWire {
+        fn send(&self, frame: &[u8]) -> Sent {
+            let n = frame.len().min(*self.room.lock());
+            self.took.lock().extend_from_slice(&frame[..n]);
+            match n {
+                0 => Sent::Nothing,
+                n if n == frame.len() => Sent::All,
+                n => Sent::Part(Bytes::copy_from_slice(&frame[n..])),
+            }
+        }
+    }
+
+    const ROOMY: Limits = Limits {
+        max_frames: 100,
+        max_bytes: 1000,
+        stall: None,
+    };
+
+    fn claim(q: &Queue, frame: &'static [u8]) -> (Push, Option<Waker>) {
+        q.push(&Bytes::from_static(frame), 7, 0, 0, true, ROOMY)
+    }
+
+    /// A queue with a wire whose stream waits on it (waker stored).
+    fn live(room: usize) -> (Queue, Arc<FakeWire>, Arc<Count>, Waker) {
+        let q = Queue::new();
+        let wire = FakeWire::new(room);
+        q.set_wire(Some(wire.clone()));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        assert!(drain(&q, &waker).is_pending());
+        (q, wire, count, waker)
+    }
+
+    #[test]
+    fn an_idle_live_stream_gets_an_event_sent_directly() {
+        let (q, wire, count, waker) = live(usize::MAX);
+        let (p, w) = claim(&q, b"e1");
+        assert_eq!(p, Push::Claimed);
+        assert!(w.is_none(), "a claim wakes nobody");
+        // Pushed while the claim is out: queued behind it, nobody woken,
+        // and the stream drains nothing until the claimed frame is out.
+        let (p, w) = claim(&q, b"e2");
+        assert_eq!(p, Push::Queued);
+        assert!(w.is_none());
+        assert!(drain(&q, &waker).is_pending());
+        let (reached, w) = q.send_claimed(&Bytes::from_static(b"e1"), 7);
+        assert!(reached);
+        assert_eq!(&wire.took.lock()[..], b"e1");
+        w.expect("e2 waits: wake the stream").wake();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        match drain(&q, &waker) {
+            Poll::Ready(Ok(b)) => assert_eq!((&b.bytes[..], b.wire), (&b"e2"[..], false)),
+            other => panic!("{other:?}"),
+        }
+        // The stream has a batch in flight: no claim until it asks again.
+        assert_eq!(claim(&q, b"e3").0, Push::Queued);
+        assert!(matches!(drain(&q, &waker), Poll::Ready(Ok(_))));
+        assert!(drain(&q, &waker).is_pending());
+        assert_eq!(claim(&q, b"e4").0, Push::Claimed);
+        let (reached, w) = q.send_claimed(&Bytes::from_static(b"e4"), 7);
+        assert!(reached && w.is_none(), "nothing else queued: no wake-up");
+        assert_eq!(&wire.took.lock()[..], b"e1e4");
+    }
+
+    #[test]
+    fn no_claim_without_a_wire_for_heartbeats_or_behind_queued_frames() {
+        let q = Queue::new();
+        assert_eq!(claim(&q, b"e").0, Push::Queued, "no wire");
+        let (q, _wire, _count, _waker) = live(usize::MAX);
+        let hb = Bytes::from_static(b":\n\n");
+        assert_eq!(q.push(&hb, 0, 0, 0, true, ROOMY).0, Push::Queued);
+        assert_eq!(claim(&q, b"e").0, Push::Queued, "behind a queued frame");
+        let (q, _wire, _count, _waker) = live(usize::MAX);
+        let f = Bytes::from_static(b"e");
+        assert_eq!(q.push(&f, 7, 0, 0, false, ROOMY).0, Push::Queued);
+        let (q, _wire, _count, _waker) = live(usize::MAX);
+        q.set_wire(None);
+        assert_eq!(claim(&q, b"e").0, Push::Queued, "wire taken back");
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_is_written_first() {
+        // Part: the rest, as wire bytes, before a frame pushed meanwhile.
+        let (q, wire, _count, waker) = live(2);
+        assert_eq!(claim(&q, b"abcde").0, Push::Claimed);
+        assert_eq!(claim(&q, b"f").0, Push::Queued);
+        let (reached, w) = q.send_claimed(&Bytes::from_static(b"abcde"), 7);
+        assert!(reached, "its start is on the wire");
+        assert!(w.is_some());
+        assert_eq!(&wire.took.lock()[..], b"ab");
+        match drain(&q, &waker) {
+            Poll::Ready(Ok(b)) => {
+                assert_eq!(&b.bytes[..], b"cde");
+                assert!(b.wire);
+                assert_eq!(b.events, 0, "counted when sent");
+            }
+            other => panic!("{other:?}"),
+        }
+        match drain(&q, &waker) {
+            Poll::Ready(Ok(b)) => {
+                assert_eq!((&b.bytes[..], b.wire, b.events), (&b"f"[..], false, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.len(), (0, 0));
+        // Nothing: the frame itself is queued, in front.
+        let (q, _wire, _count, waker) = live(0);
+        assert_eq!(claim(&q, b"g").0, Push::Claimed);
+        assert_eq!(claim(&q, b"h").0, Push::Queued);
+        let (reached, w) = q.send_claimed(&Bytes::from_static(b"g"), 7);
+        assert!(!reached);
+        assert!(w.is_some());
+        match drain(&q, &waker) {
+            Poll::Ready(Ok(b)) => assert_eq!((&b.bytes[..], b.events), (&b"gh"[..], 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_queue_closed_during_a_claim_still_ends_its_stream() {
+        let (q, _wire, _count, waker) = live(0);
+        assert_eq!(claim(&q, b"e").0, Push::Claimed);
+        q.close(CloseReason::Slow, None)
+            .expect("close wakes the stream")
+            .wake();
+        assert!(drain(&q, &waker).is_pending(), "the claim is out");
+        let (reached, w) = q.send_claimed(&Bytes::from_static(b"e"), 7);
+        assert!(!reached);
+        w.expect("the stream must see the close").wake();
+        assert!(matches!(
+            drain(&q, &waker),
+            Poll::Ready(Err(CloseReason::Slow))
+        ));
+        // A shutdown delivers what is queued: the unsent frame first.
+        let (q, _wire, _count, waker) = live(0);
+        assert_eq!(claim(&q, b"e").0, Push::Claimed);
+        q.close(CloseReason::Shutdown, Some(Bytes::from_static(b"r")));
+        assert!(drain(&q, &waker).is_pending(), "the claim is out");
+        let (_, w) = q.send_claimed(&Bytes::from_static(b"e"), 7);
+        assert!(w.is_some());
+        match drain(&q, &waker) {
+            Poll::Ready(Ok(b)) => assert_eq!(&b.bytes[..], b"er"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

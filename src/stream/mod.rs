@@ -44,6 +44,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 pub use crate::registry::queue::CloseReason;
 use crate::registry::queue::{Batch, Queue};
+pub use crate::registry::queue::{Sent, Wire};
 use crate::registry::{Subscriber, Subscription};
 use crate::replay::{Chunk, Range};
 use crate::sse::frame::{self, ResetReason};
@@ -143,6 +144,10 @@ pub struct Opened {
 pub enum Next {
     /// Write these bytes (one write).
     Data(Bytes),
+    /// Write these bytes as they are: the rest of a direct send, already
+    /// framed by the transport's own [`Wire`] (so only a transport that
+    /// installed one gets this).
+    Wire(Bytes),
     /// The stream ended cleanly: finish the response (HTTP/1.1's last
     /// chunk, h2's END_STREAM) and close.
     End,
@@ -170,6 +175,11 @@ pub struct Stream {
     /// Why the stream ended, once it has (the queue's reason, or what the
     /// transport reported).
     ended: Option<CloseReason>,
+    /// The transport's direct writer, handed to the queue when the stream
+    /// first waits for live events (see [`Stream::set_wire`]).
+    wire: Option<Arc<dyn Wire>>,
+    /// Whether the queue holds the wire (taken back when the stream ends).
+    wired: bool,
     /// Held until the stream ends (see [`OpenRequest::lease`]).
     _lease: Option<Lease>,
 }
@@ -362,6 +372,8 @@ impl Stream {
             account: settings.account,
             batches: 0,
             ended: None,
+            wire: None,
+            wired: false,
             _lease: None,
         }
     }
@@ -369,6 +381,16 @@ impl Stream {
     fn leasing(mut self, lease: Option<Lease>) -> Self {
         self._lease = lease;
         self
+    }
+
+    /// Lets the dispatcher write live events straight to this stream's
+    /// socket through `wire` while the stream is idle (herald's HTTP/1.1
+    /// writer; see `registry::queue`). Not with `--write-coalesce`, whose
+    /// point is to hold writes back.
+    pub fn set_wire(&mut self, wire: Arc<dyn Wire>) {
+        if self.window.is_none() {
+            self.wire = Some(wire);
+        }
     }
 
     /// The next thing to write, or how the stream ends. `Pending` stores the
@@ -432,7 +454,14 @@ impl Stream {
             }
             self.holding = false;
         }
+        if let Some(wire) = self.wire.take() {
+            // Live, and the transport has written everything handed out
+            // (it asks for more only then): the dispatcher may write now.
+            self.queue().set_wire(Some(wire));
+            self.wired = true;
+        }
         match self.queue().poll_drain(cx) {
+            Poll::Ready(Ok(batch)) if batch.wire => Poll::Ready(Next::Wire(batch.bytes)),
             Poll::Ready(Ok(batch)) => {
                 self.account(batch.events, batch.oldest_us);
                 if let Some(window) = self.window {
@@ -474,10 +503,7 @@ impl Stream {
             .delivered
             .fetch_add(events as u64, Ordering::Relaxed);
         if oldest_us != 0 && self.batches.is_multiple_of(LAG_SAMPLE_EVERY) {
-            static LAG: OnceLock<metrics::Histogram> = OnceLock::new();
-            let lag_us = unix_micros().saturating_sub(oldest_us);
-            LAG.get_or_init(|| metrics::histogram!(m::DELIVERY_LAG))
-                .record(lag_us as f64 / 1e6);
+            record_lag(oldest_us);
         }
         self.batches = self.batches.wrapping_add(1);
     }
@@ -499,8 +525,35 @@ impl Stream {
     }
 }
 
+/// One delivery-lag sample: the event stamped `oldest_us` is leaving now.
+fn record_lag(oldest_us: u64) {
+    static LAG: OnceLock<metrics::Histogram> = OnceLock::new();
+    let lag_us = unix_micros().saturating_sub(oldest_us);
+    LAG.get_or_init(|| metrics::histogram!(m::DELIVERY_LAG))
+        .record(lag_us as f64 / 1e6);
+}
+
+/// For a frame the dispatcher wrote itself (a direct send): one lag sample
+/// per [`LAG_SAMPLE_EVERY`] such sends on this thread, as a stream samples
+/// its writes.
+pub(crate) fn sample_lag(ts_us: u64) {
+    thread_local! {
+        static SENDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    let n = SENDS.get();
+    SENDS.set(n.wrapping_add(1));
+    if n.is_multiple_of(LAG_SAMPLE_EVERY) {
+        record_lag(ts_us);
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
+        if self.wired {
+            // The queue may outlive the stream (held by a catch-up or an
+            // expiry entry): it must not keep the socket open.
+            self.queue().set_wire(None);
+        }
         if let Some(c) = self.prefix.as_ref().and_then(|p| p.catchup.as_ref()) {
             c.feed.close();
         }
