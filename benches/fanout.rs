@@ -51,7 +51,7 @@ fn setup(n: usize) -> (Arc<Fanout>, Vec<Subscription>) {
 fn drain(subs: &[Subscription]) {
     let mut cx = Context::from_waker(Waker::noop());
     for s in subs {
-        while s.subscriber().queue.poll_drain(&mut cx).is_ready() {}
+        while s.subscriber().queue.poll_drain(&mut cx, true).is_ready() {}
     }
 }
 

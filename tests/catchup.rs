@@ -377,11 +377,17 @@ async fn catchups_are_bounded_per_user_and_in_total() {
     .await;
     let mut c = node.subscribe(PATH).await;
     send(&p, 0..8).await;
-    let (_, last) = read(&mut c, 8).await;
+    // Other users resume from before the stalled stream's cursor (behind
+    // it on partitions 1-7): a stream joins a running reader that has not
+    // passed its position yet, so from the same cursor they might not wait.
+    let (_, early) = read(&mut c, 1).await;
+    let (_, last) = read(&mut c, 7).await;
     drop(c);
-    // 4 MB for u: more than a feed, a queue and socket buffers hold.
+    // 8 MB for u: more than a feed, a queue and socket buffers hold (a
+    // loopback sender's buffer alone may grow to 4 MB: with 4 MB here the
+    // stalled catch-up sometimes finished, and freed its reader, early).
     let big = "y".repeat(10_000);
-    for start in (0..400).step_by(50) {
+    for start in (0..800).step_by(50) {
         let mut pending = Vec::new();
         for i in start..start + 50 {
             let r = FutureRecord::<str, str>::to(TOPIC)
@@ -394,7 +400,7 @@ async fn catchups_are_bounded_per_user_and_in_total() {
             s.await.unwrap().unwrap();
         }
     }
-    consumed(&node, 408).await;
+    consumed(&node, 808).await;
     // The only reader is held by a stream that reads nothing.
     let stalled = node.stalled("u", Some(&last)).await;
     eventually(|| node.catchups() == 1, "the stalled catch-up").await;
@@ -409,13 +415,13 @@ async fn catchups_are_bounded_per_user_and_in_total() {
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
     // Another user waits (its stream is open)...
-    let waiting = node.subscribe_with("w", Some(&last)).await;
+    let waiting = node.subscribe_with("w", Some(&early)).await;
     assert_eq!(node.catchups(), 2);
     // ... and past --catchup-max-waiting: 503.
     let resp = node
         .http
         .get(node.url("/api/sse/subscribe/x"))
-        .header("last-event-id", &last)
+        .header("last-event-id", &early)
         .send()
         .await
         .unwrap();

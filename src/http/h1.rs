@@ -259,42 +259,43 @@ impl AsyncWrite for Shared {
 /// Serves a taken request: the admission's answer, or the stream until it
 /// ends.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     taken: Box<Taken>,
     peer: SocketAddr,
     subscribe: &Subscribe,
     write_timeout: Option<Duration>,
     conn: &Arc<Abort>,
 ) -> io::Result<()> {
-    // Consume exactly the head we peeked (it is in the socket already).
+    // The setup's state (head, admission, first write) lives in its own box,
+    // freed once the stream is live: a task's future is allocated at the size
+    // of its largest state, for the connection's whole life.
+    let setup = start(stream, taken, peer, subscribe, write_timeout, conn);
+    let Some((mut io, mut s)) = Box::pin(setup).await? else {
+        return Ok(());
+    };
+    run(&mut io, &mut s).await
+}
+
+/// Consumes the head, decides it; writes a refusal (`None`), or the stream's
+/// response head with its first bytes, and hands the stream its wire.
+async fn start(
+    mut stream: TcpStream,
+    taken: Box<Taken>,
+    peer: SocketAddr,
+    subscribe: &Subscribe,
+    write_timeout: Option<Duration>,
+    conn: &Arc<Abort>,
+) -> io::Result<Option<(TimedIo<Shared>, Stream)>> {
+    // Consume exactly the head we peeked.
     let mut head = vec![0u8; taken.head_len];
     stream.read_exact(&mut head).await?;
     drop(head);
     let socket = Arc::new(Socket(stream));
     let mut io = TimedIo::new(Shared(socket.clone()), write_timeout, conn.clone());
-    // The setup's state (admission, first write) lives in its own box,
-    // freed once the stream is live: a task's future is allocated at the size
-    // of its largest state, for the connection's whole life.
-    let Some(mut s) = Box::pin(start(&mut io, taken, peer, subscribe, conn)).await? else {
-        return Ok(());
-    };
-    s.set_wire(socket);
-    run(&mut io, &mut s).await
-}
-
-/// Decides the request; writes a refusal (`None`), or the stream's response
-/// head with its first bytes.
-async fn start(
-    io: &mut TimedIo<Shared>,
-    taken: Box<Taken>,
-    peer: SocketAddr,
-    subscribe: &Subscribe,
-    conn: &Arc<Abort>,
-) -> io::Result<Option<Stream>> {
     match subscribe.admit(&taken.parts, peer, conn) {
         Admission::Answer(resp) => {
             let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
-            write_all(io, &[&head, resp.body().bytes()]).await?;
+            write_all(&mut io, &[&head, resp.body().bytes()]).await?;
             let _ = io.shutdown().await;
             Ok(None)
         }
@@ -306,11 +307,12 @@ async fn start(
             };
             let mut size = [0u8; 18];
             let len = chunk_size_line(first.len(), &mut size);
-            if let Err(e) = write_all(io, &[&head, &size[..len], &first, b"\r\n"]).await {
+            if let Err(e) = write_all(&mut io, &[&head, &size[..len], &first, b"\r\n"]).await {
                 stream.end(io_reason(&e));
                 return Err(e);
             }
-            Ok(Some(stream))
+            stream.set_wire(socket);
+            Ok(Some((io, stream)))
         }
     }
 }

@@ -64,8 +64,11 @@ pub enum Sent {
 /// Who writes to the connection now.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Writer {
-    /// Nobody: the next event may be claimed.
+    /// Not live yet (the preamble, a replay or a catch-up is being
+    /// written): nothing is claimed until the stream first drains live.
     #[default]
+    Off,
+    /// Nobody: the next event may be claimed.
     Idle,
     /// The stream, a drained batch (until it asks for the next one).
     Stream,
@@ -337,9 +340,10 @@ impl Queue {
     }
 
     /// Installs (or, with `None`, removes) the transport's direct writer.
-    /// Install it only while the stream has nothing in flight (it is about
-    /// to drain); remove it when the stream ends, so the socket is not kept
-    /// open by the queue.
+    /// It is used only once the stream drains live events
+    /// ([`Queue::poll_drain`] with `live`): until then the stream writes
+    /// its preamble and any replay. Remove it when the stream ends, so the
+    /// queue does not keep the socket open.
     pub fn set_wire(&self, wire: Option<Arc<dyn Wire>>) {
         let old = std::mem::replace(&mut self.state.lock().wire, wire);
         drop(old);
@@ -400,8 +404,10 @@ impl Queue {
     }
 
     /// Takes everything queued as one batch; `Ready(Err)` once closed and
-    /// empty; `Pending` (waker stored) when there is nothing yet.
-    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Result<Batch, CloseReason>> {
+    /// empty; `Pending` (waker stored) when there is nothing yet. `live`:
+    /// the stream is past its preamble and replay, and has written all it
+    /// was handed, so direct sends may start (see the module doc).
+    pub fn poll_drain(&self, cx: &mut Context<'_>, live: bool) -> Poll<Result<Batch, CloseReason>> {
         let mut st = self.state.lock();
         if st.writer == Writer::Dispatcher {
             // A direct send is in flight: its sender wakes us after it.
@@ -411,11 +417,13 @@ impl Queue {
             }
             return Poll::Pending;
         }
-        st.writer = if st.frames.is_empty() || st.wire.is_none() {
-            Writer::Idle
-        } else {
-            Writer::Stream
-        };
+        if live || st.writer != Writer::Off {
+            st.writer = if st.frames.is_empty() {
+                Writer::Idle
+            } else {
+                Writer::Stream
+            };
+        }
         if st.frames.front().is_some_and(|&(_, ts)| ts == WIRE_BYTES) {
             let (bytes, _) = st.frames.pop_front().unwrap_or_default();
             st.bytes -= bytes.len();
@@ -513,7 +521,7 @@ mod tests {
     };
 
     fn drain(q: &Queue, w: &Waker) -> Poll<Result<Batch, CloseReason>> {
-        q.poll_drain(&mut Context::from_waker(w))
+        q.poll_drain(&mut Context::from_waker(w), true)
     }
 
     #[test]
@@ -715,9 +723,23 @@ mod tests {
     }
 
     #[test]
-    fn no_claim_without_a_wire_for_heartbeats_or_behind_queued_frames() {
+    fn no_claim_without_a_wire_before_live_for_heartbeats_or_behind_queued_frames() {
         let q = Queue::new();
         assert_eq!(claim(&q, b"e").0, Push::Queued, "no wire");
+        // A wire, but the stream is still writing its preamble or replay
+        // (it drains only heartbeats, not live): nothing is claimed.
+        let q = Queue::new();
+        q.set_wire(Some(FakeWire::new(usize::MAX)));
+        assert_eq!(claim(&q, b"e").0, Push::Queued, "not live yet");
+        let w = Waker::noop();
+        assert!(q.poll_drain(&mut Context::from_waker(w), false).is_ready());
+        assert!(q
+            .poll_drain(&mut Context::from_waker(w), false)
+            .is_pending());
+        assert_eq!(claim(&q, b"e").0, Push::Queued, "still not live");
+        assert!(q.poll_drain(&mut Context::from_waker(w), true).is_ready());
+        assert!(q.poll_drain(&mut Context::from_waker(w), true).is_pending());
+        assert_eq!(claim(&q, b"e").0, Push::Claimed, "live and idle");
         let (q, _wire, _count, _waker) = live(usize::MAX);
         let hb = Bytes::from_static(b":\n\n");
         assert_eq!(q.push(&hb, 0, 0, 0, true, ROOMY).0, Push::Queued);

@@ -175,11 +175,6 @@ pub struct Stream {
     /// Why the stream ended, once it has (the queue's reason, or what the
     /// transport reported).
     ended: Option<CloseReason>,
-    /// The transport's direct writer, handed to the queue when the stream
-    /// first waits for live events (see [`Stream::set_wire`]).
-    wire: Option<Arc<dyn Wire>>,
-    /// Whether the queue holds the wire (taken back when the stream ends).
-    wired: bool,
     /// Held until the stream ends (see [`OpenRequest::lease`]).
     _lease: Option<Lease>,
 }
@@ -372,8 +367,6 @@ impl Stream {
             account: settings.account,
             batches: 0,
             ended: None,
-            wire: None,
-            wired: false,
             _lease: None,
         }
     }
@@ -389,7 +382,7 @@ impl Stream {
     /// point is to hold writes back.
     pub fn set_wire(&mut self, wire: Arc<dyn Wire>) {
         if self.window.is_none() {
-            self.wire = Some(wire);
+            self.queue().set_wire(Some(wire));
         }
     }
 
@@ -454,13 +447,9 @@ impl Stream {
             }
             self.holding = false;
         }
-        if let Some(wire) = self.wire.take() {
-            // Live, and the transport has written everything handed out
-            // (it asks for more only then): the dispatcher may write now.
-            self.queue().set_wire(Some(wire));
-            self.wired = true;
-        }
-        match self.queue().poll_drain(cx) {
+        // Live, and the transport has written everything handed out (it
+        // asks for more only then): direct sends may start.
+        match self.queue().poll_drain(cx, true) {
             Poll::Ready(Ok(batch)) if batch.wire => Poll::Ready(Next::Wire(batch.bytes)),
             Poll::Ready(Ok(batch)) => {
                 self.account(batch.events, batch.oldest_us);
@@ -549,11 +538,9 @@ pub(crate) fn sample_lag(ts_us: u64) {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if self.wired {
-            // The queue may outlive the stream (held by a catch-up or an
-            // expiry entry): it must not keep the socket open.
-            self.queue().set_wire(None);
-        }
+        // The queue may outlive the stream (held by a catch-up or an expiry
+        // entry): it must not keep the socket open.
+        self.queue().set_wire(None);
         if let Some(c) = self.prefix.as_ref().and_then(|p| p.catchup.as_ref()) {
             c.feed.close();
         }
@@ -681,7 +668,7 @@ impl Prefix {
             // The queue, parked: heartbeats and the end. An event in it
             // means the stream was just joined to the live fan-out, after
             // its feed ended: keep the batch for after the replay.
-            match sub.subscriber().queue.poll_drain(cx) {
+            match sub.subscriber().queue.poll_drain(cx, false) {
                 Poll::Ready(Ok(batch)) if batch.events == 0 => {
                     return Poll::Ready(Ok((batch.bytes, 0)))
                 }
