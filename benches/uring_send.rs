@@ -1,0 +1,204 @@
+//! Prototype for issue 14's broadcast target: does submitting a broadcast's
+//! socket writes through `io_uring` (one `io_uring_enter` for a batch of
+//! sends) cost less CPU per delivered frame than one `write` syscall per
+//! stream, as herald's writers make today?
+//!
+//! Not herald's code path: the smallest setup that isolates the write.
+//! `STREAMS` loopback TCP connections; a reader thread (a tokio
+//! current-thread runtime, one task per connection, like an SSE client)
+//! drains the other ends. Each round sends one SSE-sized frame (a chunk of
+//! ~130 bytes) to every connection, then waits until the reader has it all,
+//! so socket buffers never fill. Two ways to send a round, alternated:
+//! - `write`: one `write(2)` per connection, from one thread;
+//! - `uring`: one `Send` entry per connection, submitted in batches of
+//!   `BATCH` with one `io_uring_enter` each, completions reaped.
+//!
+//! Reported per delivered frame: the sending thread's CPU time and the whole
+//! process's (the reader thread's and any io_uring worker threads'
+//! included), as the median of `ROUNDS` rounds each.
+//!
+//! Run: `cargo bench --bench uring_send`. In `cargo test --bench` (no
+//! `--bench` argument) it runs a few small rounds and checks that both ways
+//! deliver every byte. Results: BENCHMARKS.md.
+
+// Submitting to io_uring and reading thread CPU clocks are FFI.
+#![allow(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+use tokio::io::AsyncReadExt;
+
+/// Entries submitted per `io_uring_enter`.
+const BATCH: usize = 256;
+
+/// A frame the size of a small broadcast as a chunk on the wire.
+fn frame() -> Vec<u8> {
+    let body = format!(
+        "id: 18f3a2b4c01-123456\ndata: {{\"text\":\"{}\"}}\n\n",
+        "x".repeat(64)
+    );
+    let mut f = format!("{:x}\r\n", body.len()).into_bytes();
+    f.extend_from_slice(body.as_bytes());
+    f.extend_from_slice(b"\r\n");
+    f
+}
+
+/// CPU time of the calling thread, or of the whole process.
+fn cpu(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `streams` connected pairs: the sending ends, and a reader thread
+/// draining the other ends, counting the bytes it got.
+fn connect(streams: usize) -> (Vec<TcpStream>, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::with_capacity(streams);
+    let mut servers = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        clients.push(c);
+        servers.push(s);
+    }
+    let got = Arc::new(AtomicU64::new(0));
+    let counter = got.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for c in clients {
+                c.set_nonblocking(true).unwrap();
+                let mut c = tokio::net::TcpStream::from_std(c).unwrap();
+                let counter = counter.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n @ 1..) = c.read(&mut buf).await {
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    });
+    (servers, got)
+}
+
+fn send_writes(socks: &mut [TcpStream], frame: &[u8]) {
+    for s in socks {
+        s.write_all(frame).unwrap();
+    }
+}
+
+fn send_uring(ring: &mut IoUring, socks: &[TcpStream], frame: &[u8]) {
+    for batch in socks.chunks(BATCH) {
+        for (i, s) in batch.iter().enumerate() {
+            let send =
+                opcode::Send::new(types::Fd(s.as_raw_fd()), frame.as_ptr(), frame.len() as u32)
+                    .build()
+                    .user_data(i as u64);
+            // SAFETY: `frame` and the sockets outlive the submission: every
+            // entry's completion is reaped below before they can go.
+            unsafe { ring.submission().push(&send).unwrap() };
+        }
+        ring.submit_and_wait(batch.len()).unwrap();
+        let mut done = 0;
+        while done < batch.len() {
+            for cqe in ring.completion() {
+                // A short or failed send would be a broken prototype, not a
+                // measurement: the reader keeps every buffer nearly empty.
+                assert_eq!(cqe.result(), frame.len() as i32, "send {}", cqe.user_data());
+                done += 1;
+            }
+            if done < batch.len() {
+                ring.submit_and_wait(batch.len() - done).unwrap();
+            }
+        }
+    }
+}
+
+/// Waits until the reader has `want` bytes in all.
+fn settle(got: &AtomicU64, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.load(Ordering::Relaxed) < want {
+        assert!(Instant::now() < deadline, "the reader is stuck");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (streams, rounds) = if full { (4000, 60) } else { (64, 3) };
+    let frame = frame();
+    let (mut socks, got) = connect(streams);
+    let mut ring = IoUring::new(BATCH as u32).expect("io_uring_setup");
+    let mut sent = 0u64;
+    let (mut w_thread, mut w_proc, mut u_thread, mut u_proc) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds * 2 {
+        let uring = round % 2 == 1;
+        let (t0, p0) = (
+            cpu(libc::CLOCK_THREAD_CPUTIME_ID),
+            cpu(libc::CLOCK_PROCESS_CPUTIME_ID),
+        );
+        if uring {
+            send_uring(&mut ring, &socks, &frame);
+        } else {
+            send_writes(&mut socks, &frame);
+        }
+        sent += (streams * frame.len()) as u64;
+        settle(&got, sent);
+        let per = |d: Duration| d.as_nanos() as f64 / streams as f64;
+        let thread = per(cpu(libc::CLOCK_THREAD_CPUTIME_ID) - t0);
+        let process = per(cpu(libc::CLOCK_PROCESS_CPUTIME_ID) - p0);
+        if uring {
+            u_thread.push(thread);
+            u_proc.push(process);
+        } else {
+            w_thread.push(thread);
+            w_proc.push(process);
+        }
+    }
+    assert_eq!(got.load(Ordering::Relaxed), sent, "every byte delivered");
+    let (wt, wp, ut, up) = (
+        median(w_thread),
+        median(w_proc),
+        median(u_thread),
+        median(u_proc),
+    );
+    println!(
+        "{streams} streams, {rounds} rounds each, {} B frames: per delivered frame, sender thread / whole process:",
+        frame.len()
+    );
+    println!("  write(2) per stream:        {wt:>7.0} ns / {wp:>7.0} ns");
+    println!("  io_uring, {BATCH} per enter:  {ut:>7.0} ns / {up:>7.0} ns");
+    println!(
+        "  io_uring / write:           {:>7.2}x / {:>7.2}x",
+        ut / wt,
+        up / wp
+    );
+}
