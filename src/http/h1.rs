@@ -182,9 +182,8 @@ impl Wire for Socket {
     /// did not take of a partial write come back to be written next.
     fn send(&self, frame: &[u8]) -> Sent {
         let mut size = [0u8; 18];
-        let len = chunk_size_line(frame.len(), &mut size);
-        let parts: [&[u8]; 3] = [&size[..len], frame, b"\r\n"];
-        let total = len + frame.len() + 2;
+        let parts = chunk(frame, &mut size);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let slices = parts.map(IoSlice::new);
         match self.0.try_write_vectored(&slices) {
             Ok(n) if n >= total => Sent::All,
@@ -300,8 +299,14 @@ async fn start(
                 _ => Bytes::new(),
             };
             let mut size = [0u8; 18];
-            let len = chunk_size_line(first.len(), &mut size);
-            if let Err(e) = write_all(&mut io, &[&head, &size[..len], &first, b"\r\n"]).await {
+            let [line, data, end] = chunk(&first, &mut size);
+            // (An empty chunk would end the body: the head alone then.)
+            let parts: &[&[u8]] = if first.is_empty() {
+                &[&head]
+            } else {
+                &[&head, line, data, end]
+            };
+            if let Err(e) = write_all(&mut io, parts).await {
                 stream.end(io_reason(&e));
                 return Err(e);
             }
@@ -409,8 +414,15 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::
         return Ok(());
     }
     let mut size = [0u8; 18];
-    let len = chunk_size_line(data.len(), &mut size);
-    write_all(io, &[&size[..len], data, b"\r\n"]).await
+    write_all(io, &chunk(data, &mut size)).await
+}
+
+/// One chunk of the chunked encoding around `data`: its size line (written
+/// into `size`), `data`, CRLF. The one place a chunk is framed.
+fn chunk<'a>(data: &'a [u8], size: &'a mut [u8; 18]) -> [&'a [u8]; 3] {
+    let len = chunk_size_line(data.len(), size);
+    let size: &'a [u8; 18] = size;
+    [&size[..len], data, b"\r\n"]
 }
 
 /// `{len:x}\r\n` into `out`; returns its length.

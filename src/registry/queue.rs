@@ -23,7 +23,8 @@
 //!   writes a batch nothing is claimed, so bytes leave in dispatch order.
 //!
 //! Memory: an idle queue is one lock word, an empty `VecDeque` (no heap), an
-//! `Option<Waker>` and the wire's handle; under load it holds at most `max_frames` entries of 40
+//! `Option<Waker>` and the wire's handle; under load it holds at most
+//! `max_frames` entries of 40
 //! bytes (a frame handle and its event's timestamp, for the delivery-lag
 //! histogram) plus `max_bytes` of frames shared with every other subscriber.
 
@@ -345,6 +346,8 @@ impl Queue {
     /// its preamble and any replay. Remove it when the stream ends, so the
     /// queue does not keep the socket open.
     pub fn set_wire(&self, wire: Option<Arc<dyn Wire>>) {
+        // The old handle is dropped after the lock is released: the last
+        // one closes the socket.
         let old = std::mem::replace(&mut self.state.lock().wire, wire);
         drop(old);
     }
