@@ -29,6 +29,7 @@ pub(crate) const CATCHUP_READERS: &str = "herald_catchup_readers_busy";
 pub(crate) const CATCHUP_RECORDS: &str = "herald_catchup_records_read_total";
 pub(crate) const CATCHUP_DURATION: &str = "herald_catchup_duration_seconds";
 pub(crate) const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
+pub(crate) const DISPATCH_LOCK_HELD: &str = "herald_dispatch_lock_held_seconds";
 pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub(crate) const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
@@ -76,6 +77,12 @@ pub(crate) fn install() -> PrometheusHandle {
                     metrics_exporter_prometheus::Matcher::Full(FANOUT_DURATION.to_owned()),
                     FANOUT_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(DISPATCH_LOCK_HELD.to_owned()),
+                        FANOUT_BUCKETS,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(DELIVERY_LAG.to_owned()),
@@ -225,6 +232,11 @@ fn describe_all() {
         FANOUT_DURATION,
         Unit::Seconds,
         "Time to route one event and queue it to every receiving connection (one sample per dispatched batch: the batch's time per event)."
+    );
+    describe_histogram!(
+        DISPATCH_LOCK_HELD,
+        Unit::Seconds,
+        "Time one event holds the dispatch lock (sampled: the last event of each dispatched batch). An event for one user releases it once its user's shard is locked."
     );
     describe_gauge!(
         REPLAY_EVENTS,

@@ -3,7 +3,10 @@
 //!
 //! One lock (`Fanout::state`, "the dispatch lock") orders everything that
 //! must agree on "before" and "after": sequence numbers, replay appends,
-//! routing, and new subscriptions. Because a subscriber is registered and its
+//! routing, and new subscriptions. (An event for one user hands the order
+//! on to that user's shard lock and routes after releasing it: see
+//! `Fanout::publish`. A subscription registering meanwhile waits for that
+//! shard, so the event is in its snapshot and not in its queue.) Because a subscriber is registered and its
 //! replay snapshot taken under that lock, every event lands exactly once in
 //! either the snapshot or the live queue: resume has no gap and no duplicate
 //! at the seam.
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::{counter, histogram, Counter, Histogram};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use crate::abort::Abort;
@@ -185,6 +188,7 @@ struct Counters {
     resume_gap: Counter,
     resume_catchup: Counter,
     fanout_seconds: Histogram,
+    lock_held_seconds: Histogram,
 }
 
 /// What pushes leave to do once every lock is released: wake the writers of
@@ -202,6 +206,19 @@ struct Delivery {
 
 thread_local! {
     static DELIVERY: RefCell<Delivery> = RefCell::new(Delivery::default());
+}
+
+/// One `Fanout::publish` call's state across its events.
+struct Batch {
+    /// The dispatcher's clock, read once per batch after the first lock.
+    now: Instant,
+    now_us: u64,
+    /// Direct sends the batch may still claim.
+    claims: usize,
+    /// When the sampled event took the dispatch lock.
+    locked_at: Option<Instant>,
+    /// How long the sampled event held it.
+    held: Option<Duration>,
 }
 
 /// Pushes one frame to each routed subscriber; collects wakers and overflows.
@@ -280,6 +297,7 @@ impl Fanout {
                 resume_gap: counter!(m::RESUMES, "outcome" => "gap"),
                 resume_catchup: counter!(m::RESUMES, "outcome" => "catchup"),
                 fanout_seconds: histogram!(m::FANOUT_DURATION),
+                lock_held_seconds: histogram!(m::DISPATCH_LOCK_HELD),
             },
             slow_log: Mutex::new(SlowLog::default()),
         }
@@ -351,55 +369,53 @@ impl Fanout {
         Held::Waited.count(Source::Kafka);
     }
 
-    /// Publishes a batch in order under one lock; returns each event's id.
-    /// Callers validate event types and names first.
+    /// Publishes a batch in order; returns each event's id. Callers
+    /// validate event types and names first.
+    ///
+    /// Each event takes the dispatch lock for its id, encoding and replay
+    /// append. An event for one user then locks that user's shard and, when
+    /// none of the user's streams also takes topics, releases the dispatch
+    /// lock before routing (lock coupling): the next event can start while
+    /// this one is queued, and any later event reaching these streams needs
+    /// this shard, so it is queued after. Other targets route under the
+    /// dispatch lock.
     pub fn publish(&self, events: &[Event<'_>], source: Source) -> Vec<EventId> {
         let mut ids = Vec::with_capacity(events.len());
         DELIVERY.with_borrow_mut(|out| {
-            {
-                let mut st = self.state.lock();
-                let st = &mut *st;
-                // One clock read per batch, not per event: reading the clock
-                // twice per event was a quarter of Kafka ingest's CPU (perf,
-                // 2026-11-23).
-                let now = Instant::now();
-                let now_us = unix_micros();
-                let mut claims = match source {
+            let mut first = Some(self.state.lock());
+            // One clock read per batch, not per event: reading the clock
+            // twice per event was a quarter of Kafka ingest's CPU (perf,
+            // 2026-11-23).
+            let now = Instant::now();
+            let mut batch = Batch {
+                now,
+                now_us: unix_micros(),
+                claims: match source {
                     Source::Http => DIRECT_SENDS,
                     Source::Kafka => 0,
-                };
-                for ev in events {
-                    st.seq += 1;
-                    let (id, pos) = match &ev.id {
-                        // Kafka mode: the id is the node's position after
-                        // the record, the same for every stream it reaches.
-                        Some(EventId::Kafka {
-                            topic,
-                            partition,
-                            offset,
-                        }) => {
-                            let pos = st.replay.advance(topic, *partition, *offset);
-                            (EventId::Cursor(Arc::from(st.replay.cursor())), Some(pos))
-                        }
-                        Some(id) => (id.clone(), None),
-                        None => (self.local_id(st.seq), None),
-                    };
-                    let bytes = frame::event(&id, ev.kind(), &ev.data);
-                    let ts = if ev.timestamp_us == 0 {
-                        now_us
-                    } else {
-                        ev.timestamp_us
-                    };
-                    st.replay
-                        .push(st.seq, pos, ev.target.clone(), bytes.clone(), ts, now);
-                    claims = self.route(&ev.target, &bytes, ts, now_us, claims, out);
-                    st.latest = id.clone();
-                    ids.push(id);
-                }
-                if !events.is_empty() {
-                    let per_event = now.elapsed().as_secs_f64() / events.len() as f64;
-                    self.counters.fanout_seconds.record(per_event);
-                }
+                },
+                locked_at: None,
+                held: None,
+            };
+            for (i, ev) in events.iter().enumerate() {
+                let st = first.take().unwrap_or_else(|| self.state.lock());
+                // The lock's hold is sampled once per batch, on its last
+                // event (the first runs on cold caches after the thread
+                // slept): a clock read per event would cost more than the
+                // lock.
+                batch.locked_at = (i + 1 == events.len()).then(|| match i {
+                    0 => now,
+                    _ => Instant::now(),
+                });
+                ids.push(self.dispatch(st, ev, &mut batch, out));
+            }
+            drop(first);
+            if !events.is_empty() {
+                let per_event = now.elapsed().as_secs_f64() / events.len() as f64;
+                self.counters.fanout_seconds.record(per_event);
+            }
+            if let Some(h) = batch.held {
+                self.counters.lock_held_seconds.record(h.as_secs_f64());
             }
             self.deliver(out);
         });
@@ -411,34 +427,73 @@ impl Fanout {
         ids
     }
 
-    /// Pushes `frame` to every stream `target` reaches, claiming at most
-    /// `claims` direct sends; returns the claims left.
-    fn route(
+    /// One event of a batch, `st` locked: its id, encoding and replay
+    /// append, then routing (see `publish`). Returns its id.
+    fn dispatch(
         &self,
-        target: &Target,
-        frame: &Bytes,
-        ts_us: u64,
-        now_us: u64,
-        claims: usize,
+        mut st: MutexGuard<'_, State>,
+        ev: &Event<'_>,
+        batch: &mut Batch,
         out: &mut Delivery,
-    ) -> usize {
+    ) -> EventId {
+        st.seq += 1;
+        let (id, pos) = match &ev.id {
+            // Kafka mode: the id is the node's position after the record,
+            // the same for every stream it reaches.
+            Some(EventId::Kafka {
+                topic,
+                partition,
+                offset,
+            }) => {
+                let pos = st.replay.advance(topic, *partition, *offset);
+                (EventId::Cursor(Arc::from(st.replay.cursor())), Some(pos))
+            }
+            Some(id) => (id.clone(), None),
+            None => (self.local_id(st.seq), None),
+        };
+        let frame = frame::event(&id, ev.kind(), &ev.data);
+        let ts_us = if ev.timestamp_us == 0 {
+            batch.now_us
+        } else {
+            ev.timestamp_us
+        };
+        let seq = st.seq;
+        st.replay
+            .push(seq, pos, ev.target.clone(), frame.clone(), ts_us, batch.now);
+        st.latest = id.clone();
         let mut sink = PushSink {
-            frame,
+            frame: &frame,
             ts_us,
-            now_us,
+            now_us: batch.now_us,
             quiet_us: 0,
-            claims,
+            claims: batch.claims,
             limits: self.queue_limits,
             out,
             queued: 0,
             dropped: 0,
         };
-        self.registry.route(target, &mut sink);
+        let shard = match &ev.target {
+            Target::User(u) => self.registry.lock_user(u),
+            _ => None,
+        };
+        match shard {
+            Some(shard) => {
+                drop(st);
+                batch.held = batch.locked_at.map(|t| t.elapsed());
+                shard.route(&mut sink);
+            }
+            None => {
+                self.registry.route(&ev.target, &mut sink);
+                drop(st);
+                batch.held = batch.locked_at.map(|t| t.elapsed());
+            }
+        }
         self.counters.queued.increment(sink.queued);
         if sink.dropped > 0 {
             self.counters.dropped_slow.increment(sink.dropped);
         }
-        sink.claims
+        batch.claims = sink.claims;
+        id
     }
 
     /// With no lock held: wakes the writers, makes the direct sends (after
@@ -605,6 +660,10 @@ impl Fanout {
         if !st.replay.covers(v) {
             return false;
         }
+        // An event dispatched before this lock may still be routing to the
+        // stream (lock coupling, `publish`): it is in the range handed
+        // over, so it must not reach the live queue too.
+        self.registry.settle(sub);
         let waker = hand(st.replay.range_from(v.clone(), st.seq));
         sub.queue.unpark();
         drop(st);
@@ -770,4 +829,145 @@ pub async fn close_all(registry: &Registry, spread: std::time::Duration, retry_m
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fanout() -> Arc<Fanout> {
+        Arc::new(Fanout::new(
+            Arc::new(Registry::new(4)),
+            7,
+            queue::Limits {
+                max_frames: 64,
+                max_bytes: 1 << 20,
+                stall: None,
+            },
+            replay::Limits {
+                max_events: 100,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+        ))
+    }
+
+    /// Whether the dispatch lock is free and `seq` events were dispatched,
+    /// within 5 s.
+    fn dispatched_and_free(f: &Fanout, seq: u64) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            if let Some(st) = f.state.try_lock_for(Duration::from_millis(10)) {
+                if st.seq == seq {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn an_event_for_one_user_frees_the_dispatch_lock_before_it_routes() {
+        let f = fanout();
+        let u = Name::new("u").unwrap();
+        let sub = f.registry.insert(u.clone(), vec![], None, None);
+        // The test holds the stream's queue: the publish assigns the id,
+        // appends to the replay, locks the user's shard, then waits at the
+        // push.
+        let held = sub.subscriber().queue.hold_for_tests();
+        let publisher = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let ev = Event::new(Target::User(Name::new("u").unwrap()), "1");
+                f.publish(&[ev], Source::Kafka)
+            })
+        };
+        assert!(
+            dispatched_and_free(&f, 1),
+            "the dispatch lock is free while the event is routed"
+        );
+        drop(held);
+        assert_eq!(publisher.join().unwrap().len(), 1);
+        assert_eq!(sub.subscriber().queue.len().0, 1);
+
+        // A user with a topic stream, and a broadcast: routed under the
+        // dispatch lock (a topic event reaches the stream another way).
+        let _topics = f
+            .registry
+            .insert(u.clone(), vec![Name::new("t").unwrap()], None, None);
+        for target in [Target::User(u.clone()), Target::Broadcast] {
+            let held = sub.subscriber().queue.hold_for_tests();
+            let seq = f.state.lock().seq + 1;
+            let publisher = {
+                let f = f.clone();
+                std::thread::spawn(move || f.publish(&[Event::new(target, "2")], Source::Kafka))
+            };
+            // Dispatched (seq taken) but the lock stays held until routed.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(f.state.try_lock_for(Duration::from_millis(50)).is_none());
+            drop(held);
+            publisher.join().unwrap();
+            assert!(dispatched_and_free(&f, seq));
+        }
+        assert_eq!(sub.subscriber().queue.len().0, 3);
+    }
+
+    /// Two publishers, one sending to a user, one to a topic, and a stream
+    /// reached by both (the user's own stream with the topic) beside a
+    /// topic-free one: each queue gets the events in id order.
+    #[test]
+    fn concurrent_user_and_topic_events_reach_a_stream_in_id_order() {
+        const N: usize = 2000;
+        let f = Arc::new(Fanout::new(
+            Arc::new(Registry::new(4)),
+            7,
+            queue::Limits {
+                max_frames: 4 * N,
+                max_bytes: 1 << 24,
+                stall: None,
+            },
+            replay::Limits {
+                max_events: 10,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+        ));
+        let name = |s: &str| Name::new(s).unwrap();
+        let both = f.registry.insert(name("u"), vec![name("t")], None, None);
+        let plain = f.registry.insert(name("v"), vec![], None, None);
+        let publishers: Vec<_> = [
+            Target::User(name("u")),
+            Target::Topic(name("t")),
+            Target::User(name("v")),
+        ]
+        .into_iter()
+        .map(|target| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for _ in 0..N {
+                    f.publish(&[Event::new(target.clone(), "x")], Source::Http);
+                }
+            })
+        })
+        .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        for (sub, want) in [(&both, 2 * N), (&plain, N)] {
+            let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+            let mut seqs = Vec::new();
+            while let std::task::Poll::Ready(Ok(batch)) =
+                sub.subscriber().queue.poll_drain(cx, true)
+            {
+                let text = std::str::from_utf8(&batch.bytes).unwrap();
+                seqs.extend(
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("id: 7-"))
+                        .map(|s| s.parse::<u64>().unwrap()),
+                );
+            }
+            assert_eq!(seqs.len(), want);
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in id order");
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! `parking_lot`-locked pair of maps (user -> connections, topic ->
 //! connections), the shard chosen by hashing the key.
 //!
-//! - A user or topic event locks exactly one shard.
+//! - A user or topic event locks exactly one shard. An event for a user
+//!   whose streams take no topics locks it before the dispatch lock is
+//!   released (`lock_user`): that shard alone orders what those streams get.
 //! - A broadcast walks the shards in turn, holding one lock at a time.
 //! - Routing hands each matching subscriber to a [`RouteSink`] under the shard
 //!   lock (a push is a short, non-blocking queue operation); the sink wakes
@@ -46,6 +48,26 @@ impl<S: RouteSink + ?Sized> RouteSink for Once<'_, S> {
         if self.seen.insert(Arc::as_ptr(sub)) {
             self.sink.push(sub);
         }
+    }
+}
+
+/// A user's shard, locked, its streams all topic-free (`Registry::lock_user`).
+#[derive(Debug)]
+pub struct UserShard<'a> {
+    maps: parking_lot::MutexGuard<'a, shard::Maps>,
+    user: &'a Name,
+}
+
+impl UserShard<'_> {
+    /// Hands the user's streams to `sink`; the shard unlocks when this drops.
+    pub fn route<S: RouteSink + ?Sized>(&self, sink: &mut S) {
+        route_user(&self.maps, self.user, sink);
+    }
+}
+
+fn route_user<S: RouteSink + ?Sized>(maps: &Maps, user: &Name, sink: &mut S) {
+    for s in maps.users.get(user).into_iter().flatten() {
+        sink.push(s);
     }
 }
 
@@ -193,14 +215,36 @@ impl Registry {
         }
     }
 
+    /// Locks the shard of `user` for a dispatch that releases the dispatch
+    /// lock before routing (lock coupling, `Fanout::publish`). `None` when
+    /// one of the user's streams also subscribed to topics: an event for a
+    /// topic reaches that stream through another shard, so only the
+    /// dispatch lock keeps the two events in order for it.
+    pub fn lock_user<'a>(&'a self, user: &'a Name) -> Option<UserShard<'a>> {
+        let maps = self.shard(user).inner.lock();
+        let alone = maps
+            .users
+            .get(user)
+            .is_none_or(|subs| subs.iter().all(|s| s.topics.is_empty()));
+        alone.then_some(UserShard { maps, user })
+    }
+
+    /// Waits until no dispatch still routes to `sub`'s shards: locks each
+    /// in turn (never nested). Called under the dispatch lock, after which
+    /// no new dispatch can start, it leaves none in flight.
+    pub fn settle(&self, sub: &Subscriber) {
+        drop(self.shard(&sub.user).inner.lock());
+        for t in sub.topics.iter() {
+            drop(self.shard(t).inner.lock());
+        }
+    }
+
     /// Hands every subscriber `target` reaches to `sink`.
     pub fn route<S: RouteSink + ?Sized>(&self, target: &Target, sink: &mut S) {
         match target {
             Target::User(u) => {
                 let maps = self.shard(u).inner.lock();
-                for s in maps.users.get(u).into_iter().flatten() {
-                    sink.push(s);
-                }
+                route_user(&maps, u, sink);
             }
             Target::Topic(t) => {
                 let maps = self.shard(t).inner.lock();
@@ -314,6 +358,25 @@ mod tests {
         r.route(t, &mut c);
         c.0.sort();
         c.0
+    }
+
+    #[test]
+    fn a_user_shard_is_handed_out_only_while_the_users_streams_take_no_topics() {
+        let r = Arc::new(Registry::new(4));
+        let u = name("u");
+        let mut c = Collect(Vec::new());
+        r.lock_user(&u)
+            .expect("no streams: nothing to order")
+            .route(&mut c);
+        assert!(c.0.is_empty());
+        let plain = r.insert(u.clone(), vec![], None, None);
+        r.lock_user(&u).expect("topic-free").route(&mut c);
+        assert_eq!(c.0, [plain.subscriber().id]);
+        // A topic event reaches this one through the topic's shard.
+        let with_topic = r.insert(u.clone(), vec![name("news")], None, None);
+        assert!(r.lock_user(&u).is_none());
+        drop(with_topic);
+        assert!(r.lock_user(&u).is_some());
     }
 
     #[test]

@@ -352,6 +352,13 @@ impl Queue {
         drop(old);
     }
 
+    /// Holds the queue's lock until the returned guard drops: a push to it
+    /// waits meanwhile.
+    #[cfg(test)]
+    pub(crate) fn hold_for_tests(&self) -> impl Sized + '_ {
+        self.state.lock()
+    }
+
     /// Stops queueing event frames (see `State::parked`) and drops those
     /// queued: the catch-up that follows delivers them (a stream parked
     /// again after a gap in its replay held live events past it).
