@@ -47,6 +47,7 @@ pub mod event;
 pub(crate) mod expiry;
 pub mod fanout;
 mod fmt;
+pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod guard;

@@ -123,6 +123,9 @@ impl ConnectionCap {
 pub(crate) struct ConnectLimits {
     /// Open connections per client address (`--max-connections-per-ip`).
     pub(crate) per_ip: Arc<PerIp>,
+    /// `--trusted-proxies`: their connections are not counted per address
+    /// (their streams are, by client, at admission).
+    pub(crate) proxies: Arc<crate::forwarded::TrustedProxies>,
     /// New connections per second (`--max-connect-rate`).
     pub(crate) rate: Option<Bucket>,
 }
@@ -204,7 +207,11 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
         // then the node's connect rate.
         let mut ip_slot = None;
         if serve.routes != Routes::Admin {
-            match serve.limits.per_ip.acquire(peer.ip()) {
+            let per_ip = match serve.limits.proxies.contains(peer.ip()) {
+                true => Some(None),
+                false => serve.limits.per_ip.acquire(peer.ip()),
+            };
+            match per_ip {
                 Some(slot) => ip_slot = slot,
                 None => {
                     Limit::PerIp.count();

@@ -95,6 +95,131 @@ async fn connections_per_ip() {
     drop(held);
 }
 
+/// A connection from `src` sending `request`; with `head`, the response
+/// head read (up to its blank line).
+async fn from(s: &TestServer, src: &str, request: String) -> (TcpStream, String) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    let mut c = sock.connect(s.addr).await.unwrap();
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match c.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, read).await;
+    (c, String::from_utf8_lossy(&head).into_owned())
+}
+
+fn subscribe_via(forwarded: &str) -> String {
+    format!("GET /api/sse/subscribe/p HTTP/1.1\r\nhost: x\r\n{forwarded}\r\n")
+}
+
+/// Behind a trusted proxy (127.0.0.9), streams are counted per forwarded
+/// client address, not per the proxy's; anyone else's forwarding headers
+/// are ignored, however they vary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_count_streams_per_forwarded_client() {
+    let s = TestServer::with(|c| {
+        c.limits.connections_per_ip = std::num::NonZeroUsize::new(2);
+        c.proxies = herald::forwarded::TrustedProxies::new(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let before = limited(&s, "per_ip").await;
+    let mut held = Vec::new();
+    // Through the proxy: two clients, two streams each (four connections
+    // from the proxy's one address, past the per-address limit of 2). The
+    // client's own prepended hop is not believed.
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        for fake in ["6.6.6.6", "7.7.7.7"] {
+            let xff = format!("x-forwarded-for: {fake}, {client}\r\n");
+            let (c, head) = from(&s, "127.0.0.9", subscribe_via(&xff)).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{client}: {head}");
+            held.push(c);
+        }
+    }
+    // A third stream of the first client, whatever it prepends: refused at
+    // admission, by its address.
+    let xff = "x-forwarded-for: 8.8.8.8, 203.0.113.1\r\n";
+    let (_c, head) = from(&s, "127.0.0.9", subscribe_via(xff)).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let (_c, head) = from(
+        &s,
+        "127.0.0.9",
+        subscribe_via("forwarded: for=203.0.113.1\r\n"),
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 429"),
+        "Forwarded names the same client: {head}"
+    );
+    // A third client through the proxy still gets in.
+    let (c, head) = from(
+        &s,
+        "127.0.0.9",
+        subscribe_via("forwarded: for=203.0.113.3\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    held.push(c);
+
+    // Not a trusted proxy: spoofed headers change nothing; the third
+    // connection from 127.0.0.10 is refused whatever it claims.
+    for (i, spoof) in ["203.0.113.50", "203.0.113.51", "203.0.113.52"]
+        .iter()
+        .enumerate()
+    {
+        let xff = format!("x-forwarded-for: {spoof}\r\nforwarded: for={spoof}\r\n");
+        let (c, head) = from(&s, "127.0.0.10", subscribe_via(&xff)).await;
+        if i < 2 {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            held.push(c);
+        } else {
+            assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        }
+    }
+    assert!(limited(&s, "per_ip").await >= before + 3.0);
+    still_serves(&s).await;
+    drop(held);
+}
+
+/// An open publisher is counted by its forwarded address behind a trusted
+/// proxy, by its socket address otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_count_open_publishers_per_forwarded_client() {
+    let s = TestServer::with(|c| {
+        c.limits.publish_rate = Some(0.5);
+        c.proxies = herald::forwarded::TrustedProxies::new(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let publish = |src: &'static str, xff: &'static str| {
+        let body = r#"{"broadcast":true,"data":1}"#;
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nx-forwarded-for: {xff}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let s = &s;
+        async move {
+            let (_c, head) = from(s, src, req).await;
+            head.split(' ').nth(1).unwrap_or_default().to_owned()
+        }
+    };
+    // Through the proxy: one request each for two clients, then the first
+    // client again (past its rate).
+    assert_eq!(publish("127.0.0.9", "198.51.100.1").await, "200");
+    assert_eq!(publish("127.0.0.9", "198.51.100.2").await, "200");
+    assert_eq!(publish("127.0.0.9", "6.6.6.6, 198.51.100.1").await, "429");
+    // Directly: a new claimed address each time is still one publisher.
+    assert_eq!(publish("127.0.0.11", "198.51.100.3").await, "200");
+    assert_eq!(publish("127.0.0.11", "198.51.100.4").await, "429");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_per_second() {
     let s = TestServer::with(|c| c.limits.connect_rate = Some(5.0)).await;

@@ -215,6 +215,7 @@ impl Node {
         let cors = Arc::new(config.cors.clone());
         let limits = config.limits;
         let per_ip = Arc::new(PerIp::new(limits.connections_per_ip));
+        let proxies = Arc::new(config.proxies.clone());
         let api = Arc::new(Api {
             subscribe: Subscribe {
                 streams: streams.clone(),
@@ -222,11 +223,13 @@ impl Node {
                 cors: cors.clone(),
                 max_per_user: limits.streams_per_user,
                 per_ip: per_ip.clone(),
+                proxies: proxies.clone(),
             },
             publish: Publish {
                 sink,
                 auth,
                 publishers: Publishers::new(limits.publish_rate, limits.publish_bytes_rate),
+                proxies: proxies.clone(),
                 max_body: config.publish.max_body,
                 body_timeout: config.server.header_read_timeout,
             },
@@ -247,6 +250,7 @@ impl Node {
             admin_cap: Arc::new(ConnectionCap::new(crate::server::ADMIN_CONNECTIONS)),
             limits: Arc::new(ConnectLimits {
                 per_ip,
+                proxies,
                 rate: limits.connect_rate.map(|r| Bucket::new(r, r.max(1.0))),
             }),
             http: Arc::new(HttpSettings {

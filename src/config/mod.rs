@@ -235,9 +235,20 @@ pub struct LimitArgs {
     pub max_streams_per_user: usize,
 
     /// Most open connections per client address (0 = no limit); past it a
-    /// 429. Behind a proxy every client shares its address.
+    /// 429. Behind a proxy every client shares its address, unless the
+    /// proxy is in --trusted-proxies (then its clients' streams are counted
+    /// per client address).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the
+    /// client (comma-separated ranges or addresses, e.g.
+    /// `10.0.0.0/8,127.0.0.1`): from them the client's address (the
+    /// rightmost hop not itself a trusted proxy) is used for per-address
+    /// limits and logs; from any other peer the headers are ignored. Empty
+    /// (default): no proxy is trusted.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_name = "CIDR[,CIDR]", value_delimiter = ',', value_parser = crate::forwarded::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Most new connections per second for the node (0 = no limit); past it
     /// a 503 with Retry-After. Smooths reconnect storms; probes and scrapes
@@ -486,6 +497,8 @@ pub struct Config {
     pub auth: Auth,
     pub cors: Cors,
     pub limits: Limits,
+    /// `--trusted-proxies`.
+    pub proxies: crate::forwarded::TrustedProxies,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     /// Record metrics and serve `/metrics`.
@@ -847,6 +860,7 @@ impl Cli {
                 publish_rate: positive_rate(lim.publish_rate),
                 publish_bytes_rate: positive_rate(lim.publish_bytes_rate),
             },
+            proxies: crate::forwarded::TrustedProxies::new(lim.trusted_proxies),
             shutdown: ShutdownConfig {
                 drain: ops.shutdown_drain,
                 deadline: ops.shutdown_deadline,

@@ -61,6 +61,11 @@ fn errors_name_the_flag() {
         ),
         (&["--cors-origins", "app.example"], "--cors-origins"),
         (
+            &["--trusted-proxies", "10.0.0.0/8,proxy"],
+            "--trusted-proxies",
+        ),
+        (&["--trusted-proxies", "10.0.0.0/40"], "--trusted-proxies"),
+        (
             &["--cors-origins", "*", "--cors-credentials"],
             "--cors-origins",
         ),
@@ -125,6 +130,14 @@ fn typed_values() {
     .validate()
     .unwrap();
     assert!(keyed.auth.streams_protected() && keyed.auth.publish_protected());
+    let c = cli(&["--trusted-proxies", "10.0.0.0/8, 127.0.0.1,fd00::/8"])
+        .validate()
+        .unwrap();
+    assert!(c.proxies.contains("10.2.3.4".parse().unwrap()));
+    assert!(c.proxies.contains("127.0.0.1".parse().unwrap()));
+    assert!(!c.proxies.contains("127.0.0.2".parse().unwrap()));
+    assert!(c.proxies.contains("fd00::1".parse().unwrap()));
+    assert!(cli(&[]).validate().unwrap().proxies.is_empty());
     let c = cli(&["--listen", "localhost:0"]).validate().unwrap();
     assert!(c.server.listen.ip().is_loopback());
     let c = cli(&["--cors-origins", "https://a.example/, http://b.example"])

@@ -56,6 +56,8 @@ pub(crate) struct Publish {
     pub(crate) sink: Sink,
     pub(crate) auth: Arc<Auth>,
     pub(crate) publishers: Publishers,
+    /// `--trusted-proxies`: whose address an open publisher is counted by.
+    pub(crate) proxies: Arc<crate::forwarded::TrustedProxies>,
     /// `--publish-max-body`.
     pub(crate) max_body: usize,
     /// Longest a body may take to arrive (`--header-read-timeout`).
@@ -106,7 +108,8 @@ impl Publish {
             denied.count(auth::Endpoint::Publish);
             Refusal::Denied(denied)
         })?;
-        let who = who.unwrap_or_else(|| format!("ip:{}", peer.ip()));
+        let who =
+            who.unwrap_or_else(|| format!("ip:{}", self.proxies.client(peer, req.headers()).ip()));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -36,6 +36,7 @@ use crate::abort::Abort;
 use crate::auth::{self, Auth, Denied, Sources};
 use crate::config::Cors;
 use crate::event::Name;
+use crate::forwarded::TrustedProxies;
 use crate::guard::{Limit, PerIp};
 use crate::sse::frame::RESUMED_AFTER_HEADER;
 use crate::sse::{EventId, IdError};
@@ -76,8 +77,11 @@ pub(crate) struct Subscribe {
     /// `--max-streams-per-user`.
     pub(crate) max_per_user: Option<NonZeroUsize>,
     /// `--max-connections-per-ip`, which also counts HTTP/2 streams (each
-    /// is as good as a connection to a client).
+    /// is as good as a connection to a client) and the streams a trusted
+    /// proxy forwards, by client address.
     pub(crate) per_ip: Arc<PerIp>,
+    /// `--trusted-proxies`.
+    pub(crate) proxies: Arc<TrustedProxies>,
 }
 
 /// The decision on a subscribe request.
@@ -152,7 +156,11 @@ impl Subscribe {
             return Admission::Answer(head.map(|()| Body::empty()));
         }
         let h2 = req.version == http::Version::HTTP_2;
-        let lease = if h2 {
+        // A trusted proxy's connection was not counted when accepted: its
+        // streams are, by the client's address.
+        let proxied = self.proxies.contains(peer.ip());
+        let peer = self.proxies.client(peer, &req.headers);
+        let lease = if h2 || proxied {
             match self.per_ip.acquire(peer.ip()) {
                 Some(slot) => slot.map(|s| Box::new(s) as Lease),
                 None => {
