@@ -65,6 +65,7 @@ pub mod sse;
 pub mod stream;
 pub(crate) mod timed_io;
 pub mod tls;
+pub mod token;
 
 pub use app::{run, start, Running, StartError};
 

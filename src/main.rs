@@ -13,7 +13,22 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let config = match herald::config::load() {
-        Ok(c) => c,
+        Ok(herald::config::Loaded::Serve(c)) => *c,
+        Ok(herald::config::Loaded::Token(args)) => {
+            return match herald::token::sign(&args) {
+                Ok(token) => {
+                    use std::io::Write;
+                    match writeln!(std::io::stdout(), "{token}") {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(_) => ExitCode::from(1),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("herald token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Err(e) => {
             // --help and --version print and exit 0; errors exit 2.
             let _ = e.print();

@@ -49,6 +49,8 @@ pub const FD_RESERVE: u64 = 64 + 256 + 64;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
@@ -63,6 +65,24 @@ pub struct Cli {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
+}
+
+/// What `herald` does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed token for a user, to try herald with: `herald token
+    /// --user alice --topics news` (the key from HERALD_JWT_SECRET or
+    /// --secret, or --private-key).
+    Token(crate::token::TokenArgs),
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Serve with this configuration.
+    Serve(Box<Config>),
+    /// `herald token`.
+    Token(crate::token::TokenArgs),
 }
 
 /// Where herald listens and how it takes connections.
@@ -652,15 +672,16 @@ impl Default for CatchUpConfig {
     }
 }
 
-/// Parses the process's arguments and environment into a [`Config`]. The
+/// Parses the process's arguments and environment into a [`Config`] (or a
+/// subcommand). The
 /// error is the whole message to print: it names the flag, and the
 /// environment variable when the value came from one.
-pub fn load() -> Result<Config, clap::Error> {
+pub fn load() -> Result<Loaded, clap::Error> {
     load_from(std::env::args_os())
 }
 
 /// [`load`] from these arguments (and the process environment).
-pub fn load_from<I, T>(args: I) -> Result<Config, clap::Error>
+pub fn load_from<I, T>(args: I) -> Result<Loaded, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -669,21 +690,26 @@ where
     let matches = cmd
         .try_get_matches_from_mut(args)
         .map_err(|e| name_env_source(&cmd, e))?;
-    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
-    cli.validate().map_err(|e| {
-        let id = e.flag.replace('-', "_");
-        let from_env = matches!(matches.value_source(&id), Some(ValueSource::EnvVariable));
-        let env = cmd
-            .get_arguments()
-            .find(|a| a.get_id() == id.as_str())
-            .and_then(|a| a.get_env())
-            .map(|v| v.to_string_lossy().into_owned());
-        let mut msg = e.to_string();
-        if let (true, Some(env)) = (from_env, env) {
-            msg.push_str(&format!(" (set by the environment variable {env})"));
-        }
-        cmd.error(clap::error::ErrorKind::ValueValidation, msg)
-    })
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    if let Some(Command::Token(t)) = cli.command.take() {
+        return Ok(Loaded::Token(t));
+    }
+    cli.validate()
+        .map(|c| Loaded::Serve(Box::new(c)))
+        .map_err(|e| {
+            let id = e.flag.replace('-', "_");
+            let from_env = matches!(matches.value_source(&id), Some(ValueSource::EnvVariable));
+            let env = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == id.as_str())
+                .and_then(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned());
+            let mut msg = e.to_string();
+            if let (true, Some(env)) = (from_env, env) {
+                msg.push_str(&format!(" (set by the environment variable {env})"));
+            }
+            cmd.error(clap::error::ErrorKind::ValueValidation, msg)
+        })
 }
 
 /// A value error whose value came from the environment says which variable.
@@ -736,6 +762,7 @@ impl Cli {
             problem: problem.to_owned(),
         };
         let Cli {
+            command: _,
             listen: l,
             streams: s,
             publish: p,
