@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
     let sub = registry.insert(Name::new("bench").unwrap(), vec![], None, None);
     let subscriber = sub.subscriber().clone();
     let settings = Settings {
+        access_log: false,
         retry: Duration::from_secs(3),
         coalesce: None,
         account: false,

@@ -36,7 +36,13 @@ fn main() -> ExitCode {
         }
     };
     // Validated by the --log parser.
-    let filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
+    let mut filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
+    if config.log.access {
+        // The access log is on whatever --log says.
+        if let Ok(d) = format!("{}=info", herald::stream::ACCESS_LOG).parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal());

@@ -10,14 +10,12 @@
 
 mod support;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde_json::json;
-use support::{eventually, TestServer};
+use support::{eventually, Lines, TestServer};
 
 const STALLED: usize = 1000;
 const HEALTHY: usize = 8;
@@ -26,20 +24,6 @@ const EVENTS: usize = 200;
 /// publish: its first event may be written straight to the idle stream's
 /// socket, a direct send, before the rest are queued).
 const QUEUE: usize = 8;
-
-/// Every log line, in memory.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wave_of_slow_closes_costs_publishers_nothing_and_logs_little() {
@@ -136,7 +120,7 @@ async fn a_wave_of_slow_closes_costs_publishers_nothing_and_logs_little() {
     )
     .await;
 
-    let log = String::from_utf8_lossy(&lines.0.lock()).into_owned();
+    let log = lines.text();
     let slow_lines = log
         .lines()
         .filter(|l| l.contains("closing slow SSE connections"))

@@ -204,6 +204,7 @@ impl Node {
                 retry: config.streams.retry,
                 coalesce: config.streams.write_coalesce,
                 account: config.metrics,
+                access_log: config.log.access,
             },
         );
         if let Some(ingest) = &ingest {

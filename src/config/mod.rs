@@ -476,6 +476,13 @@ pub struct OpsArgs {
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_enum)]
     pub log_format: LogFormat,
 
+    /// Access log: one line per stream opened and one per stream closed
+    /// (user, topics, client address, resume, close reason, duration,
+    /// events), target `herald::access`, whatever --log says. Never a
+    /// token.
+    #[arg(long, env = "HERALD_ACCESS_LOG", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub access_log: bool,
+
     /// Record metrics (and serve /metrics). Off only to measure what
     /// metrics cost.
     #[arg(long, env = "HERALD_METRICS", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -598,6 +605,8 @@ pub struct ShutdownConfig {
 pub struct LogConfig {
     pub filter: String,
     pub format: LogFormat,
+    /// `--access-log`.
+    pub access: bool,
 }
 
 /// Validated Kafka settings.
@@ -895,6 +904,7 @@ impl Cli {
             log: LogConfig {
                 filter: ops.log,
                 format: ops.log_format,
+                access: ops.access_log,
             },
             metrics: ops.metrics,
             kafka,

@@ -71,6 +71,8 @@ pub struct Settings {
     pub coalesce: Option<Duration>,
     /// Count opens, closes and deliveries (`--metrics`).
     pub account: bool,
+    /// Log each stream's open and close (`--access-log`).
+    pub access_log: bool,
 }
 
 /// Opens streams: the dispatcher, token expiries and the node's phase.
@@ -177,6 +179,8 @@ pub struct Stream {
     ended: Option<CloseReason>,
     /// Held until the stream ends (see [`OpenRequest::lease`]).
     _lease: Option<Lease>,
+    /// With `--access-log`: when it opened (logged when it ends).
+    access: Option<Box<std::time::Instant>>,
 }
 
 #[derive(Debug)]
@@ -322,6 +326,25 @@ impl Streams {
             latest: sub.latest.clone(),
             requested: requested.clone(),
         });
+        if self.settings.access_log {
+            let s = sub.subscription.subscriber();
+            tracing::info!(
+                target: ACCESS_LOG,
+                event = "open",
+                user = %s.user,
+                topics = %Topics(&s.topics),
+                peer = %crate::fmt::OrNone(s.peer),
+                transport = if s.shared_conn { "h2" } else { "h1" },
+                resume = requested.as_deref().unwrap_or(""),
+                start = match (&catching, &sub.reset, &replay) {
+                    (Some(_), _, _) => "catch-up",
+                    (_, Some(_), _) => "reset",
+                    (_, _, Some(_)) => "replay",
+                    _ => "live",
+                },
+                "stream opened"
+            );
+        }
         let mut stream =
             Stream::with_replay(sub.subscription, head, replay, &self.settings).leasing(lease);
         if let Some(prefix) = &mut stream.prefix {
@@ -368,6 +391,9 @@ impl Stream {
             batches: 0,
             ended: None,
             _lease: None,
+            access: settings
+                .access_log
+                .then(|| Box::new(std::time::Instant::now())),
         }
     }
 
@@ -548,8 +574,39 @@ impl Drop for Stream {
             metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => self.reason().label())
                 .increment(1);
         }
+        if let Some(opened) = &self.access {
+            let sub = self.sub.subscriber();
+            tracing::info!(
+                target: ACCESS_LOG,
+                event = "close",
+                user = %sub.user,
+                peer = %crate::fmt::OrNone(sub.peer),
+                reason = self.reason().label(),
+                duration_ms = opened.elapsed().as_millis() as u64,
+                events = sub.delivered.load(std::sync::atomic::Ordering::Relaxed),
+                "stream closed"
+            );
+        }
     }
 }
+
+/// Topics for a log line, comma-separated.
+struct Topics<'a>(&'a [Name]);
+
+impl std::fmt::Display for Topics<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(t.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// The access log's target (`--access-log`).
+pub const ACCESS_LOG: &str = "herald::access";
 
 /// The close reason a failed read or write on a stream's connection means.
 pub fn io_reason(e: &io::Error) -> CloseReason {

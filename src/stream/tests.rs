@@ -15,6 +15,7 @@ fn settings(coalesce: Option<Duration>) -> Settings {
         retry: Duration::from_secs(3),
         coalesce,
         account: true,
+        access_log: false,
     }
 }
 

@@ -440,3 +440,26 @@ pub fn metric(page: &str, name: &str, label: Option<&str>) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Every log line, in memory (a test binary that installs the process's
+/// log subscriber writes to it).
+#[derive(Clone, Default)]
+#[allow(dead_code)]
+pub struct Lines(pub std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+#[allow(dead_code)]
+impl Lines {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
