@@ -28,8 +28,8 @@
 //
 // Env: HERALD_BIN (herald binary), KCAT_LIBDIR (a librdkafka >= 2.2 for kcat),
 // OUT_DIR (screenshots). Ends with "N passed, N failed".
-import { chromium } from "playwright-core";
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
+import { check, launchChromium, run, seedPage, sleep, start, startTansu, stop, until } from "./lib.mjs";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import net from "node:net";
@@ -53,47 +53,7 @@ const OTHER_ORIGIN_PORT = 18096;
 const CORS = ["--cors-origins", `http://127.0.0.1:${PAGE_ORIGIN_PORT}`];
 mkdirSync(OUT, { recursive: true });
 
-const children = new Set();
-let passed = 0;
-let failed = 0;
 const figures = {};
-
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
-async function until(what, fn, ms = 30000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1");
-    s.on("connect", () => { s.destroy(); resolve(true); });
-    s.on("error", () => resolve(false));
-  });
-}
-
-function start(cmd, args, opts = {}) {
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...opts });
-  child.log = "";
-  child.stdout.on("data", (d) => { child.log += d; });
-  child.stderr.on("data", (d) => { child.log += d; });
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return child;
-}
-
-async function stop(child, signal = "SIGTERM") {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((r) => child.on("exit", r));
-  child.kill(signal);
-  await Promise.race([exited, sleep(15000)]);
-}
 
 async function startHerald(port, extra = []) {
   const h = start(HERALD, [
@@ -122,54 +82,12 @@ function kcat(records, headers = [], topic = TOPIC, partition = null) {
   });
 }
 
-// Opens the seed page's EventSource in `page`, running the seed's code
-// unchanged (its addMessage is the page's exposed `addMessage`); also counts
-// the stream's errors (window.errors) and keeps it as window.es.
-async function seedPage(page, base, userId) {
-  await page.evaluate(({ base, userId }) => {
-    const API_BASE_URL = base;
-    // --- the seed page's code ---
-    const eventSource = new EventSource(`${API_BASE_URL}/api/sse/subscribe/${userId}`);
-    eventSource.onmessage = (event) => {
-      const newMessage = JSON.parse(event.data);
-      window.addMessage(newMessage, event.lastEventId); // addMessage(newMessage)
-    };
-    // --- end ---
-    window.errors = 0;
-    eventSource.addEventListener("error", () => { window.errors += 1; });
-    window.es = eventSource;
-  }, { base, userId });
-}
-
-async function check(name, fn) {
-  const t = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok   ${name} (${Date.now() - t} ms)`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e.stack || e}`);
-  }
-}
-
 async function main() {
   const work = mkdtempSync(path.join(tmpdir(), "herald-e2e-"));
-  const tansu = start("tansu", [
-    "broker",
-    "--listener-url", `tcp://${BROKER}`,
-    "--advertised-listener-url", `tcp://${BROKER}`,
-    "--storage-engine", "sqlite://tansu.db",
-  ], { cwd: work });
-  await until("tansu listening", () => portOpen(19092));
-  execFileSync("tansu", ["topic", "create", TOPIC, "--partitions", "4", "--broker", `tcp://${BROKER}`], { timeout: 30000 });
+  const tansu = await startTansu(work, BROKER, [[TOPIC, 4]]);
 
   let nodeA = await startHerald(NODE_A, ["--kafka-start", "replay-window", ...CORS]);
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launchChromium();
   const page = await browser.newPage();
   const received = [];
   await page.exposeFunction("addMessage", (message, lastEventId) => {
@@ -523,15 +441,4 @@ async function hops(ports, count) {
   return { got, total: n, forU };
 }
 
-try {
-  await main();
-} catch (e) {
-  failed += 1;
-  console.log(`FAIL setup: ${e.stack || e}`);
-  for (const c of children) console.log(`--- ${c.spawnargs.join(" ")}\n${c.log.slice(-3000)}`);
-} finally {
-  for (const c of children) c.kill("SIGKILL");
-}
-console.log(`figures: ${JSON.stringify(figures)}`);
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+await run(main, figures);

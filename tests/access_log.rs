@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herald::auth::Auth;
 use serde_json::json;
-use support::{eventually, Lines, TestServer};
+use support::{eventually, Lines, TestServer, Transport};
 
 const SECRET: &str = "access-log-test-secret";
 
@@ -82,7 +82,7 @@ async fn streams_are_logged_when_they_open_and_close_without_their_token() {
         "user=ann",
         "topics=news,sport",
         "peer=127.0.0.1:",
-        "transport=",
+        "transport=\"h1\"",
         "start=\"live\"",
     ] {
         assert!(opens[0].contains(want), "{want} in {}", opens[0]);
@@ -103,4 +103,18 @@ async fn streams_are_logged_when_they_open_and_close_without_their_token() {
         !log.contains(&user_token) && !log.contains("access_token"),
         "no token in the log"
     );
+
+    // The transport: hyper's HTTP/1.1 and HTTP/2 say so.
+    for (t, user, label) in [
+        (Transport::Hyper, "via-hyper", "hyper-h1"),
+        (Transport::H2c, "via-h2", "h2"),
+    ] {
+        let server = TestServer::on_with(t, |c| c.log.access = true).await;
+        let _c = server.subscribe(user).await;
+        let want = format!("user={user} topics= peer=127.0.0.1:");
+        eventually(|| lines.text().contains(&want), "the open line").await;
+        let log = lines.text();
+        let line = log.lines().find(|l| l.contains(&want)).unwrap();
+        assert!(line.contains(&format!("transport=\"{label}\"")), "{line}");
+    }
 }

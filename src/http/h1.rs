@@ -285,7 +285,7 @@ async fn start(
     drop(head);
     let socket = Arc::new(Socket(stream));
     let mut io = TimedIo::new(Shared(socket.clone()), write_timeout, conn.clone());
-    match subscribe.admit(&taken.parts, peer, conn) {
+    match subscribe.admit(&taken.parts, peer, conn, true) {
         Admission::Answer(resp) => {
             let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
             write_all(&mut io, &[&head, resp.body().bytes()]).await?;

@@ -110,7 +110,7 @@ async fn route(
                 return method_not_allowed(req.method(), "GET");
             }
             let (parts, _body) = req.into_parts();
-            return match api.subscribe.admit(&parts, peer, abort) {
+            return match api.subscribe.admit(&parts, peer, abort, false) {
                 subscribe::Admission::Stream(head, stream) => {
                     head.map(|()| Body::Sse(Box::new(stream)))
                 }

@@ -41,7 +41,7 @@ use crate::guard::{Limit, PerIp};
 use crate::sse::frame::RESUMED_AFTER_HEADER;
 use crate::sse::{EventId, IdError};
 use crate::stream::catchup::Refused;
-use crate::stream::{Lease, OpenError, OpenRequest, Stream, Streams};
+use crate::stream::{Lease, OpenError, OpenRequest, Stream, Streams, Transport};
 
 use super::{json_error, Body};
 
@@ -97,7 +97,14 @@ pub(crate) enum Admission {
 
 impl Subscribe {
     /// The one decision on a subscribe request (see the module doc).
-    pub(crate) fn admit(&self, req: &Parts, peer: SocketAddr, conn: &Arc<Abort>) -> Admission {
+    /// `own_writer`: herald's HTTP/1.1 writer serves it (else hyper).
+    pub(crate) fn admit(
+        &self,
+        req: &Parts,
+        peer: SocketAddr,
+        conn: &Arc<Abort>,
+        own_writer: bool,
+    ) -> Admission {
         let origin = req.headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
         let answer = |mut resp: Response<Body>| {
             self.cors.apply(origin, resp.headers_mut());
@@ -188,7 +195,11 @@ impl Subscribe {
             expires_at: grant.expires_at,
             peer,
             conn: conn.clone(),
-            shared_conn: h2,
+            transport: match (h2, own_writer) {
+                (true, _) => Transport::H2,
+                (false, true) => Transport::Herald,
+                (false, false) => Transport::Hyper,
+            },
             max_per_user: self.max_per_user,
             lease,
         }) {

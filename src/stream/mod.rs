@@ -100,8 +100,9 @@ pub struct OpenRequest {
     pub peer: SocketAddr,
     /// The connection's kill switch.
     pub conn: Arc<Abort>,
-    /// Other streams share the connection (HTTP/2).
-    pub shared_conn: bool,
+    /// Which transport serves it (HTTP/2 streams share their connection:
+    /// an overflow ends only the stream).
+    pub transport: Transport,
     /// `--max-streams-per-user`.
     pub max_per_user: Option<std::num::NonZeroUsize>,
     /// Whatever the admission reserved for the stream's life (an HTTP/2
@@ -127,6 +128,28 @@ impl From<Full> for OpenError {
 impl From<Refused> for OpenError {
     fn from(r: Refused) -> Self {
         OpenError::CatchUp(r)
+    }
+}
+
+/// The transport serving a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// herald's own HTTP/1.1 writer (plain TCP, the request first on its
+    /// connection).
+    Herald,
+    /// hyper's HTTP/1.1 (TLS, or a connection that served a request first).
+    Hyper,
+    /// HTTP/2, TLS or h2c (hyper).
+    H2,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Herald => "h1",
+            Transport::Hyper => "hyper-h1",
+            Transport::H2 => "h2",
+        }
     }
 }
 
@@ -283,7 +306,7 @@ impl Streams {
             topics: req.topics,
             peer: Some(req.peer),
             conn: Some(req.conn),
-            shared_conn: req.shared_conn,
+            shared_conn: req.transport == Transport::H2,
             resume: req.resume,
             since_us: req.since_us,
             max_per_user: req.max_per_user,
@@ -334,7 +357,7 @@ impl Streams {
                 user = %s.user,
                 topics = %Topics(&s.topics),
                 peer = %crate::fmt::OrNone(s.peer),
-                transport = if s.shared_conn { "h2" } else { "h1" },
+                transport = req.transport.label(),
                 resume = requested.as_deref().unwrap_or(""),
                 start = match (&catching, &sub.reset, &replay) {
                     (Some(_), _, _) => "catch-up",

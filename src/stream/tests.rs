@@ -48,7 +48,7 @@ fn open(s: &Streams, resume: Option<EventId>) -> Opened {
         expires_at: None,
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: Abort::new(),
-        shared_conn: false,
+        transport: Transport::Herald,
         max_per_user: None,
         lease: None,
     })
