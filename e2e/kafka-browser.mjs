@@ -28,8 +28,8 @@
 //
 // Env: HERALD_BIN (herald binary), KCAT_LIBDIR (a librdkafka >= 2.2 for kcat),
 // OUT_DIR (screenshots). Ends with "N passed, N failed".
-import { execFileSync } from "node:child_process";
-import { check, launchChromium, run, seedPage, sleep, start, startTansu, stop, until } from "./lib.mjs";
+import { execFileSync, spawn } from "node:child_process";
+import { check, children, launchChromium, run, seedPage, sleep, start, startTansu, stop, until } from "./lib.mjs";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import net from "node:net";
