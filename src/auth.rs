@@ -445,7 +445,7 @@ fn cookie<'a>(h: &'a [u8], name: &str) -> Option<&'a str> {
 }
 
 /// Equal in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

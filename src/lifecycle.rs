@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Where the node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum Phase {
 pub struct Lifecycle {
     phase: AtomicU8,
     ingest: Option<Arc<IngestHealth>>,
+    /// Maintenance (the admin API): new streams are refused until then,
+    /// with this message; open streams go on.
+    maintenance: parking_lot::Mutex<Option<(Instant, Arc<str>)>>,
 }
 
 /// What the Kafka consumer reports about itself (it writes, readiness and
@@ -69,6 +73,28 @@ impl Lifecycle {
         Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             ingest,
+            maintenance: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Refuse new streams for `period` with `message` (`None`: end a
+    /// maintenance early).
+    pub fn set_maintenance(&self, window: Option<(Duration, Arc<str>)>) {
+        *self.maintenance.lock() = window.map(|(d, m)| (Instant::now() + d, m));
+    }
+
+    /// While in maintenance: how long it still lasts, and its message.
+    pub fn maintenance(&self) -> Option<(Duration, Arc<str>)> {
+        let mut m = self.maintenance.lock();
+        match &*m {
+            Some((until, msg)) => match until.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some((left, msg.clone())),
+                _ => {
+                    *m = None;
+                    None
+                }
+            },
+            None => None,
         }
     }
 

@@ -30,6 +30,7 @@ pub(crate) const CATCHUP_RECORDS: &str = "herald_catchup_records_read_total";
 pub(crate) const CATCHUP_DURATION: &str = "herald_catchup_duration_seconds";
 pub(crate) const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
 pub(crate) const DISPATCH_LOCK_HELD: &str = "herald_dispatch_lock_held_seconds";
+pub(crate) const ADMIN_ACTIONS: &str = "herald_admin_actions_total";
 pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub(crate) const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
@@ -233,6 +234,12 @@ fn describe_all() {
         Unit::Seconds,
         "Time to route one event and queue it to every receiving connection (one sample per dispatched batch: the batch's time per event)."
     );
+    describe_counter!(
+        ADMIN_ACTIONS,
+        Unit::Count,
+        "Admin API actions taken, by action (close_user, maintenance, maintenance_end, drain)."
+    );
+    crate::http::admin::describe();
     describe_histogram!(
         DISPATCH_LOCK_HELD,
         Unit::Seconds,

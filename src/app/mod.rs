@@ -241,6 +241,14 @@ impl Node {
                 connections: cap.clone(),
                 refreshed: Default::default(),
             },
+            admin: crate::http::admin::Admin {
+                token: config.server.admin_token.clone(),
+                streams: streams.clone(),
+                connections: cap.clone(),
+                retry: config.streams.retry,
+                draining: Default::default(),
+                body_timeout: config.server.header_read_timeout,
+            },
             cors,
         });
         Ok(Self {

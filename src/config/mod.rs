@@ -5,6 +5,7 @@
 //! Every problem names the flag (and the environment variable, when the
 //! value came from one: [`load`]) before anything binds.
 
+mod file;
 pub(crate) mod parse;
 
 use std::ffi::OsString;
@@ -94,9 +95,15 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR", value_parser = parse::listen_addr)]
     pub listen: SocketAddr,
 
-    /// Separate address for /metrics, /healthz and /readyz (optional).
+    /// Separate address for /metrics, /healthz and /readyz (optional), and
+    /// the admin API with --admin-token.
     #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse::listen_addr)]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Bearer token of the admin API on --admin-listen (at least 16 bytes):
+    /// close a user's streams, maintenance, drain (see the README).
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     /// Set SO_REUSEPORT on the listener, so several herald processes can
     /// share one port (kernel load-balances new connections). Kafka mode
@@ -467,6 +474,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Logging, metrics and shutdown")]
 pub struct OpsArgs {
+    /// Settings from a TOML file: each key a flag's name without `--`
+    /// (`listen = "0.0.0.0:8080"`, `heartbeat-interval = "15s"`,
+    /// `cors-origins = ["https://a.example"]`, `access-log = true`).
+    /// Flags and HERALD_* variables override it.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Log filter: a level (error, warn, info, debug, trace, off) and/or
     /// target=level pairs, e.g. info,herald=debug.
     #[arg(long, env = "HERALD_LOG", default_value = "info", value_name = "FILTER", value_parser = parse::log_filter)]
@@ -539,6 +553,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// `--admin-token` (validated: only with an admin listener).
+    pub admin_token: Option<Arc<[u8]>>,
     pub reuse_port: bool,
     /// SO_SNDBUF for client connections (`None`: the kernel's autotuning).
     pub send_buffer: Option<NonZeroUsize>,
@@ -695,10 +711,30 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let mut cmd = Cli::command();
-    let matches = cmd
-        .try_get_matches_from_mut(args)
+    let mut matches = cmd
+        .try_get_matches_from_mut(args.clone())
         .map_err(|e| name_env_source(&cmd, e))?;
+    if let (Some(path), None) = (
+        matches.get_one::<std::path::PathBuf>("config").cloned(),
+        matches.subcommand_name(),
+    ) {
+        let extra = file::args(&cmd, &matches, &path)
+            .map_err(|msg| cmd.error(clap::error::ErrorKind::ValueValidation, msg))?;
+        if !extra.is_empty() {
+            let all = args.iter().cloned().chain(extra);
+            matches = cmd.try_get_matches_from_mut(all).map_err(|e| {
+                let e = name_env_source(&cmd, e);
+                let msg = format!(
+                    "{} (settings from --config {})",
+                    e.render().to_string().trim_end(),
+                    path.display()
+                );
+                cmd.error(e.kind(), msg)
+            })?;
+        }
+    }
     let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
     if let Some(Command::Token(t)) = cli.command.take() {
         return Ok(Loaded::Token(t));
@@ -780,6 +816,18 @@ impl Cli {
             kafka: k,
             ops,
         } = self;
+        if let Some(t) = &l.admin_token {
+            if l.admin_listen.is_none() {
+                return Err(err(
+                    "admin-token",
+                    &"(hidden)",
+                    "needs --admin-listen: the admin API is served there only",
+                ));
+            }
+            if t.len() < 16 {
+                return Err(err("admin-token", &"(hidden)", "must be at least 16 bytes"));
+            }
+        }
         if ops.shutdown_deadline <= ops.shutdown_drain {
             return Err(err(
                 "shutdown-deadline",
@@ -853,6 +901,7 @@ impl Cli {
             server: ServerConfig {
                 listen: l.listen,
                 admin_listen: l.admin_listen,
+                admin_token: l.admin_token.as_deref().map(|t| Arc::from(t.as_bytes())),
                 reuse_port: l.reuse_port,
                 send_buffer: NonZeroUsize::new(lim.socket_send_buffer),
                 tls,

@@ -330,3 +330,95 @@ fn kafka_mapping_flags() {
     let e = refused(&["--kafka-mapping", m]);
     assert!(e.contains("needs --kafka-brokers"), "{e}");
 }
+
+/// A config file under the temp dir, unique per test.
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("herald-config-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn served(args: &[&str]) -> Result<Config, String> {
+    match load_from(std::iter::once("herald").chain(args.iter().copied())) {
+        Ok(Loaded::Serve(c)) => Ok(*c),
+        Ok(Loaded::Token(_)) => Err("token".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn a_config_file_sets_flags_and_flags_win() {
+    let path = config_file(
+        "ok",
+        r#"
+listen = "127.0.0.1:9999"
+heartbeat_interval = "5s"
+max-streams-per-user = 3
+cors-origins = ["https://a.example", "https://b.example"]
+sse-fast-path = false
+access-log = true
+kafka-brokers = "127.0.0.1:9092"
+kafka-topics = "t"
+kafka-property = ["fetch.wait.max.ms=50", "client.rack=r1"]
+"#,
+    );
+    let p = path.to_str().unwrap();
+    let c = served(&["--config", p]).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(c.streams.heartbeat, Duration::from_secs(5));
+    assert_eq!(c.limits.streams_per_user, NonZeroUsize::new(3));
+    assert_eq!(c.cors.origins, ["https://a.example", "https://b.example"]);
+    assert!(!c.server.sse_fast_path && c.log.access);
+    let props = &c.kafka.as_ref().unwrap().properties;
+    assert!(
+        props.contains(&("client.rack".to_owned(), "r1".to_owned())),
+        "{props:?}"
+    );
+    // The command line wins over the file.
+    let c = served(&[
+        "--config",
+        p,
+        "--heartbeat-interval",
+        "20s",
+        "--listen",
+        "127.0.0.1:7",
+    ])
+    .unwrap();
+    assert_eq!(c.streams.heartbeat, Duration::from_secs(20));
+    assert_eq!(c.server.listen, "127.0.0.1:7".parse().unwrap());
+}
+
+#[test]
+fn a_bad_config_file_is_refused_naming_the_file_and_the_setting() {
+    let cases = [
+        ("unknown", "listn = \"x\"", "unknown setting `listn`"),
+        ("table", "[listen]\nport = 1", "`listen` must be a string"),
+        ("switch", "access-log = \"yes\"", "`access-log` is a switch"),
+        ("list", "listen = [\"a\", \"b\"]", "takes one value"),
+        ("toml", "listen = ", "not valid TOML"),
+        (
+            "value",
+            "heartbeat-interval = \"soon\"",
+            "--heartbeat-interval",
+        ),
+        (
+            "nested",
+            "config = \"other.toml\"",
+            "unknown setting `config`",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = config_file(name, text);
+        let e = served(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains(want), "{name}: {e}");
+        if name != "value" {
+            assert!(
+                e.contains(path.to_str().unwrap()),
+                "{name}: names the file: {e}"
+            );
+        }
+    }
+    let e = served(&["--config", "/nonexistent/herald.toml"]).unwrap_err();
+    assert!(e.contains("cannot be read"), "{e}");
+}

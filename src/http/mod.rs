@@ -22,6 +22,7 @@
 //! HTTP/1.1 writer ([`h1`]); both transports share one admission and one
 //! stream core.
 
+pub(crate) mod admin;
 mod body;
 pub(crate) mod cors;
 pub(crate) mod h1;
@@ -48,6 +49,7 @@ pub(crate) struct Api {
     pub(crate) subscribe: subscribe::Subscribe,
     pub(crate) publish: publish::Publish,
     pub(crate) health: Health,
+    pub(crate) admin: admin::Admin,
     pub(crate) cors: Arc<Cors>,
 }
 
@@ -133,6 +135,10 @@ async fn route(
             }
             return api.publish.handle(req, peer).await;
         }
+    }
+    // The admin API: on the admin listener only.
+    if routes == Routes::Admin && path.starts_with(admin::PREFIX) {
+        return api.admin.handle(req).await;
     }
     if admin {
         let known = matches!(path, "/healthz" | "/readyz" | "/metrics");

@@ -116,6 +116,16 @@ impl Subscribe {
                 "herald is shutting down; reconnect to another node",
             ));
         }
+        if let Some((left, message)) = self.streams.lifecycle.maintenance() {
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("herald is in maintenance: {message}"),
+            );
+            let secs = left.as_secs().clamp(1, 3600);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return answer(r);
+        }
         let params = match Params::parse(req) {
             Ok(p) => p,
             Err(msg) => return answer(json_error(StatusCode::BAD_REQUEST, &msg)),
@@ -133,6 +143,12 @@ impl Subscribe {
                 return answer(denied_response(&denied));
             }
         };
+        if let Some(reason) = self.streams.blocked(&params.user) {
+            return answer(json_error(
+                StatusCode::FORBIDDEN,
+                &format!("this user's streams were closed by the operator: {reason}"),
+            ));
+        }
         let too_many = |max: NonZeroUsize| {
             Limit::PerUser.count();
             let mut r = json_error(

@@ -186,6 +186,18 @@ impl Registry {
         Ok(Subscription::new(sub, self.clone()))
     }
 
+    /// The streams of `user` (a copy of the list, taken under its shard
+    /// lock).
+    pub fn user_subscribers(&self, user: &Name) -> Vec<Arc<Subscriber>> {
+        self.shard(user)
+            .inner
+            .lock()
+            .users
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Open streams of `user`.
     pub fn user_streams(&self, user: &Name) -> usize {
         self.shard(user)

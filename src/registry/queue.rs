@@ -117,11 +117,15 @@ pub enum CloseReason {
     Protocol,
     /// Not a stream: a connection refused at the connection cap.
     Refused,
+    /// Closed by an operator (the admin API: a user's streams closed with a
+    /// reason): deliver what is queued (ending with the `herald-closed`
+    /// event), then end.
+    Admin,
 }
 
 impl CloseReason {
     /// Every reason, for registering the metric's label values.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::Slow,
         CloseReason::Shutdown,
@@ -130,11 +134,15 @@ impl CloseReason {
         CloseReason::Error,
         CloseReason::Protocol,
         CloseReason::Refused,
+        CloseReason::Admin,
     ];
 
     /// Whether queued frames are still delivered before the end.
     pub fn delivers_queued(self) -> bool {
-        matches!(self, CloseReason::Shutdown | CloseReason::Expired)
+        matches!(
+            self,
+            CloseReason::Shutdown | CloseReason::Expired | CloseReason::Admin
+        )
     }
 
     /// Metric label for the close.
@@ -148,6 +156,7 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Protocol => "protocol",
             CloseReason::Refused => "limit",
+            CloseReason::Admin => "admin",
         }
     }
 }

@@ -28,6 +28,8 @@ pub const RESET_EVENT: &str = "herald-reset";
 
 /// Named event sent just before a stream is ended at its token's `exp`.
 pub const TOKEN_EXPIRED_EVENT: &str = "herald-token-expired";
+/// The event that ends a stream an operator closed (the admin API).
+pub const CLOSED_EVENT: &str = "herald-closed";
 
 /// Response header naming the id a stream continues after (equal to the
 /// requested `Last-Event-ID` on a clean resume).
@@ -283,6 +285,15 @@ pub fn token_expired(exp: u64) -> Bytes {
         .finish()
 }
 
+/// The last frame of a stream an operator closed, with their reason.
+pub fn closed_by_operator(reason: &str) -> Bytes {
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    FrameBuilder::new(data.len())
+        .event(Some(CLOSED_EVENT))
+        .data(&data)
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +368,7 @@ mod tests {
             check_event_type(TOKEN_EXPIRED_EVENT),
             Err(FieldError::Reserved)
         );
+        assert_eq!(check_event_type(CLOSED_EVENT), Err(FieldError::Reserved));
         assert_eq!(check_event_type("heraldic"), Ok(()));
     }
 }

@@ -84,7 +84,17 @@ pub struct Streams {
     pub(crate) settings: Settings,
     /// Where cursors the buffer can not serve are caught up (Kafka mode).
     pub(crate) catchup: Option<Arc<dyn CatchUp>>,
+    /// Users an operator closed with a block: their new streams are refused
+    /// until then, with the reason (at most [`MAX_BLOCKED`]).
+    blocked: parking_lot::Mutex<std::collections::HashMap<Name, (std::time::Instant, Arc<str>)>>,
 }
+
+/// Most users blocked at once (the admin API's closes with a block).
+pub const MAX_BLOCKED: usize = 100_000;
+
+/// The block list is full (see [`MAX_BLOCKED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockListFull;
 
 /// What an admitted subscribe request opens.
 #[derive(Debug)]
@@ -278,6 +288,50 @@ impl Streams {
             lifecycle,
             settings,
             catchup: None,
+            blocked: Default::default(),
+        }
+    }
+
+    /// Ends every stream of `user` with a `herald-closed` event carrying
+    /// `reason` (what is queued is delivered first) and, with `block`,
+    /// refuses the user's new streams for that long. Returns how many
+    /// streams were closed.
+    pub fn close_user(
+        &self,
+        user: &Name,
+        reason: &str,
+        block: Option<Duration>,
+    ) -> Result<usize, BlockListFull> {
+        if let Some(d) = block {
+            let now = std::time::Instant::now();
+            let mut blocked = self.blocked.lock();
+            if blocked.len() >= MAX_BLOCKED {
+                blocked.retain(|_, (until, _)| *until > now);
+            }
+            if blocked.len() >= MAX_BLOCKED && !blocked.contains_key(user) {
+                return Err(BlockListFull);
+            }
+            blocked.insert(user.clone(), (now + d, Arc::from(reason)));
+        }
+        let subs = self.fanout.registry().user_subscribers(user);
+        let last = frame::closed_by_operator(reason);
+        for sub in &subs {
+            sub.end(CloseReason::Admin, Some(last.clone()));
+        }
+        Ok(subs.len())
+    }
+
+    /// Why `user`'s new streams are refused, while an operator's block
+    /// lasts.
+    pub fn blocked(&self, user: &Name) -> Option<Arc<str>> {
+        let mut blocked = self.blocked.lock();
+        match blocked.get(user) {
+            Some((until, reason)) if *until > std::time::Instant::now() => Some(reason.clone()),
+            Some(_) => {
+                blocked.remove(user);
+                None
+            }
+            None => None,
         }
     }
 
