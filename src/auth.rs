@@ -20,8 +20,29 @@
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde_json::Value;
+
+/// The keys tokens are checked against now.
+#[derive(Default)]
+struct Live {
+    set: RwLock<Arc<KeySet>>,
+    /// Woken when a token names a `kid` the JWKS set does not hold (the
+    /// refresher fetches again, rate-limited).
+    unknown_kid: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct KeySet {
+    /// By algorithm: the flags' keys.
+    fixed: Vec<(Algorithm, DecodingKey)>,
+    /// By `kid`: the JWKS set.
+    by_kid: HashMap<String, (Algorithm, DecodingKey)>,
+}
 
 /// The query parameter a browser page can carry its token in.
 pub const QUERY_PARAM: &str = "access_token";
@@ -29,8 +50,15 @@ pub const QUERY_PARAM: &str = "access_token";
 /// Validated auth settings. `Debug` shows no secret.
 #[derive(Clone, Default)]
 pub struct Auth {
-    /// One decoding key per accepted algorithm. Empty: streams are open.
+    /// The keys the flags give (the HS256 secret, a PEM public key), one per
+    /// algorithm. Empty, and no JWKS: streams are open.
     keys: Vec<(Algorithm, DecodingKey)>,
+    /// `--jwt-jwks-url` is set: tokens with a `kid` are checked against the
+    /// key set fetched from it (see `crate::jwks`).
+    jwks: bool,
+    /// The keys checked now (shared by clones): the flags' keys, reloadable
+    /// (SIGHUP), and the JWKS set, refreshed.
+    live: Arc<Live>,
     audience: Option<String>,
     issuer: Option<String>,
     /// Cookie holding the token.
@@ -167,24 +195,73 @@ impl Auth {
         }
         self.keys
             .push((Algorithm::HS256, DecodingKey::from_secret(secret)));
+        self.renew();
         Ok(self)
     }
 
-    /// Adds a public key in PEM: RSA (RS256) or EC P-256 (ES256). A private
-    /// key is refused (it would verify nothing).
+    /// A fresh live key set from the flags' keys (a builder's copy never
+    /// shares one with the value it was cloned from).
+    fn renew(&mut self) {
+        self.live = Arc::new(Live {
+            set: RwLock::new(Arc::new(KeySet {
+                fixed: self.keys.clone(),
+                by_kid: HashMap::new(),
+            })),
+            unknown_kid: tokio::sync::Notify::new(),
+        });
+    }
+
+    /// Tokens with a `kid` are checked against a JWKS key set
+    /// (`crate::jwks` fetches it and calls [`Auth::set_jwks`]).
+    pub fn with_jwks(mut self) -> Self {
+        self.jwks = true;
+        self
+    }
+
+    /// Replaces the JWKS key set (by `kid`).
+    pub fn set_jwks(&self, by_kid: HashMap<String, (Algorithm, DecodingKey)>) {
+        let mut set = self.live.set.write();
+        *set = Arc::new(KeySet {
+            fixed: set.fixed.clone(),
+            by_kid,
+        });
+    }
+
+    /// Keys now in the JWKS set.
+    pub fn jwks_len(&self) -> usize {
+        self.live.set.read().by_kid.len()
+    }
+
+    /// Waits until a token names a `kid` the JWKS set does not hold.
+    pub async fn unknown_kid(&self) {
+        self.live.unknown_kid.notified().await;
+    }
+
+    /// Replaces the PEM public key (SIGHUP) and keeps the HS256 secret and
+    /// the JWKS set; open streams are not touched. On error nothing
+    /// changes.
+    pub fn reload_public_key_pem(&self, pem: &[u8]) -> Result<(), KeyError> {
+        let (alg, key) = public_key_pem(pem)?;
+        let mut set = self.live.set.write();
+        let mut fixed: Vec<_> = set
+            .fixed
+            .iter()
+            .filter(|(a, _)| *a == Algorithm::HS256)
+            .cloned()
+            .collect();
+        fixed.push((alg, key));
+        *set = Arc::new(KeySet {
+            fixed,
+            by_kid: set.by_kid.clone(),
+        });
+        Ok(())
+    }
+
+    /// Adds a public key in PEM: RSA (RS256), EC P-256 (ES256) or Ed25519
+    /// (EdDSA). A private key is refused (it would verify nothing).
     pub fn with_public_key_pem(mut self, pem: &[u8]) -> Result<Self, KeyError> {
-        if memchr::memmem::find(pem, b"PRIVATE KEY-----").is_some() {
-            return Err(KeyError(
-                "is a private key; give the matching public key (openssl pkey -pubout)".into(),
-            ));
-        }
-        if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-            self.keys.push((Algorithm::RS256, k));
-        } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-            self.keys.push((Algorithm::ES256, k));
-        } else {
-            return Err(KeyError("is not a PEM RSA or EC (P-256) public key".into()));
-        }
+        self.keys.push(public_key_pem(pem)?);
+        self.renew();
         Ok(self)
     }
 
@@ -205,12 +282,12 @@ impl Auth {
 
     /// Whether subscribing needs a token.
     pub fn streams_protected(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys.is_empty() || self.jwks
     }
 
     /// Whether publishing needs a token or the secret.
     pub fn publish_protected(&self) -> bool {
-        !self.keys.is_empty() || self.publish_secret.is_some()
+        self.streams_protected() || self.publish_secret.is_some()
     }
 
     /// Decides a subscribe request for `user` joining `topics`.
@@ -265,7 +342,7 @@ impl Auth {
             if constant_time_eq(token.as_bytes(), secret) {
                 return Ok(Some("publisher-secret".into()));
             }
-            if self.keys.is_empty() {
+            if !self.streams_protected() {
                 return Err(Denied::Invalid("not the publisher secret".into()));
             }
         }
@@ -310,12 +387,36 @@ impl Auth {
     fn decode(&self, token: &str) -> Result<Claims, Denied> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Denied::Invalid("not a signed JWT (bad header or algorithm)".into()))?;
-        let Some((alg, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+        let set = self.live.set.read().clone();
+        let by_alg = set.fixed.iter().find(|(a, _)| *a == header.alg);
+        let chosen = match (header.kid.as_deref(), by_alg) {
+            // A kid the JWKS set holds: that key, and its algorithm only.
+            (Some(kid), _) if self.jwks && set.by_kid.contains_key(kid) => set.by_kid.get(kid),
+            (_, Some(fixed)) => Some(fixed),
+            (Some(_), None) if self.jwks => {
+                self.live.unknown_kid.notify_one();
+                return Err(Denied::Invalid(
+                    "the token's signing key (kid) is not in the key set; it is being fetched again, retry shortly".into(),
+                ));
+            }
+            (None, None) if self.jwks && set.fixed.is_empty() => {
+                return Err(Denied::Invalid(
+                    "the token has no kid naming its signing key".into(),
+                ))
+            }
+            _ => None,
+        };
+        let Some((alg, key)) = chosen else {
             return Err(Denied::Invalid(format!(
                 "algorithm {:?} is not accepted here",
                 header.alg
             )));
         };
+        if *alg != header.alg {
+            return Err(Denied::Invalid(
+                "the token's algorithm is not its key's (kid)".into(),
+            ));
+        }
         let mut v = Validation::new(*alg);
         v.validate_exp = false;
         v.validate_nbf = false;
@@ -398,6 +499,26 @@ impl Auth {
             topics: c.get("topics").cloned(),
             publish,
         })
+    }
+}
+
+/// A PEM public key and its algorithm.
+fn public_key_pem(pem: &[u8]) -> Result<(Algorithm, DecodingKey), KeyError> {
+    if memchr::memmem::find(pem, b"PRIVATE KEY-----").is_some() {
+        return Err(KeyError(
+            "is a private key; give the matching public key (openssl pkey -pubout)".into(),
+        ));
+    }
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        Ok((Algorithm::RS256, k))
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        Ok((Algorithm::ES256, k))
+    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        Ok((Algorithm::EdDSA, k))
+    } else {
+        Err(KeyError(
+            "is not a PEM RSA, EC (P-256) or Ed25519 public key".into(),
+        ))
     }
 }
 

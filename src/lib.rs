@@ -52,6 +52,7 @@ pub mod forwarded;
 pub mod fuzzing;
 pub(crate) mod guard;
 pub(crate) mod http;
+pub mod jwks;
 pub(crate) mod kafka;
 pub mod lifecycle;
 pub mod limits;

@@ -31,6 +31,8 @@ pub(crate) const CATCHUP_DURATION: &str = "herald_catchup_duration_seconds";
 pub(crate) const FANOUT_DURATION: &str = "herald_fanout_duration_seconds";
 pub(crate) const DISPATCH_LOCK_HELD: &str = "herald_dispatch_lock_held_seconds";
 pub(crate) const ADMIN_ACTIONS: &str = "herald_admin_actions_total";
+pub(crate) const JWKS_REFRESHES: &str = "herald_jwks_refreshes_total";
+pub(crate) const JWKS_KEYS: &str = "herald_jwks_keys";
 pub(crate) const REPLAY_EVENTS: &str = "herald_replay_buffer_events";
 pub(crate) const REPLAY_BYTES: &str = "herald_replay_buffer_bytes";
 pub(crate) const PUBLISH_REJECTED: &str = "herald_publish_rejected_total";
@@ -240,6 +242,12 @@ fn describe_all() {
         "Admin API actions taken, by action (close_user, maintenance, maintenance_end, drain)."
     );
     crate::http::admin::describe();
+    describe_counter!(
+        JWKS_REFRESHES,
+        Unit::Count,
+        "JWKS key set fetches after the first, by outcome (ok, error: the last good set is kept)."
+    );
+    describe_gauge!(JWKS_KEYS, Unit::Count, "Signing keys in the JWKS key set.");
     describe_histogram!(
         DISPATCH_LOCK_HELD,
         Unit::Seconds,

@@ -55,6 +55,9 @@ pub enum StartError {
     /// The task starting Kafka ingest failed.
     #[error("starting Kafka ingest failed: {0}")]
     Ingest(#[from] tokio::task::JoinError),
+    /// The JWKS key set could not be fetched at start.
+    #[error("--jwt-jwks-url: {0}")]
+    Jwks(String),
 }
 
 /// A started server. Dropping it does not stop it: call [`Running::shutdown`]
@@ -147,6 +150,15 @@ impl Node {
     /// the endpoints, each given what it uses.
     pub(crate) async fn build(config: &Config, max_connections: u64) -> Result<Self, StartError> {
         let metrics = config.metrics.then(m::install);
+        if let Some(j) = &config.jwks {
+            // Without keys no token would verify: do not start.
+            let url = j.url.clone();
+            let keys = tokio::task::spawn_blocking(move || crate::jwks::fetch(&url))
+                .await?
+                .map_err(StartError::Jwks)?;
+            metrics::gauge!(m::JWKS_KEYS).set(keys.len() as f64);
+            config.auth.set_jwks(keys);
+        }
         let registry = Arc::new(Registry::new(config.streams.shards));
         let epoch = run_epoch();
         let fanout = Arc::new(Fanout::new(

@@ -57,6 +57,20 @@ pub(super) fn spawn(
             fanout.record_lag(tokio::time::Instant::now().saturating_duration_since(due));
         }
     }));
+    if let Some(j) = &config.jwks {
+        tasks.push(tokio::spawn(crate::jwks::refresh(
+            config.auth.clone(),
+            j.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(path) = &config.public_key_file {
+        tasks.push(tokio::spawn(reload_on_sighup(
+            config.auth.clone(),
+            path.clone(),
+            stop.clone(),
+        )));
+    }
     if config.auth.streams_protected() {
         let s = streams.clone();
         tasks.push(every(EXPIRY_CHECK, stop, move || {
@@ -68,6 +82,39 @@ pub(super) fn spawn(
         }));
     }
     tasks
+}
+
+/// On SIGHUP, reads `--jwt-public-key` again and checks new tokens with it
+/// (open streams are not touched); a file that does not read as a key keeps
+/// the old one.
+async fn reload_on_sighup(
+    auth: crate::auth::Auth,
+    path: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: --jwt-public-key is not reloadable");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        // A small file: read in place (once per SIGHUP).
+        let read = std::fs::read(&path).map_err(|e| format!("cannot be read: {e}"));
+        match read.and_then(|pem| auth.reload_public_key_pem(&pem).map_err(|e| e.0)) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "SIGHUP: --jwt-public-key reloaded")
+            }
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "SIGHUP: --jwt-public-key not reloaded; the previous key stays"
+            ),
+        }
+    }
 }
 
 /// How the heartbeat task walks the registry: every shard once per quarter

@@ -210,9 +210,22 @@ pub struct AuthArgs {
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Path of a PEM public key (RSA for RS256, EC P-256 for ES256) for JWTs.
+    /// Path of a PEM public key (RSA for RS256, EC P-256 for ES256, Ed25519
+    /// for EdDSA) for JWTs; read again on SIGHUP.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<String>,
+
+    /// The identity provider's JWKS endpoint (https, or http on loopback):
+    /// tokens with a `kid` are checked against its keys (RSA, EC P-256,
+    /// Ed25519), fetched at start, every --jwt-jwks-refresh, and when a
+    /// token names an unknown kid (at most every 10s); the last good set is
+    /// kept while the endpoint is down.
+    #[arg(long, env = "HERALD_JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS key set is fetched again.
+    #[arg(long, env = "HERALD_JWT_JWKS_REFRESH", default_value = "5m", value_name = "DURATION", value_parser = parse::duration)]
+    pub jwt_jwks_refresh: Duration,
 
     /// Required `aud` claim (optional).
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
@@ -536,6 +549,10 @@ pub struct Config {
     pub streams: StreamConfig,
     pub publish: PublishConfig,
     pub auth: Auth,
+    /// `--jwt-jwks-url`.
+    pub jwks: Option<crate::jwks::JwksConfig>,
+    /// `--jwt-public-key`'s file, read again on SIGHUP.
+    pub public_key_file: Option<std::path::PathBuf>,
     pub cors: Cors,
     pub limits: Limits,
     /// `--trusted-proxies`.
@@ -856,7 +873,7 @@ impl Cli {
                     return Err(err(
                         flag,
                         &"(set)",
-                        "needs --jwt-secret or --jwt-public-key: without a key no token is checked",
+                        "needs --jwt-secret, --jwt-public-key or --jwt-jwks-url: without a key no token is checked",
                     ));
                 }
             }
@@ -864,7 +881,7 @@ impl Cli {
                 return Err(err(
                     "jwt-query-param",
                     &"false",
-                    "needs --jwt-secret or --jwt-public-key: without a key no token is read",
+                    "needs --jwt-secret, --jwt-public-key or --jwt-jwks-url: without a key no token is read",
                 ));
             }
         }
@@ -934,6 +951,12 @@ impl Cli {
                 backpressure,
             },
             auth,
+            public_key_file: a.jwt_public_key.clone().map(Into::into),
+            jwks: a.jwt_jwks_url.clone().map(|url| crate::jwks::JwksConfig {
+                url,
+                refresh: a.jwt_jwks_refresh,
+                min_gap: Duration::from_secs(10),
+            }),
             cors: Cors {
                 origins: a.cors_origins,
                 credentials: a.cors_credentials,
@@ -958,6 +981,27 @@ impl Cli {
             metrics: ops.metrics,
             kafka,
         })
+    }
+}
+
+/// A JWKS URL: https, or http to a loopback address (a sidecar, tests):
+/// keys fetched in the clear could be replaced on the way.
+fn jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| "is not a URL".to_owned())?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err("must be https (plain http only to a loopback address): keys fetched in the clear could be replaced on the way".into()),
+        _ => Err("must be an https:// URL".into()),
     }
 }
 
@@ -994,6 +1038,17 @@ fn auth_config(a: &AuthArgs) -> Result<Auth, ConfigError> {
         auth = auth
             .with_public_key_pem(&pem)
             .map_err(|e| err("jwt-public-key", path, e.0))?;
+    }
+    if let Some(url) = &a.jwt_jwks_url {
+        jwks_url(url).map_err(|e| err("jwt-jwks-url", url, e))?;
+        if a.jwt_jwks_refresh < Duration::from_secs(1) {
+            return Err(err(
+                "jwt-jwks-refresh",
+                &humantime::format_duration(a.jwt_jwks_refresh).to_string(),
+                "must be at least 1s".into(),
+            ));
+        }
+        auth = auth.with_jwks();
     }
     if let Some(s) = &a.publish_secret {
         if s.len() < 16 {

@@ -66,6 +66,24 @@ fn errors_name_the_flag() {
         ),
         (&["--trusted-proxies", "10.0.0.0/40"], "--trusted-proxies"),
         (
+            &["--jwt-jwks-url", "http://idp.example/jwks"],
+            "--jwt-jwks-url",
+        ),
+        (
+            &["--jwt-jwks-url", "ftp://idp.example/jwks"],
+            "--jwt-jwks-url",
+        ),
+        (
+            &[
+                "--jwt-jwks-url",
+                "https://idp.example/jwks",
+                "--jwt-jwks-refresh",
+                "0s",
+            ],
+            "--jwt-jwks-refresh",
+        ),
+        (&["--admin-token", "0123456789abcdef0"], "--admin-token"),
+        (
             &["--cors-origins", "*", "--cors-credentials"],
             "--cors-origins",
         ),
@@ -138,6 +156,17 @@ fn typed_values() {
     assert!(!c.proxies.contains("127.0.0.2".parse().unwrap()));
     assert!(c.proxies.contains("fd00::1".parse().unwrap()));
     assert!(cli(&[]).validate().unwrap().proxies.is_empty());
+    for url in [
+        "https://idp.example/.well-known/jwks.json",
+        "http://127.0.0.1:9/jwks",
+        "http://localhost/jwks",
+    ] {
+        let c = cli(&["--jwt-jwks-url", url, "--listen", "0.0.0.0:8080"])
+            .validate()
+            .unwrap();
+        assert!(c.auth.streams_protected(), "a JWKS protects streams");
+        assert_eq!(c.jwks.unwrap().url, url);
+    }
     let c = cli(&["--listen", "localhost:0"]).validate().unwrap();
     assert!(c.server.listen.ip().is_loopback());
     let c = cli(&["--cors-origins", "https://a.example/, http://b.example"])
