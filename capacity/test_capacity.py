@@ -16,7 +16,7 @@ FIGURES = {
     "stream_bytes": {"h1": 1000, "tls-h2": 50000},
     "idle": 0, "replay": 0,
     "ingest_ns": 1000, "ingest_max": 100_000,
-    "user_ns": 10_000, "broadcast_ns": 1000, "connect_ns": 0,
+    "user_ns": 10_000, "broadcast_ns": 1000, "connect_ns": 0, "proxy_bytes": 0,
 }
 
 
