@@ -7,7 +7,8 @@
 //!   [`JwksConfig::min_gap`]: a flood of made-up `kid`s costs one fetch.
 //! - RSA (RS256, or the key's `alg`), EC P-256 (ES256) and Ed25519 (EdDSA)
 //!   keys with a `kid` are used; symmetric (`oct`) keys, keys without a
-//!   `kid`, encryption keys and unknown types are skipped.
+//!   `kid`, encryption keys and unknown types are skipped; at most
+//!   [`MAX_KEYS`] are used (the document itself is read up to 1 MiB).
 //! - A failed fetch (the endpoint down, a bad answer, no usable key) keeps
 //!   the last good set; it is logged and counted
 //!   (`herald_jwks_refreshes_total{outcome}`).
@@ -28,6 +29,8 @@ use crate::metrics as m;
 const MAX_BYTES: u64 = 1 << 20;
 /// Longest a fetch may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Most keys used from one document (providers publish a handful).
+const MAX_KEYS: usize = 100;
 
 /// Where the keys come from and how often they are fetched again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,7 @@ pub fn fetch(url: &str) -> Result<Keys, String> {
         .map_err(|e| format!("{url}: {e}"))?;
     let set: JwkSet =
         serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JWKS document: {e}"))?;
-    let keys: Keys = set.keys.iter().filter_map(usable).collect();
+    let keys: Keys = set.keys.iter().filter_map(usable).take(MAX_KEYS).collect();
     if keys.is_empty() {
         return Err(format!(
             "{url}: no usable key (RSA, EC P-256 or Ed25519 signing keys with a kid)"

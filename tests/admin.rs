@@ -196,15 +196,17 @@ async fn a_drain_ends_streams_at_the_rate_asked() {
         clients.push(s.subscribe(&format!("d{i}")).await);
     }
     s.wait_connections(STREAMS).await;
+    let drain = || {
+        admin(
+            &s,
+            reqwest::Method::POST,
+            "drain",
+            Some(TOKEN),
+            Some(json!({"rate": RATE})),
+        )
+    };
     let t0 = Instant::now();
-    let (code, body) = admin(
-        &s,
-        reqwest::Method::POST,
-        "drain",
-        Some(TOKEN),
-        Some(json!({"rate": RATE})),
-    )
-    .await;
+    let (code, body) = drain().await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["streams"], STREAMS);
     // Not ready, no new streams, a second drain refused.
@@ -212,14 +214,7 @@ async fn a_drain_ends_streams_at_the_rate_asked() {
     assert_eq!(s.http.get(&admin_url).send().await.unwrap().status(), 503);
     let (status, _, _) = s.get("/api/sse/subscribe/late").await;
     assert_eq!(status, 503);
-    let (code, _) = admin(
-        &s,
-        reqwest::Method::POST,
-        "drain",
-        Some(TOKEN),
-        Some(json!({"rate": RATE})),
-    )
-    .await;
+    let (code, _) = drain().await;
     assert_eq!(code, 409);
     // Each stream ends with a retry hint; record when.
     let mut ended = Vec::new();
