@@ -8,7 +8,7 @@
 //! - RSA (RS256, or the key's `alg`), EC P-256 (ES256) and Ed25519 (EdDSA)
 //!   keys with a `kid` are used; symmetric (`oct`) keys, keys without a
 //!   `kid`, encryption keys and unknown types are skipped; at most
-//!   [`MAX_KEYS`] are used (the document itself is read up to 1 MiB).
+//!   100 are used (the document itself is read up to 1 MiB).
 //! - A failed fetch (the endpoint down, a bad answer, no usable key) keeps
 //!   the last good set; it is logged and counted
 //!   (`herald_jwks_refreshes_total{outcome}`).
