@@ -1,14 +1,15 @@
 // End-to-end behind the real proxy: nginx terminating TLS and HTTP/2 with
-// deploy/nginx/herald.conf (only its addresses, ports and certificate paths
-// replaced), two herald nodes in Kafka mode behind it over HTTP/1.1, a tansu
-// broker, kcat producing, and headless Chromium on https over h2.
+// deploy/nginx/herald.conf (or, with PROXY=haproxy, HAProxy with
+// deploy/haproxy/haproxy.cfg; only their addresses, ports and certificate
+// paths replaced), two herald nodes in Kafka mode behind it over HTTP/1.1, a
+// tansu broker, kcat producing, and headless Chromium on https over h2.
 //
 // Checks, each bounded in time:
-//  1. the page's origin is served over h2 through nginx;
+//  1. the page's origin is served over h2 through the proxy;
 //  2. 10 EventSource streams on that one origin (more than HTTP/1.1's 6 per
 //     origin) are all open at once and each gets every event for its user;
 //  3. one node is drained (SIGTERM): its streams end, the browser reconnects
-//     through nginx with Last-Event-ID, lands on the other node, and every
+//     through the proxy with Last-Event-ID, lands on the other node, and every
 //     stream has every event exactly once, in order, including those
 //     produced during the drain;
 //  4. herald saw the browser's requests as the proxy's forwards: over
@@ -16,7 +17,8 @@
 //     transport), and with --trusted-proxies the client's address from
 //     X-Forwarded-For, not a hop the client wrote.
 //
-// Env: HERALD_BIN, KCAT_LIBDIR (a librdkafka >= 2.2 for kcat).
+// Env: HERALD_BIN, KCAT_LIBDIR (a librdkafka >= 2.2 for kcat), PROXY (nginx
+// or haproxy).
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -31,6 +33,7 @@ const NODES = [18190, 18191];
 const NGINX_PORT = 18443;
 const ORIGIN = `https://localhost:${NGINX_PORT}`;
 const STREAMS = 10;
+const PROXY = process.env.PROXY || "nginx";
 const figures = {};
 
 function kcat(records) {
@@ -55,28 +58,43 @@ async function startHerald(port) {
   return h;
 }
 
-// deploy/nginx/herald.conf with only the site-specific values replaced; a
-// value that is not found fails (the file changed shape: update this too).
+// The proxy's file in deploy/ with only the site-specific values replaced;
+// a value that is not found fails (the file changed shape: update this too).
 function siteConfig(work) {
-  let conf = readFileSync(new URL("../deploy/nginx/herald.conf", import.meta.url), "utf8");
-  const swaps = [
-    ["server 10.0.0.11:8080", `server 127.0.0.1:${NODES[0]}`],
-    ["server 10.0.0.12:8080", `server 127.0.0.1:${NODES[1]}`],
-    ["listen 443 ssl http2;", `listen 127.0.0.1:${NGINX_PORT} ssl http2;`],
-    ["/etc/nginx/tls/herald.crt", path.join(work, "cert.pem")],
-    ["/etc/nginx/tls/herald.key", path.join(work, "key.pem")],
-  ];
+  const [file, swaps] = PROXY === "haproxy"
+    ? ["../deploy/haproxy/haproxy.cfg", [
+      ["10.0.0.11:8080", `127.0.0.1:${NODES[0]}`],
+      ["10.0.0.12:8080", `127.0.0.1:${NODES[1]}`],
+      ["bind :443 ssl crt /etc/haproxy/tls/herald.pem", `bind 127.0.0.1:${NGINX_PORT} ssl crt ${path.join(work, "combined.pem")}`],
+    ]]
+    : ["../deploy/nginx/herald.conf", [
+      ["server 10.0.0.11:8080", `server 127.0.0.1:${NODES[0]}`],
+      ["server 10.0.0.12:8080", `server 127.0.0.1:${NODES[1]}`],
+      ["listen 443 ssl http2;", `listen 127.0.0.1:${NGINX_PORT} ssl http2;`],
+      ["/etc/nginx/tls/herald.crt", path.join(work, "cert.pem")],
+      ["/etc/nginx/tls/herald.key", path.join(work, "key.pem")],
+    ]];
+  let conf = readFileSync(new URL(file, import.meta.url), "utf8");
   for (const [from, to] of swaps) {
-    if (!conf.includes(from)) throw new Error(`deploy/nginx/herald.conf has no "${from}"`);
+    if (!conf.includes(from)) throw new Error(`${file} has no "${from}"`);
     conf = conf.split(from).join(to);
   }
   return conf;
 }
 
-async function startNginx(work) {
+async function startProxy(work) {
   execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
     "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
     "-days", "1", "-keyout", path.join(work, "key.pem"), "-out", path.join(work, "cert.pem")], { stdio: "ignore" });
+  if (PROXY === "haproxy") {
+    writeFileSync(path.join(work, "combined.pem"),
+      readFileSync(path.join(work, "cert.pem"), "utf8") + readFileSync(path.join(work, "key.pem"), "utf8"));
+    writeFileSync(path.join(work, "haproxy.cfg"), siteConfig(work));
+    execFileSync("haproxy", ["-c", "-q", "-f", path.join(work, "haproxy.cfg")], { stdio: "pipe" });
+    const haproxy = start("haproxy", ["-db", "-f", path.join(work, "haproxy.cfg")]);
+    await until("haproxy listening", () => portOpen(NGINX_PORT));
+    return haproxy;
+  }
   writeFileSync(path.join(work, "herald.conf"), siteConfig(work));
   for (const d of ["body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(path.join(work, d));
   writeFileSync(path.join(work, "nginx.conf"), `
@@ -113,7 +131,7 @@ async function main() {
   const tansu = await startTansu(work, BROKER, [[TOPIC, 4]]);
   const nodes = [];
   for (const port of NODES) nodes.push(await startHerald(port));
-  const nginx = await startNginx(work);
+  const proxy = await startProxy(work);
 
   const browser = await launchChromium();
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
@@ -121,7 +139,7 @@ async function main() {
   const got = Array.from({ length: STREAMS }, () => []);
   await page.exposeFunction("addMessage", (i, message) => { got[i].push(message.n); });
 
-  await check("the page's origin is served over h2 through nginx", async () => {
+  await check(`the page's origin is served over h2 through ${PROXY}`, async () => {
     const resp = await page.goto(`${ORIGIN}/healthz`);
     if (resp.status() !== 200) throw new Error(`status ${resp.status()}`);
     const proto = await page.evaluate(() => performance.getEntriesByType("navigation")[0].nextHopProtocol);
@@ -145,11 +163,11 @@ async function main() {
     kcat(records);
     await until("5 events on every stream", async () => complete(got, 5), 30000);
     figures.produce_to_all_streams_ms = Date.now() - t0;
-    // Where nginx sent them (each node's access log).
+    // Where the proxy sent them (each node's access log).
     const opened = nodes.map((h) => h.log.split("\n").filter((l) => /stream opened.* user=p\d/.test(l)));
     figures.streams_per_node = opened.map((lines) => lines.length);
     if (figures.streams_per_node.some((c) => c === 0)) throw new Error(`all streams on one node: ${figures.streams_per_node}`);
-    // nginx to herald over HTTP/1.1, each stream on herald's own writer.
+    // Proxy to herald over HTTP/1.1, each stream on herald's own writer.
     const other = opened.flat().filter((l) => !l.includes('transport="h1"'));
     if (other.length) throw new Error(`not on herald's writer: ${other.join("\n")}`);
   });
@@ -164,8 +182,8 @@ async function main() {
     await stopped;
     if (drained.exitCode !== 0) throw new Error(`drained node exited ${drained.exitCode}\n${drained.log.slice(-2000)}`);
     // The drained node's streams ended, so nginx logged them: browser to
-    // nginx over HTTP/2.
-    const ended = await until("nginx's lines for the ended streams", async () => {
+    // nginx over HTTP/2 (HAProxy: the page's navigation said h2).
+    const ended = PROXY === "haproxy" ? [] : await until("nginx's lines for the ended streams", async () => {
       const lines = readFileSync(path.join(work, "access.log"), "utf8").split("\n")
         .filter((l) => l.startsWith("GET /api/sse/subscribe/p") && l.includes(`upstream=127.0.0.1:${NODES[0]}`));
       return lines.length >= figures.streams_per_node[0] && lines;
@@ -184,8 +202,8 @@ async function main() {
     if (conns !== STREAMS) throw new Error(`the remaining node holds ${conns} streams`);
   });
 
-  await check("herald takes the client address from nginx's X-Forwarded-For (--trusted-proxies)", async () => {
-    // A client on 127.0.0.5 (not a trusted proxy) writes a fake hop; nginx
+  await check(`herald takes the client address from ${PROXY}'s X-Forwarded-For (--trusted-proxies)`, async () => {
+    // A client on 127.0.0.5 (not a trusted proxy) writes a fake hop; the proxy
     // appends the client's address; herald logs that one.
     const r = spawnSync("curl", ["-sk", "--http2", "-m", "2", "--interface", "127.0.0.5",
       "-H", "X-Forwarded-For: 6.6.6.6", `${ORIGIN}/api/sse/subscribe/probe`], { timeout: 10000 });
@@ -196,7 +214,7 @@ async function main() {
   });
 
   await browser.close();
-  await stop(nginx, "SIGQUIT");
+  await stop(proxy, PROXY === "haproxy" ? "SIGUSR1" : "SIGQUIT");
   await stop(nodes[1]);
   await stop(tansu, "SIGKILL");
 }
