@@ -78,7 +78,12 @@ fn main() -> ExitCode {
     };
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().thread_name("herald-http");
+    rt.enable_all()
+        .thread_name("herald-http")
+        // Idle workers give freed memory back (see herald::memory).
+        .on_thread_park(|| {
+            herald::memory::on_park();
+        });
     if let Some(n) = config.server.worker_threads {
         rt.worker_threads(n.get());
     }
@@ -93,6 +98,13 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         // Handlers first: a SIGTERM during startup still drains.
         let signal = herald::shutdown::signal();
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                herald::memory::tick();
+            }
+        });
         herald::run(config, max_connections, signal).await
     });
     rt.shutdown_timeout(deadline / 10);
