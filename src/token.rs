@@ -85,7 +85,10 @@ pub fn sign(args: &TokenArgs) -> Result<String, String> {
     let mut claims = Map::new();
     claims.insert("sub".into(), json!(args.user));
     claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now.saturating_add(args.ttl.as_secs().max(1))));
+    claims.insert(
+        "exp".into(),
+        json!(now.saturating_add(args.ttl.as_secs().max(1))),
+    );
     match args.topics.as_slice() {
         [] => {}
         [all] if all == "*" => {
