@@ -17,11 +17,9 @@
 //! A missing or bad token is a 401, a valid one that does not cover the
 //! request a 403. Nothing here logs a token.
 
-use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::RwLock;

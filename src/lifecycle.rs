@@ -110,6 +110,12 @@ impl Lifecycle {
         }
     }
 
+    /// Enters `Draining`; `false` if the node was draining already (so one
+    /// caller starts a drain).
+    pub fn begin_draining(&self) -> bool {
+        self.phase.swap(Phase::Draining as u8, Ordering::SeqCst) != Phase::Draining as u8
+    }
+
     pub fn draining(&self) -> bool {
         self.phase() == Phase::Draining
     }
@@ -138,6 +144,15 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_caller_begins_a_drain() {
+        let l = Lifecycle::new(None);
+        l.set(Phase::Serving);
+        assert!(l.begin_draining());
+        assert!(!l.begin_draining(), "already draining");
+        assert_eq!(l.ready(), Err(NotReady::Draining));
+    }
 
     #[test]
     fn readiness_follows_phase_and_ingest() {

@@ -98,13 +98,6 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         // Handlers first: a SIGTERM during startup still drains.
         let signal = herald::shutdown::signal();
-        tokio::spawn(async {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                every.tick().await;
-                herald::memory::tick();
-            }
-        });
         herald::run(config, max_connections, signal).await
     });
     rt.shutdown_timeout(deadline / 10);

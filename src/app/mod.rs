@@ -258,7 +258,6 @@ impl Node {
                 streams: streams.clone(),
                 connections: cap.clone(),
                 retry: config.streams.retry,
-                draining: Default::default(),
                 body_timeout: config.server.header_read_timeout,
             },
             cors,

@@ -6,7 +6,9 @@
 //!   recorder's upkeep;
 //! - ending streams whose token expired (once a second, with auth);
 //! - the lag probe: how late the runtime wakes a task, one of the two
-//!   signals of "herald is behind" (`fanout::congestion`).
+//!   signals of "herald is behind" (`fanout::congestion`);
+//! - the one-second tick that spaces idle workers' heap collections
+//!   (`crate::memory`); the JWKS refresh; `--jwt-public-key` on SIGHUP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,8 @@ pub(super) fn spawn(
             fanout.record_lag(tokio::time::Instant::now().saturating_duration_since(due));
         }
     }));
+    // The clock idle workers' heap collections are spaced by.
+    tasks.push(every(Duration::from_secs(1), stop, crate::memory::tick));
     if let Some(j) = &config.jwks {
         tasks.push(tokio::spawn(crate::jwks::refresh(
             config.auth.clone(),

@@ -15,18 +15,17 @@
 //!   with a `retry:` hint, so browsers reconnect to other nodes) without a
 //!   reconnect stampede; the process keeps running (SIGTERM still ends it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::{read_limited, ReadError};
 use super::{json_error, response, Body};
 use crate::event::Name;
 use crate::fanout;
@@ -53,8 +52,6 @@ pub(crate) struct Admin {
     pub(crate) connections: Arc<ConnectionCap>,
     /// The `retry:` hint drained streams get.
     pub(crate) retry: Duration,
-    /// A drain was started.
-    pub(crate) draining: AtomicBool,
     /// How long a body may take to arrive.
     pub(crate) body_timeout: Duration,
 }
@@ -241,10 +238,7 @@ impl Admin {
         if let Err(e) = text(&message, "message") {
             return bad(&e);
         }
-        let Ok(Some(d)) = period(b.seconds, "seconds").and_then(|p| {
-            p.map(Some)
-                .ok_or_else(|| "seconds must be at least 1".to_owned())
-        }) else {
+        let Ok(Some(d)) = period(b.seconds, "seconds") else {
             return bad("seconds must be between 1 and 604800 (a week)");
         };
         self.streams
@@ -259,12 +253,9 @@ impl Admin {
         if !(b.rate.is_finite() && b.rate >= 1.0 && b.rate <= 1e6) {
             return bad("rate must be between 1 and 1000000 streams per second");
         }
-        if self.draining.swap(true, Ordering::SeqCst)
-            || self.streams.lifecycle.phase() == Phase::Draining
-        {
+        if !self.streams.lifecycle.begin_draining() {
             return json_error(StatusCode::CONFLICT, "this node is draining already");
         }
-        self.streams.lifecycle.set(Phase::Draining);
         let registry = self.streams.fanout().registry().clone();
         let streams = registry.connections();
         let spread = Duration::from_secs_f64(streams as f64 / b.rate);
@@ -283,22 +274,19 @@ impl Admin {
         &self,
         req: Request<Incoming>,
     ) -> Result<T, Response<Body>> {
-        let collect = Limited::new(req.into_body(), MAX_BODY).collect();
-        let bytes = match tokio::time::timeout(self.body_timeout, collect).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => {
-                return Err(json_error(
+        let bytes = read_limited(req.into_body(), MAX_BODY, self.body_timeout)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("an admin request body is at most {MAX_BODY} bytes"),
-                ))
-            }
-            Err(_) => {
-                return Err(json_error(
+                ),
+                ReadError::Slow => json_error(
                     StatusCode::REQUEST_TIMEOUT,
                     "the body did not arrive in time",
-                ))
-            }
-        };
+                ),
+                ReadError::Failed(e) => bad(&format!("could not read the body: {e}")),
+            })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| bad(&format!("the body is not what this action takes: {e}")))
     }

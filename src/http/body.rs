@@ -12,9 +12,12 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 
 use crate::stream::{Next, Stream};
 
@@ -24,6 +27,32 @@ use crate::stream::{Next, Stream};
 pub(crate) enum BodyError {
     #[error("SSE stream cut off: the client did not keep up and its queue overflowed")]
     Aborted,
+}
+
+/// Why a request body could not be read whole.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// More than the limit.
+    TooLarge,
+    /// Not all there within the time allowed.
+    Slow,
+    /// The connection failed while reading.
+    Failed(String),
+}
+
+/// Reads a request body of at most `max` bytes within `timeout` (a client
+/// that sends more, or too slowly, costs the node no more than that).
+pub(crate) async fn read_limited(
+    body: Incoming,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, ReadError> {
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(ReadError::Slow),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+        Ok(Err(e)) => Err(ReadError::Failed(e.to_string())),
+    }
 }
 
 /// Every response body herald sends through hyper.

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -33,6 +32,7 @@ use crate::guard::{self, Publishers, Refused};
 use crate::publish::{PublishError, Sink};
 use crate::sse::{frame, EventId};
 
+use super::body::{read_limited, ReadError};
 use super::{json_error, response, Body};
 
 pub(crate) const PATH: &str = "/api/publish";
@@ -152,13 +152,15 @@ impl Publish {
                 return Err(Refusal::TooLarge(max));
             }
         }
-        let collect = Limited::new(req.into_body(), max).collect();
-        match tokio::time::timeout(self.body_timeout, collect).await {
-            Err(_) => Err(Refusal::SlowBody(self.body_timeout)),
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge(max)),
-            Ok(Err(e)) => Err(Refusal::Unreadable(format!("could not read the body: {e}"))),
-        }
+        read_limited(req.into_body(), max, self.body_timeout)
+            .await
+            .map_err(|e| match e {
+                ReadError::Slow => Refusal::SlowBody(self.body_timeout),
+                ReadError::TooLarge => Refusal::TooLarge(max),
+                ReadError::Failed(e) => {
+                    Refusal::Unreadable(format!("could not read the body: {e}"))
+                }
+            })
     }
 }
 
