@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     let settings = Settings {
         access_log: false,
         retry: Duration::from_secs(3),
-        coalesce: None,
+        coalesce: herald::stream::Coalesce::default(),
         account: false,
     };
     let mut stream = Stream::new(sub, Bytes::from_static(b": herald\n\n"), &settings);

@@ -41,7 +41,7 @@ use crate::metrics as m;
 use crate::publish::Sink;
 use crate::registry::Registry;
 use crate::server::{self, ConnectLimits, ConnectionCap, HttpSettings, Serve};
-use crate::stream::{self, Streams};
+use crate::stream::{self, Coalesce, Streams};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +214,10 @@ impl Node {
             lifecycle.clone(),
             stream::Settings {
                 retry: config.streams.retry,
-                coalesce: config.streams.write_coalesce,
+                coalesce: Coalesce {
+                    always: config.streams.write_coalesce,
+                    busy: config.streams.write_coalesce_busy,
+                },
                 account: config.metrics,
                 access_log: config.log.access,
             },

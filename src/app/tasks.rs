@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::fanout::congestion::LAG_PROBE;
+use crate::registry::load::LAG_PROBE;
 use crate::stream::Streams;
 
 /// How often streams are checked for an expired token.

@@ -179,6 +179,15 @@ pub struct StreamArgs {
     #[arg(long, env = "HERALD_WRITE_COALESCE", default_value = "0ms", value_name = "DURATION", value_parser = parse::coalesce_window)]
     pub write_coalesce: Duration,
 
+    /// The same, only on a busy node (queuing 100,000 frames/s or more)
+    /// and only after a write that carried two or more events: a stream
+    /// whose events arrive faster than it writes them then writes at most
+    /// once per window, in fewer, fuller writes. A stream that wrote one
+    /// event, and every stream on a node that is not busy, writes at once
+    /// (0 = never). At most 1s.
+    #[arg(long, env = "HERALD_WRITE_COALESCE_BUSY", default_value = "150ms", value_name = "DURATION", value_parser = parse::coalesce_window)]
+    pub write_coalesce_busy: Duration,
+
     /// Registry shards (a power of two).
     #[arg(long, env = "HERALD_SHARDS", default_value_t = 64, value_parser = parse::shards)]
     pub shards: usize,
@@ -603,6 +612,8 @@ pub struct StreamConfig {
     pub shards: usize,
     /// Least time between two writes to one stream.
     pub write_coalesce: Option<Duration>,
+    /// The same, only for busy streams on a busy node.
+    pub write_coalesce_busy: Option<Duration>,
 }
 
 /// The publish API.
@@ -945,6 +956,7 @@ impl Cli {
                 },
                 shards: s.shards,
                 write_coalesce: nonzero(s.write_coalesce),
+                write_coalesce_busy: nonzero(s.write_coalesce_busy),
             },
             publish: PublishConfig {
                 max_body: p.publish_max_body,

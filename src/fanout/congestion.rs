@@ -11,9 +11,8 @@
 //!
 //! Behind means both:
 //! - a sizeable share of the sampled streams hold a deep queue; and
-//! - the writers are not getting to run: a probe task on the HTTP runtime
-//!   (every [`LAG_PROBE`]) measures how late it wakes ([`Congestion::record_lag`]),
-//!   and it is late by [`LAG_BEHIND`] or more (or has not run for that long).
+//! - the writers are not getting to run: the runtime's lag probe is late
+//!   (`registry::load`, [`Load::runtime_behind`](crate::registry::load::Load::runtime_behind)).
 //!
 //! Clients that do not read only make queues deep: their writers are parked
 //! on the socket, not waiting to run, so the runtime is not late and they
@@ -48,18 +47,6 @@ const MIN_DEEP: usize = 32;
 /// Shards are sampled until this many streams were seen (or all shards).
 const MIN_SAMPLE: usize = 256;
 
-/// How often the lag probe wakes.
-pub const LAG_PROBE: Duration = Duration::from_millis(5);
-
-/// The runtime is behind when the probe wakes this late (or has not run
-/// for this long). A sweep over 10,000 streams takes ~90 ms on the 2-core
-/// machine (BENCHMARKS.md), so a healthy loaded node is late by tens of ms
-/// without its queues being deep; both signals must agree.
-pub const LAG_BEHIND: Duration = Duration::from_millis(20);
-
-/// A late wake-up counts for this long.
-const LAG_WINDOW: Duration = Duration::from_millis(100);
-
 /// What one sample found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
@@ -86,10 +73,6 @@ pub struct Congestion {
     next_shard: AtomicUsize,
     /// One sampler at a time; others use the cached answer.
     sampling: AtomicBool,
-    /// µs since `born` of the probe's last wake-up, +1 (0: never).
-    probed_at: AtomicU64,
-    /// µs since `born` of its last late wake-up, +1 (0: never).
-    late_at: AtomicU64,
 }
 
 impl Congestion {
@@ -102,36 +85,11 @@ impl Congestion {
             congested: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
             sampling: AtomicBool::new(false),
-            probed_at: AtomicU64::new(0),
-            late_at: AtomicU64::new(0),
         }
     }
 
     fn now_us(&self) -> u64 {
         self.born.elapsed().as_micros() as u64 + 1
-    }
-
-    /// Records how late the lag probe woke.
-    pub fn record_lag(&self, late: Duration) {
-        let now = self.now_us();
-        self.probed_at.store(now, Ordering::Release);
-        if late >= LAG_BEHIND {
-            self.late_at.store(now, Ordering::Release);
-        }
-    }
-
-    /// Whether the runtime is behind: the probe woke [`LAG_BEHIND`] late
-    /// within the last 100 ms, or has not woken for [`LAG_BEHIND`]
-    /// past its period. Never recorded (no probe): no.
-    pub fn runtime_behind(&self) -> bool {
-        let probed = self.probed_at.load(Ordering::Acquire);
-        if probed == 0 {
-            return false;
-        }
-        let now = self.now_us();
-        let late = self.late_at.load(Ordering::Acquire);
-        (late != 0 && now.saturating_sub(late) <= LAG_WINDOW.as_micros() as u64)
-            || now.saturating_sub(probed) > (LAG_PROBE + LAG_BEHIND).as_micros() as u64
     }
 
     /// The cached answer (behind: deep queues and a late runtime),
@@ -143,7 +101,7 @@ impl Congestion {
         if fresh || self.sampling.swap(true, Ordering::Acquire) {
             return self.congested.load(Ordering::Relaxed);
         }
-        let c = self.runtime_behind() && self.sample(registry).congested();
+        let c = registry.load().runtime_behind() && self.sample(registry).congested();
         self.congested.store(c, Ordering::Relaxed);
         self.sampled_at.store(now, Ordering::Release);
         self.sampling.store(false, Ordering::Release);
@@ -233,7 +191,7 @@ mod tests {
         assert!(s.congested());
         assert!(!f.congested(), "deep queues alone: clients not reading");
         std::thread::sleep(RECHECK + Duration::from_millis(1));
-        f.record_lag(LAG_BEHIND * 2);
+        f.record_lag(crate::registry::load::LAG_BEHIND * 2);
         assert!(f.congested(), "deep queues and a late runtime: behind");
         subs.iter().for_each(drain);
         assert!(!sampler.sample(f.registry()).congested());
@@ -277,7 +235,7 @@ mod tests {
         );
 
         publish(&f, Target::Broadcast, 20);
-        f.record_lag(LAG_BEHIND * 2);
+        f.record_lag(crate::registry::load::LAG_BEHIND * 2);
         // Past the cached "not behind".
         std::thread::sleep(RECHECK + Duration::from_millis(1));
         let t = Instant::now();
@@ -311,28 +269,9 @@ mod tests {
         let f = fanout();
         let _subs = streams(&f, 64, "u");
         publish(&f, Target::Broadcast, 20);
-        f.record_lag(LAG_BEHIND * 2);
+        f.record_lag(crate::registry::load::LAG_BEHIND * 2);
         assert_eq!(f.room(Duration::ZERO).await, Ok(false));
         assert_eq!(f.room(Duration::from_millis(50)).await, Err(()));
-    }
-
-    #[test]
-    fn the_runtime_is_behind_when_the_probe_is_late_or_silent() {
-        let c = Congestion::new(LIMITS);
-        assert!(!c.runtime_behind(), "no probe: depth alone never holds");
-        c.record_lag(Duration::from_millis(1));
-        assert!(!c.runtime_behind());
-        c.record_lag(LAG_BEHIND);
-        assert!(c.runtime_behind(), "late");
-        // A late wake-up counts for the window, then is forgotten.
-        for _ in 0..(LAG_WINDOW.as_millis() / 5 + 2) {
-            std::thread::sleep(Duration::from_millis(5));
-            c.record_lag(Duration::from_millis(1));
-        }
-        assert!(!c.runtime_behind());
-        // A probe that stops running (its runtime is stuck) counts as late.
-        std::thread::sleep(LAG_PROBE + LAG_BEHIND + Duration::from_millis(10));
-        assert!(c.runtime_behind(), "silent");
     }
 
     #[test]

@@ -219,6 +219,8 @@ struct Batch {
     locked_at: Option<Instant>,
     /// How long the sampled event held it.
     held: Option<Duration>,
+    /// Frames queued by the batch's events.
+    queued: u64,
 }
 
 /// Pushes one frame to each routed subscriber; collects wakers and overflows.
@@ -318,9 +320,9 @@ impl Fanout {
         }
     }
 
-    /// Records how late the runtime's lag probe woke (see `congestion`).
+    /// Records how late the runtime's lag probe woke (`registry::load`).
     pub fn record_lag(&self, late: std::time::Duration) {
-        self.congestion.record_lag(late);
+        self.registry.load().tick(late);
     }
 
     /// Whether herald is behind on delivery (see `congestion`): sampled at
@@ -396,6 +398,7 @@ impl Fanout {
                 },
                 locked_at: None,
                 held: None,
+                queued: 0,
             };
             for (i, ev) in events.iter().enumerate() {
                 let st = first.take().unwrap_or_else(|| self.state.lock());
@@ -417,6 +420,7 @@ impl Fanout {
             if let Some(h) = batch.held {
                 self.counters.lock_held_seconds.record(h.as_secs_f64());
             }
+            self.registry.load().count_queued(batch.queued);
             self.deliver(out);
         });
         match source {
@@ -489,6 +493,7 @@ impl Fanout {
             }
         }
         self.counters.queued.increment(sink.queued);
+        batch.queued += sink.queued;
         if sink.dropped > 0 {
             self.counters.dropped_slow.increment(sink.dropped);
         }

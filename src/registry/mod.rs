@@ -14,6 +14,7 @@
 //! - Each subscriber owns its outbound [`queue::Queue`], which lives here,
 //!   beside its owner: the dispatcher pushes into it, the stream drains it.
 
+pub mod load;
 pub mod queue;
 mod shard;
 mod subscriber;
@@ -85,6 +86,8 @@ pub struct Registry {
     next_id: AtomicU64,
     /// Event frames written to connections that have since closed.
     retired_delivered: AtomicU64,
+    /// Whether the runtime keeps up (the lag probe's findings).
+    load: load::Load,
 }
 
 // === impl Registry ===
@@ -99,7 +102,13 @@ impl Registry {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             retired_delivered: AtomicU64::new(0),
+            load: load::Load::default(),
         }
+    }
+
+    /// Whether the runtime keeps up: the lag probe's findings.
+    pub fn load(&self) -> &load::Load {
+        &self.load
     }
 
     fn shard(&self, key: &Name) -> &Shard {

@@ -107,6 +107,11 @@ impl Subscription {
     pub fn subscriber(&self) -> &Arc<Subscriber> {
         &self.sub
     }
+
+    /// The registry it is in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
 }
 
 impl Drop for Subscription {

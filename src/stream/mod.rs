@@ -10,7 +10,8 @@
 //! 2. [`Stream::poll_next`] hands out, in order: the preamble (or the reset
 //!    event after a gap) and the replayed frames, packed into writes of up
 //!    to [`PREFIX_WRITE_BYTES`]; then whatever the queue holds per wake-up,
-//!    as one write, at most one write per `--write-coalesce` window.
+//!    as one write, at most one write per `--write-coalesce` window (or,
+//!    on a busy node, per `--write-coalesce-busy` window: [`Coalesce`]).
 //! 3. It ends when the queue closes ([`Next::End`]: shutdown, token expiry,
 //!    after what was queued; [`Next::Abort`]: slow, cut off now), or when
 //!    the transport reports the client gone or a failed write
@@ -42,6 +43,7 @@ use crate::expiry::Expiries;
 use crate::fanout::{unix_micros, Fanout, Full, Join};
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
+use crate::registry::load::Load;
 pub use crate::registry::queue::CloseReason;
 use crate::registry::queue::{Batch, Queue};
 pub use crate::registry::queue::{Sent, Wire};
@@ -67,12 +69,55 @@ pub const LAG_SAMPLE_EVERY: u32 = 16;
 pub struct Settings {
     /// The reconnection delay advertised to browsers (`retry:`).
     pub retry: Duration,
-    /// Least time between two writes to one stream (`--write-coalesce`).
-    pub coalesce: Option<Duration>,
+    /// Least time between two writes to one stream.
+    pub coalesce: Coalesce,
     /// Count opens, closes and deliveries (`--metrics`).
     pub account: bool,
     /// Log each stream's open and close (`--access-log`).
     pub access_log: bool,
+}
+
+/// Least time between two writes to one stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Coalesce {
+    /// Always (`--write-coalesce`).
+    pub always: Option<Duration>,
+    /// After a write of two or more events on a busy node
+    /// (`--write-coalesce-busy`; busy: `registry::load`): the stream's
+    /// events arrive faster than it writes them, so holding its next write
+    /// costs little latency and saves writes, the node's main cost. A
+    /// stream that wrote one event, or any stream on a node that is not
+    /// busy, is never held.
+    pub busy: Option<Duration>,
+}
+
+/// [`Coalesce`] as a stream holds it: µs, 0 = none (8 bytes, not 32).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    always_us: u32,
+    busy_us: u32,
+}
+
+impl Window {
+    fn new(c: Coalesce) -> Self {
+        let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros().min(u32::MAX as u128) as u32);
+        Self {
+            always_us: us(c.always),
+            busy_us: us(c.busy),
+        }
+    }
+
+    /// The window after a write of `events` now, if any.
+    fn after_write(self, events: usize, load: &Load) -> Option<Duration> {
+        let us = if self.always_us != 0 {
+            self.always_us
+        } else if self.busy_us != 0 && events >= 2 && load.busy() {
+            self.busy_us
+        } else {
+            return None;
+        };
+        Some(Duration::from_micros(us.into()))
+    }
 }
 
 /// Opens streams: the dispatcher, token expiries and the node's phase.
@@ -198,9 +243,10 @@ pub struct Stream {
     /// The preamble and replayed frames not yet handed out; freed once they
     /// are, so a live stream does not carry it.
     prefix: Option<Box<Prefix>>,
-    /// `--write-coalesce`.
-    window: Option<Duration>,
-    /// The window's timer: allocated on the first write, then reused.
+    /// Least time between writes.
+    window: Window,
+    /// The window's timer: allocated on the first held write, reused while
+    /// writes are held, freed on the first write that is not.
     hold: Option<Pin<Box<Sleep>>>,
     /// Set after a write within a window: the next batch waits for the timer.
     holding: bool,
@@ -461,7 +507,7 @@ impl Stream {
                 stash: None,
                 refill: None,
             })),
-            window: settings.coalesce,
+            window: Window::new(settings.coalesce),
             hold: None,
             holding: false,
             account: settings.account,
@@ -482,9 +528,11 @@ impl Stream {
     /// Lets the dispatcher write live events straight to this stream's
     /// socket through `wire` while the stream is idle (herald's HTTP/1.1
     /// writer; see `registry::queue`). Not with `--write-coalesce`, whose
-    /// point is to hold writes back.
+    /// point is to hold writes back. (While a write is held for
+    /// `--write-coalesce-busy`, the queue's writer is the stream, so no
+    /// direct send overtakes it.)
     pub fn set_wire(&mut self, wire: Arc<dyn Wire>) {
-        if self.window.is_none() {
+        if self.window.always_us == 0 {
             self.queue().set_wire(Some(wire));
         }
     }
@@ -556,13 +604,19 @@ impl Stream {
             Poll::Ready(Ok(batch)) if batch.wire => Poll::Ready(Next::Wire(batch.bytes)),
             Poll::Ready(Ok(batch)) => {
                 self.account(batch.events, batch.oldest_us);
-                if let Some(window) = self.window {
-                    let at = tokio::time::Instant::now() + window;
-                    match &mut self.hold {
-                        Some(sleep) => sleep.as_mut().reset(at),
-                        None => self.hold = Some(Box::pin(tokio::time::sleep_until(at))),
+                match self
+                    .window
+                    .after_write(batch.events, self.sub.registry().load())
+                {
+                    Some(window) => {
+                        let at = tokio::time::Instant::now() + window;
+                        match &mut self.hold {
+                            Some(sleep) => sleep.as_mut().reset(at),
+                            None => self.hold = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
+                        self.holding = true;
                     }
-                    self.holding = true;
+                    None => self.hold = None,
                 }
                 Poll::Ready(Next::Data(batch.bytes))
             }

@@ -10,7 +10,7 @@ const LIMITS: Limits = Limits {
     stall: None,
 };
 
-fn settings(coalesce: Option<Duration>) -> Settings {
+fn settings(coalesce: Coalesce) -> Settings {
     Settings {
         retry: Duration::from_secs(3),
         coalesce,
@@ -19,7 +19,7 @@ fn settings(coalesce: Option<Duration>) -> Settings {
     }
 }
 
-fn stream(coalesce: Option<Duration>, abort: Option<Arc<Abort>>) -> Stream {
+fn stream(coalesce: Coalesce, abort: Option<Arc<Abort>>) -> Stream {
     let registry = Arc::new(Registry::new(1));
     let sub = registry.insert(Name::new("u").unwrap(), vec![], None, abort);
     Stream::new(sub, Bytes::from_static(b"head\n\n"), &settings(coalesce))
@@ -36,7 +36,11 @@ fn streams(replay_events: usize) -> Streams {
             max_age: Duration::from_secs(60),
         },
     ));
-    Streams::new(fanout, Arc::new(Lifecycle::new(None)), settings(None))
+    Streams::new(
+        fanout,
+        Arc::new(Lifecycle::new(None)),
+        settings(Coalesce::default()),
+    )
 }
 
 fn open(s: &Streams, resume: Option<EventId>) -> Opened {
@@ -140,7 +144,11 @@ fn a_resume_evicted_while_being_read_ends_in_a_reset_then_live() {
 
 #[tokio::test(start_paused = true)]
 async fn a_coalescing_window_holds_the_next_write() {
-    let mut s = stream(Some(Duration::from_millis(100)), None);
+    let always = Coalesce {
+        always: Some(Duration::from_millis(100)),
+        busy: None,
+    };
+    let mut s = stream(always, None);
     assert!(matches!(poll(&mut s), Poll::Ready(Next::Data(_))), "head");
     push(&s, b"1");
     assert_eq!(
@@ -158,62 +166,55 @@ async fn a_coalescing_window_holds_the_next_write() {
     );
 }
 
-#[test]
-fn ends_by_reason() {
-    let mut s = stream(None, None);
-    let _ = poll(&mut s);
-    push(&s, b"last");
-    s.sub
-        .subscriber()
-        .end(CloseReason::Shutdown, Some(Bytes::from_static(b"retry")));
-    assert_eq!(
-        poll(&mut s),
-        Poll::Ready(Next::Data(Bytes::from_static(b"lastretry")))
-    );
-    assert_eq!(poll(&mut s), Poll::Ready(Next::End));
-    assert_eq!(s.reason(), CloseReason::Shutdown);
-
-    let mut s = stream(None, None);
-    let _ = poll(&mut s);
-    for _ in 0..=LIMITS.max_frames {
-        push(&s, b"x");
-    }
-    assert_eq!(
-        poll(&mut s),
-        Poll::Ready(Next::Abort),
-        "overflowed: cut off"
-    );
-    assert_eq!(s.reason(), CloseReason::Slow);
-
-    let mut s = stream(None, None);
-    assert_eq!(
-        s.reason(),
-        CloseReason::Client,
-        "nothing said: the client left"
-    );
-    s.end(CloseReason::Error);
-    s.end(CloseReason::Client);
-    assert_eq!(s.reason(), CloseReason::Error, "the first reason wins");
-
-    let conn = Abort::new();
-    let s = stream(None, Some(conn.clone()));
-    conn.record(CloseReason::WriteTimeout);
-    assert_eq!(
-        s.reason(),
-        CloseReason::WriteTimeout,
-        "the transport's record"
-    );
-}
-
-#[test]
-fn io_errors_map_to_reasons() {
-    use std::io::ErrorKind as K;
-    for (kind, reason) in [
-        (K::TimedOut, CloseReason::WriteTimeout),
-        (K::BrokenPipe, CloseReason::Client),
-        (K::ConnectionReset, CloseReason::Client),
-        (K::PermissionDenied, CloseReason::Error),
-    ] {
-        assert_eq!(io_reason(&io::Error::from(kind)), reason, "{kind:?}");
-    }
+#[tokio::test(start_paused = true)]
+async fn a_busy_window_holds_only_streams_that_batch_on_a_busy_node() {
+    use crate::registry::load::{BUSY_RATE, BUSY_WINDOW};
+    let busy = Coalesce {
+        always: None,
+        busy: Some(Duration::from_millis(100)),
+    };
+    let mut s = stream(busy, None);
+    let data = |b: &'static [u8]| Poll::Ready(Next::Data(Bytes::from_static(b)));
+    let period = |s: &Stream, frames: u64| {
+        let load = s.sub.registry().load();
+        load.tick(Duration::ZERO);
+        load.count_queued(frames);
+        std::thread::sleep(BUSY_WINDOW + Duration::from_millis(1));
+        load.tick(Duration::ZERO);
+    };
+    assert!(matches!(poll(&mut s), Poll::Ready(Next::Data(_))), "head");
+    // Not busy: a batch leaves, and the next event leaves at once.
+    period(&s, 0);
+    push(&s, b"1");
+    push(&s, b"2");
+    assert_eq!(poll(&mut s), data(b"12"));
+    push(&s, b"3");
+    assert_eq!(poll(&mut s), data(b"3"));
+    assert!(s.hold.is_none(), "no timer while nothing is held");
+    // Busy: a write of one event holds nothing...
+    period(&s, BUSY_RATE);
+    assert!(s.sub.registry().load().busy());
+    push(&s, b"4");
+    assert_eq!(poll(&mut s), data(b"4"));
+    push(&s, b"5");
+    push(&s, b"6");
+    assert_eq!(poll(&mut s), data(b"56"));
+    // ...a write of two holds the next one for the window.
+    push(&s, b"7");
+    assert!(poll(&mut s).is_pending(), "held within the window");
+    push(&s, b"8");
+    tokio::time::advance(Duration::from_millis(101)).await;
+    assert_eq!(poll(&mut s), data(b"78"), "one fuller write");
+    // Not busy any more: the window set by that write passes, then
+    // nothing is held and the timer is freed.
+    period(&s, 0);
+    push(&s, b"9");
+    tokio::time::advance(Duration::from_millis(101)).await;
+    assert_eq!(poll(&mut s), data(b"9"));
+    push(&s, b"a");
+    push(&s, b"b");
+    assert_eq!(poll(&mut s), data(b"ab"));
+    assert!(s.hold.is_none());
+    push(&s, b"c");
+    assert_eq!(poll(&mut s), data(b"c"), "not held");
 }
