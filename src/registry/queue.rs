@@ -408,20 +408,6 @@ impl Queue {
         self.state.lock().closed
     }
 
-    /// `Ready` once there is something to drain (or the queue is closed);
-    /// `Pending` (waker stored) while it is empty. Takes nothing.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut st = self.state.lock();
-        if !st.frames.is_empty() || st.closed.is_some() {
-            return Poll::Ready(());
-        }
-        match &mut st.waker {
-            Some(w) => w.clone_from(cx.waker()),
-            None => st.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
     /// Takes everything queued as one batch; `Ready(Err)` once closed and
     /// empty; `Pending` (waker stored) when there is nothing yet. `live`:
     /// the stream is past its preamble and replay, and has written all it

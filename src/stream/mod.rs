@@ -586,11 +586,10 @@ impl Stream {
             }
         }
         if self.holding {
-            // Something to send within the window since the last write: let
-            // the window pass so what arrives meanwhile joins it.
-            if self.queue().poll_ready(cx).is_pending() {
-                return Poll::Pending;
-            }
+            // A write within the window: let the window pass so what arrives
+            // meanwhile joins the next write. Only the timer wakes the stream
+            // (no waker in the queue: a push does not wake it to wait again);
+            // a queue closed meanwhile is seen when the window ends.
             if let Some(sleep) = &mut self.hold {
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;

@@ -164,6 +164,13 @@ async fn a_coalescing_window_holds_the_next_write() {
         Poll::Ready(Next::Data(Bytes::from_static(b"23"))),
         "what arrived in the window leaves in one write"
     );
+    // A close within the window is seen when the window ends.
+    s.sub
+        .subscriber()
+        .end(crate::registry::queue::CloseReason::Shutdown, None);
+    assert!(poll(&mut s).is_pending());
+    tokio::time::advance(Duration::from_millis(101)).await;
+    assert_eq!(poll(&mut s), Poll::Ready(Next::End));
 }
 
 #[tokio::test(start_paused = true)]
