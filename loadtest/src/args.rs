@@ -77,6 +77,12 @@ pub(crate) struct Args {
     /// `Authorization: Bearer` (herald started with the same --jwt-secret).
     #[arg(long, env = "SSE_LOAD_JWT_SECRET", hide_env_values = true)]
     pub(crate) jwt_secret: Option<String>,
+    /// Streams and publishers over TLS (ALPN http/1.1), trusting this PEM
+    /// CA (the server's certificate must name 127.0.0.1): herald started
+    /// with --tls-cert/--tls-key. Stalled connections and adversaries stay
+    /// plain.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
     /// More connections that read nothing after their request, each its own
     /// user `stalled-{k}` (on this process, from 127.0.2.x).
     #[arg(long, default_value_t = 0)]

@@ -101,6 +101,9 @@ pub(crate) fn spawn_children(args: &Args, totals: &Arc<Totals>) -> Vec<ChildProc
             if args.targeted {
                 cmd.arg("--targeted");
             }
+            if let Some(ca) = &args.tls_ca {
+                cmd.arg("--tls-ca").arg(ca);
+            }
             if let Some(secret) = &args.jwt_secret {
                 cmd.env("SSE_LOAD_JWT_SECRET", secret);
             }

@@ -39,6 +39,7 @@ mod procfs;
 mod publish;
 mod report;
 mod stream;
+mod tls;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,6 +76,12 @@ fn main() {
     if args.target.is_empty() {
         eprintln!("sse-load: --target needs at least one address");
         std::process::exit(2);
+    }
+    if let Some(ca) = &args.tls_ca {
+        if let Err(e) = tls::init(ca) {
+            eprintln!("sse-load: --tls-ca {e}");
+            std::process::exit(2);
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -85,7 +85,7 @@ impl Events {
 
 /// One keep-alive HTTP connection to herald's publish API.
 pub(crate) struct Publisher {
-    s: TcpStream,
+    s: Box<dyn crate::tls::Io>,
     target: SocketAddr,
     /// `authorization: ...\r\n` with --jwt-secret, else empty.
     auth: String,
@@ -96,6 +96,9 @@ impl Publisher {
     pub(crate) async fn connect(target: SocketAddr, args: &Args) -> Self {
         let s = TcpStream::connect(target).await.expect("publisher connect");
         s.set_nodelay(true).ok();
+        let s = crate::tls::wrap(s, target)
+            .await
+            .expect("publisher TLS handshake");
         // With --jwt-secret, a publisher token (`"publish": true`).
         let auth = args.jwt_secret.as_ref().map_or(String::new(), |secret| {
             let claims = serde_json::json!({"sub": "sse-load", "exp": now_us() / 1_000_000 + 3600, "publish": true});

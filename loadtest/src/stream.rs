@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::args::Args;
+use crate::tls::{self, Io};
 
 /// Counters shared by all connections (one relaxed add per read, not per frame).
 pub(crate) struct Totals {
@@ -171,10 +172,10 @@ pub(crate) async fn connect(
     path: &str,
     last_id: Option<String>,
     token: Option<&str>,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<Box<dyn Io>> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
-    let mut s = sock.connect(target).await?;
+    let mut s = tls::wrap(sock.connect(target).await?, target).await?;
     let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     let req = format!(
@@ -189,7 +190,7 @@ pub(crate) async fn connect(
 /// one), and for event frames carrying `"n":` and `"t":` (published by this
 /// tool) records latency and, for broadcasts, gaps and duplicates.
 pub(crate) async fn read_stream(
-    mut s: TcpStream,
+    mut s: Box<dyn Io>,
     totals: &Totals,
     shard: usize,
     check_order: bool,
