@@ -304,11 +304,7 @@ pub(crate) async fn connection(
                 serve.http.write_timeout,
                 &abort,
             );
-            match Abortable::new(fast, abort.clone()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "stream ended with an error"),
-                Err(Aborted) => tracing::debug!(%peer, "stream aborted (slow client)"),
-            }
+            finish_fast(Abortable::new(fast, abort.clone()).await, peer);
         }
         // Boxed: streams on herald's writer must not carry hyper's
         // connection future.
@@ -333,7 +329,9 @@ pub(crate) async fn connection(
 }
 
 /// A TLS connection: the handshake within the head deadline, then hyper
-/// (ALPN picks h2 or HTTP/1.1).
+/// for h2 (ALPN); for HTTP/1.1 the first head is read, and a subscribe
+/// request goes to herald's writer (`h1::serve_tls`), anything else to
+/// hyper, which reads the head read so far first (`h1::Rewind`).
 async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     builder: &auto::Builder<TokioExecutor>,
@@ -359,7 +357,45 @@ async fn serve_tls(
         },
         _ = serve.graceful.cancelled() => return,
     };
-    serve_connection(builder, tls_stream, peer, serve, abort, head_deadline).await;
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if !serve.http.fast_path || h2 {
+        serve_connection(builder, tls_stream, peer, serve, abort, head_deadline).await;
+        return;
+    }
+    // HTTP/1.1: a subscribe head goes to herald's writer, like a plain one.
+    let mut tls_stream = tls_stream;
+    let head = tokio::select! {
+        h = h1::read_head(&mut tls_stream, head_deadline, serve.http.max_header_bytes) => h,
+        _ = serve.graceful.cancelled() => return,
+    };
+    match head {
+        h1::Head::Taken(taken) => {
+            let fast = h1::serve_tls(
+                tls_stream,
+                taken,
+                peer,
+                &serve.api.subscribe,
+                serve.http.write_timeout,
+                &abort,
+            );
+            finish_fast(Abortable::new(fast, abort.clone()).await, peer);
+        }
+        h1::Head::Hyper(read) => {
+            let io = h1::Rewind::new(read, tls_stream);
+            serve_connection(builder, io, peer, serve, abort, head_deadline).await;
+        }
+        h1::Head::Close => {}
+        h1::Head::TimedOut => Limit::HeaderTimeout.count(),
+    }
+}
+
+/// Logs how a stream on herald's writer ended.
+fn finish_fast(r: Result<std::io::Result<()>, Aborted>, peer: SocketAddr) {
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "stream ended with an error"),
+        Err(Aborted) => tracing::debug!(%peer, "stream aborted (slow client)"),
+    }
 }
 
 /// A connection served by hyper. A watchdog closes it when no first request

@@ -48,8 +48,8 @@ impl<I> TimedIo<I> {
         }
     }
 
-    pub(crate) fn get_ref(&self) -> &I {
-        &self.inner
+    pub(crate) fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
     }
 
     /// Called when a write made no progress: arms the timer if needed and

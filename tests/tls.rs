@@ -7,28 +7,16 @@
 mod support;
 
 use serde_json::json;
-use support::{SseClient, TestServer};
-
-const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-cert.pem");
-const CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-ca.pem");
-const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-key.pem");
+use support::{eventually, https_client, metric, SseClient, TestServer, Transport, TLS_CA};
 
 async fn tls_server() -> TestServer {
-    TestServer::with(|c| c.server.tls = Some(herald::tls::load(CERT, KEY).unwrap())).await
+    TestServer::on(Transport::Tls).await
 }
 
 fn client(http1_only: bool) -> reqwest::Client {
-    let root = reqwest::Certificate::from_pem(&std::fs::read(CA).unwrap()).unwrap();
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(root)
-        .https_only(true)
-        .no_proxy();
-    if http1_only {
-        b = b.http1_only();
-    }
-    b.build().unwrap()
+    https_client(reqwest::Client::builder().no_proxy(), http1_only)
+        .build()
+        .unwrap()
 }
 
 fn open_connections(s: &TestServer) -> u64 {
@@ -95,4 +83,63 @@ async fn http1_over_tls_and_plain_text_refused() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(stream.next().await.data, "1");
+}
+
+/// An HTTP/1.1 TLS subscribe is served by herald's own writer, not hyper:
+/// bytes a client sends after its request end the stream as a protocol
+/// error (hyper would read them as a next request), and a non-subscribe
+/// request on such a connection still reaches hyper whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_tls_streams_are_on_heralds_writer() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::on(Transport::Tls).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(TLS_CA).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::IpAddress(s.addr.ip().into());
+        connector.connect(name, tcp).await.unwrap()
+    };
+    // A stream, then junk from its client.
+    let mut tls = connect().await;
+    tls.write_all(b"GET /api/sse/subscribe/w HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tls.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    tls.write_all(b"junk").await.unwrap();
+    let closed = |reason: &str| {
+        metric(
+            &s.metrics(),
+            "herald_sse_connections_closed_total",
+            Some(&format!("reason=\"{reason}\"")),
+        )
+    };
+    eventually(|| closed("protocol") == 1.0, "a protocol close").await;
+    // Another request, split over two TLS records so the head is read in
+    // parts: hyper answers it after the bytes read so far.
+    let mut tls = connect().await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tls.write_all(b"host: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 }

@@ -45,8 +45,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::abort::Abort;
 use crate::stream::{io_reason, CloseReason, Next, Sent, Stream, Wire};
@@ -262,29 +263,52 @@ pub(crate) async fn serve(
     // The setup's state (head, admission, first write) lives in its own box,
     // freed once the stream is live: a task's future is allocated at the size
     // of its largest state, for the connection's whole life.
-    let setup = start(stream, taken, peer, subscribe, write_timeout, conn);
+    let setup = async move {
+        let mut stream = stream;
+        // Consume exactly the head we peeked.
+        let mut head = vec![0u8; taken.head_len];
+        stream.read_exact(&mut head).await?;
+        drop(head);
+        let socket = Arc::new(Socket(stream));
+        let io = TimedIo::new(Shared(socket.clone()), write_timeout, conn.clone());
+        start(io, &taken, peer, subscribe, conn, Some(socket)).await
+    };
     let Some((mut io, mut s)) = Box::pin(setup).await? else {
         return Ok(());
     };
     run(&mut io, &mut s).await
 }
 
-/// Consumes the head, decides it; writes a refusal (`None`), or the stream's
-/// response head with its first bytes, and hands the stream its wire.
-async fn start(
-    mut stream: TcpStream,
+/// Serves a taken request that arrived over TLS (its head already read,
+/// [`read_head`]): as [`serve`], without direct sends (the TLS session is
+/// the task's alone).
+pub(crate) async fn serve_tls(
+    tls: TlsStream<TcpStream>,
     taken: Box<Taken>,
     peer: SocketAddr,
     subscribe: &Subscribe,
     write_timeout: Option<Duration>,
     conn: &Arc<Abort>,
-) -> io::Result<Option<(TimedIo<Shared>, Stream)>> {
-    // Consume exactly the head we peeked.
-    let mut head = vec![0u8; taken.head_len];
-    stream.read_exact(&mut head).await?;
-    drop(head);
-    let socket = Arc::new(Socket(stream));
-    let mut io = TimedIo::new(Shared(socket.clone()), write_timeout, conn.clone());
+) -> io::Result<()> {
+    let io = TimedIo::new(tls, write_timeout, conn.clone());
+    let setup = async move { start(io, &taken, peer, subscribe, conn, None).await };
+    let Some((mut io, mut s)) = Box::pin(setup).await? else {
+        return Ok(());
+    };
+    run(&mut io, &mut s).await
+}
+
+/// Decides a taken head; writes a refusal (`None`), or the stream's
+/// response head with its first bytes, and hands the stream its wire (if
+/// the transport has one).
+async fn start<W: Watch>(
+    mut io: TimedIo<W>,
+    taken: &Taken,
+    peer: SocketAddr,
+    subscribe: &Subscribe,
+    conn: &Arc<Abort>,
+    wire: Option<Arc<Socket>>,
+) -> io::Result<Option<(TimedIo<W>, Stream)>> {
     match subscribe.admit(&taken.parts, peer, conn, true) {
         Admission::Answer(resp) => {
             let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
@@ -310,18 +334,20 @@ async fn start(
                 stream.end(io_reason(&e));
                 return Err(e);
             }
-            stream.set_wire(socket);
+            if let Some(socket) = wire {
+                stream.set_wire(socket);
+            }
             Ok(Some((io, stream)))
         }
     }
 }
 
 /// The live stream: whatever the core hands out, into the socket.
-async fn run(io: &mut TimedIo<Shared>, s: &mut Stream) -> io::Result<()> {
+async fn run<W: Watch>(io: &mut TimedIo<W>, s: &mut Stream) -> io::Result<()> {
     loop {
         let next = poll_fn(|cx| match s.poll_next(cx) {
             Poll::Ready(next) => Poll::Ready(Ok(next)),
-            Poll::Pending => poll_client_gone(io.get_ref().tcp(), cx).map(Err),
+            Poll::Pending => io.get_mut().poll_gone(cx).map(Err),
         })
         .await;
         let written = match next {
@@ -346,24 +372,156 @@ async fn run(io: &mut TimedIo<Shared>, s: &mut Stream) -> io::Result<()> {
     }
 }
 
-/// `Ready` with why the stream must end once the client has closed its side
-/// (or the socket failed), or has sent anything: an SSE client has nothing
-/// to send on a stream, so bytes are a protocol error, and reading and
-/// discarding them forever would let one client burn a core.
-fn poll_client_gone(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<CloseReason> {
-    let mut one = [0u8; 1];
-    loop {
-        match stream.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Client),
-            Poll::Ready(Ok(())) => match stream.try_read(&mut one) {
-                Ok(0) => return Poll::Ready(CloseReason::Client),
-                Ok(_) => return Poll::Ready(CloseReason::Protocol),
-                // Readiness cleared: poll again to register the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(CloseReason::Client),
-            },
+/// A stream's connection as its task sees it: written to, and watched for
+/// the client going away.
+trait Watch: AsyncWrite + Unpin {
+    /// `Ready` with why the stream must end once the client has closed its
+    /// side (or the connection failed), or has sent anything: an SSE client
+    /// has nothing to send on a stream, so bytes are a protocol error, and
+    /// reading and discarding them forever would let one client burn a core.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason>;
+}
+
+impl Watch for Shared {
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let stream = self.tcp();
+        let mut one = [0u8; 1];
+        loop {
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::Client),
+                Poll::Ready(Ok(())) => match stream.try_read(&mut one) {
+                    Ok(0) => return Poll::Ready(CloseReason::Client),
+                    Ok(_) => return Poll::Ready(CloseReason::Protocol),
+                    // Readiness cleared: poll again to register the waker.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(CloseReason::Client),
+                },
+            }
         }
+    }
+}
+
+impl Watch for TlsStream<TcpStream> {
+    /// Application data after the head is the protocol error; a
+    /// close_notify or the connection closing is the client gone.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut one = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut one);
+        match Pin::new(self).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(CloseReason::Client),
+            Poll::Ready(Ok(())) => Poll::Ready(CloseReason::Protocol),
+            Poll::Ready(Err(_)) => Poll::Ready(CloseReason::Client),
+        }
+    }
+}
+
+/// A TLS connection's first request head, read (not peeked: TLS has no
+/// peek) by [`read_head`].
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// A subscribe head this path takes, and nothing after it.
+    Taken(Box<Taken>),
+    /// Anything else: the bytes read so far, for hyper to read first.
+    Hyper(Vec<u8>),
+    /// The peer closed (or the connection failed) before a whole head.
+    Close,
+    /// No whole head by the deadline.
+    TimedOut,
+}
+
+/// Reads a TLS connection's first request head, until it is whole, longer
+/// than `max_head` (hyper answers that), or `deadline`.
+pub(crate) async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    deadline: tokio::time::Instant,
+    max_head: usize,
+) -> Head {
+    let mut buf = Vec::with_capacity(FIRST_PEEK.min(max_head + 1));
+    loop {
+        if buf.len() == buf.capacity() {
+            // Doubling; a head past `max_head` ends the loop below.
+            buf.reserve(buf.len().max(1024));
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Close,
+            Ok(Ok(_)) => {}
+        }
+        if buf.len() > max_head || !head_incomplete(&buf) {
+            break;
+        }
+    }
+    match take(&buf) {
+        Some(t) if t.head_len == buf.len() => Head::Taken(Box::new(t)),
+        _ => Head::Hyper(buf),
+    }
+}
+
+/// A connection whose first bytes were read already ([`Head::Hyper`]):
+/// hyper reads them first, then the connection.
+#[derive(Debug)]
+pub(crate) struct Rewind<I> {
+    read: Vec<u8>,
+    at: usize,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    pub(crate) fn new(read: Vec<u8>, inner: I) -> Self {
+        Self { read, at: 0, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = buf.remaining().min(self.read.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.read[at..at + n]);
+            self.at += n;
+            if self.at == self.read.len() {
+                self.read = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -468,7 +626,9 @@ async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, parts: &[&[u8]]) -> io::Re
         }
         written += n;
     }
-    Ok(())
+    // A TLS session may hold records the socket did not take yet; a plain
+    // socket has nothing to flush.
+    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
 }
 
 #[cfg(test)]

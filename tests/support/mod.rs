@@ -35,10 +35,17 @@ pub enum Transport {
     Hyper,
     /// HTTP/2 over plain TCP (h2c, prior knowledge) through hyper.
     H2c,
+    /// HTTPS, HTTP/1.1 (ALPN): streams on herald's own writer over TLS,
+    /// everything else through hyper. The test certificate in `tests/keys`.
+    Tls,
 }
 
+pub const TLS_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-cert.pem");
+pub const TLS_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-ca.pem");
+pub const TLS_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-key.pem");
+
 /// Runs each listed `async fn(Transport)` once per transport, as
-/// `name::herald`, `name::hyper` and `name::h2c`.
+/// `name::herald`, `name::hyper`, `name::h2c` and `name::tls`.
 #[macro_export]
 macro_rules! on_every_transport {
     ($($name:ident),+ $(,)?) => {$(
@@ -54,6 +61,10 @@ macro_rules! on_every_transport {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn h2c() {
                 super::$name(super::support::Transport::H2c).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$name(super::support::Transport::Tls).await
             }
         }
     )+};
@@ -117,7 +128,10 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown.drain = Duration::from_millis(100);
         config.shutdown.deadline = Duration::from_secs(5);
-        config.server.sse_fast_path = t == Transport::Herald;
+        config.server.sse_fast_path = matches!(t, Transport::Herald | Transport::Tls);
+        if t == Transport::Tls {
+            config.server.tls = Some(herald::tls::load(TLS_CERT, TLS_KEY).unwrap());
+        }
         tweak(&mut config);
         let running = herald::app::start(config, max_connections).await.unwrap();
         Self {
@@ -157,7 +171,11 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = match self.transport {
+            Transport::Tls => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// Opens `/api/sse/subscribe/{path}` and checks the 200 + headers.
@@ -287,9 +305,25 @@ pub fn client_for(t: Transport) -> reqwest::Client {
     match t {
         Transport::Herald | Transport::Hyper => b.pool_max_idle_per_host(0),
         Transport::H2c => b.http2_prior_knowledge(),
+        Transport::Tls => https_client(b, true).pool_max_idle_per_host(0),
     }
     .build()
     .unwrap()
+}
+
+/// `b` trusting only the test CA, https only; HTTP/1.1 only if asked.
+pub fn https_client(b: reqwest::ClientBuilder, http1_only: bool) -> reqwest::ClientBuilder {
+    let root = reqwest::Certificate::from_pem(&std::fs::read(TLS_CA).unwrap()).unwrap();
+    let b = b
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .https_only(true);
+    if http1_only {
+        b.http1_only()
+    } else {
+        b
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
