@@ -1,5 +1,6 @@
 //! herald's own HTTP/1.1 writer for SSE streams: a subscribe request that
-//! arrives whole in the connection's first segment is served without hyper.
+//! arrives whole in the connection's first segment (plain TCP), or as the
+//! first request of an HTTP/1.1 TLS connection, is served without hyper.
 //!
 //! Why (measured, see BENCHMARKS.md): an SSE stream is one request followed
 //! by an endless body, so after the head hyper's machinery is pure overhead:
@@ -17,6 +18,10 @@
 //!   `http::Uri`, `HeaderName`/`HeaderValue`); anything else (other routes,
 //!   h2c, HEAD, HTTP/1.0, a head split over segments, a target `http`
 //!   refuses) goes to hyper untouched, so nothing is read two ways.
+//! - Over TLS there is no peek: [`read_head`] reads the first head through
+//!   the session; [`serve_tls`] takes a subscribe head with nothing after it,
+//!   and anything else goes to hyper, which reads the bytes read so far
+//!   first ([`Rewind`]).
 //! - [`serve`] consumes the head and asks the admission. A refusal is written
 //!   as a complete response and the connection closed. A stream gets its
 //!   response head and first bytes in one write, then: [`Stream::poll_next`]
@@ -24,7 +29,8 @@
 //!   watched for the client going away (or sending anything, which ends the
 //!   stream: an SSE client has nothing to send), both polled in one
 //!   `poll_fn` (no future built per wait).
-//! - Direct sends: the socket is shared ([`Socket`]) between the stream's
+//! - Direct sends (plain TCP only; a TLS session is its task's alone): the
+//!   socket is shared ([`Socket`]) between the stream's
 //!   task and the dispatcher, which writes a live event for an idle stream
 //!   itself, as a chunk (`Wire` for [`Socket`]; the ownership rules are the
 //!   queue's, `registry::queue`). The task writes the rest of a partial one

@@ -36,8 +36,6 @@ pub struct Load {
     probed_at: AtomicU64,
     /// µs since `born` of its last late wake-up, +1 (0: never).
     late_at: AtomicU64,
-    /// [`Load::behind`] as of the probe's last wake-up.
-    behind: AtomicBool,
     /// Frames queued since the busy period began.
     queued: AtomicU64,
     /// µs since `born` the busy period began (the probe's alone).
@@ -52,7 +50,6 @@ impl Default for Load {
             born: Instant::now(),
             probed_at: AtomicU64::new(0),
             late_at: AtomicU64::new(0),
-            behind: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             period_at: AtomicU64::new(0),
             busy: AtomicBool::new(false),
@@ -75,7 +72,11 @@ impl Load {
     /// The probe woke `late`: records it, and decides [`Load::busy`] once
     /// per [`BUSY_WINDOW`].
     pub fn tick(&self, late: Duration) {
-        let now = self.record_lag(late);
+        let now = self.now_us();
+        self.probed_at.store(now, Ordering::Release);
+        if late >= LAG_BEHIND {
+            self.late_at.store(now, Ordering::Release);
+        }
         let from = self.period_at.load(Ordering::Relaxed);
         let span = now.saturating_sub(from);
         if span >= BUSY_WINDOW.as_micros() as u64 {
@@ -93,23 +94,11 @@ impl Load {
         self.busy.load(Ordering::Relaxed)
     }
 
-    /// Records how late the lag probe woke; returns the time of the record.
-    fn record_lag(&self, late: Duration) -> u64 {
-        let now = self.now_us();
-        self.probed_at.store(now, Ordering::Release);
-        if late >= LAG_BEHIND {
-            self.late_at.store(now, Ordering::Release);
-        }
-        let late = self.late_at.load(Ordering::Acquire);
-        let recent = late != 0 && now.saturating_sub(late) <= LAG_WINDOW.as_micros() as u64;
-        self.behind.store(recent, Ordering::Relaxed);
-        now
-    }
-
-    /// Whether the probe woke [`LAG_BEHIND`] late within [`LAG_WINDOW`],
-    /// as of its last wake-up.
+    /// Whether the probe woke [`LAG_BEHIND`] late within the last
+    /// [`LAG_WINDOW`].
     pub fn behind(&self) -> bool {
-        self.behind.load(Ordering::Relaxed)
+        let late = self.late_at.load(Ordering::Acquire);
+        late != 0 && self.now_us().saturating_sub(late) <= LAG_WINDOW.as_micros() as u64
     }
 
     /// [`Load::behind`], or the probe has not woken for [`LAG_BEHIND`]
@@ -144,7 +133,7 @@ mod tests {
         }
         assert!(!l.runtime_behind() && !l.behind());
         // A probe that stops running (its runtime is stuck) counts as late
-        // for backpressure; the streams' cached answer waits for the probe.
+        // for backpressure; `behind` alone only says when it last woke late.
         std::thread::sleep(LAG_PROBE + LAG_BEHIND + Duration::from_millis(10));
         assert!(l.runtime_behind(), "silent");
         assert!(!l.behind());

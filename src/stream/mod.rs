@@ -1,6 +1,6 @@
 //! The stream core: everything an SSE stream does, whichever transport
 //! carries it. herald's HTTP/1.1 writer (`http::h1`) and hyper's body
-//! (`http::body`: HTTP/1.1 with the fast path off, h2, h2c, TLS) only move
+//! (`http::body`: h2 over TLS, h2c, HTTP/1.1 with the fast path off) only move
 //! the bytes a [`Stream`] hands them and report how the connection ended.
 //!
 //! A stream, from open to close:
@@ -189,12 +189,13 @@ impl From<Refused> for OpenError {
 /// The transport serving a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// herald's own HTTP/1.1 writer (plain TCP, the request first on its
-    /// connection).
+    /// herald's own HTTP/1.1 writer (plain or TLS, the request first on
+    /// its connection).
     Herald,
-    /// hyper's HTTP/1.1 (TLS, or a connection that served a request first).
+    /// hyper's HTTP/1.1 (a connection that served a request first, or the
+    /// fast path off).
     Hyper,
-    /// HTTP/2, TLS or h2c (hyper).
+    /// HTTP/2 over TLS, or h2c (hyper).
     H2,
 }
 
