@@ -12,6 +12,8 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
+    // Memory a spike used must come back (see herald::memory).
+    herald::memory::small_pages();
     let config = match herald::config::load() {
         Ok(herald::config::Loaded::Serve(c)) => *c,
         Ok(herald::config::Loaded::Token(args)) => {

@@ -220,7 +220,8 @@ async fn connections_past_the_cap_get_503_with_a_message() {
 }
 
 /// The real binary: bad flags exit 2 naming the flag; SIGTERM ends open
-/// streams and the process exits 0 within the deadline.
+/// streams and the process exits 0 within the deadline; the heap is kept off
+/// transparent huge pages.
 #[test]
 fn binary_rejects_bad_flags_and_drains_on_sigterm() {
     let bin = env!("CARGO_BIN_EXE_herald");
@@ -279,6 +280,15 @@ fn binary_rejects_bad_flags_and_drains_on_sigterm() {
             "2s",
         ],
         None,
+    );
+    // The heap stays on small pages, so a spike's memory can come back
+    // (herald::memory::small_pages).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "transparent huge pages still on: {status}"
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
