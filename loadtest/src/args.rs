@@ -83,6 +83,14 @@ pub(crate) struct Args {
     /// plain.
     #[arg(long, value_name = "FILE")]
     pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// Streams over HTTP/2: h2c with prior knowledge, or with --tls-ca
+    /// TLS with ALPN h2 (publishers stay HTTP/1.1). No --storm-after.
+    #[arg(long, default_value_t = false)]
+    pub(crate) h2: bool,
+    /// With --h2: streams opened on each connection (--connections counts
+    /// streams; the last connection may hold fewer).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) streams_per_connection: u16,
     /// More connections that read nothing after their request, each its own
     /// user `stalled-{k}` (on this process, from 127.0.2.x).
     #[arg(long, default_value_t = 0)]

@@ -101,6 +101,10 @@ pub(crate) fn spawn_children(args: &Args, totals: &Arc<Totals>) -> Vec<ChildProc
             if args.targeted {
                 cmd.arg("--targeted");
             }
+            if args.h2 {
+                cmd.arg("--h2").arg("--streams-per-connection");
+                cmd.arg(args.streams_per_connection.to_string());
+            }
             if let Some(ca) = &args.tls_ca {
                 cmd.arg("--tls-ca").arg(ca);
             }

@@ -35,6 +35,7 @@
 mod adversary;
 mod args;
 mod children;
+mod h2;
 mod procfs;
 mod publish;
 mod report;
@@ -71,6 +72,14 @@ fn main() {
             "sse-load: --adversary-kinds: no kind {bad:?}; the kinds are {}",
             adversary::KINDS.join(", ")
         );
+        std::process::exit(2);
+    }
+    if args.h2 && args.storm_after > 0 {
+        eprintln!("sse-load: --storm-after is for HTTP/1.1 streams; drop --h2 or the storm");
+        std::process::exit(2);
+    }
+    if args.streams_per_connection > 1 && !args.h2 {
+        eprintln!("sse-load: --streams-per-connection needs --h2 (HTTP/1.1 holds one stream per connection)");
         std::process::exit(2);
     }
     if args.target.is_empty() {

@@ -113,18 +113,14 @@ pub(crate) async fn open_connections(
             .ok()
         })
         .collect();
+    if args.h2 {
+        return crate::h2::open_connections(args, totals, tokens, sem).await;
+    }
     let mut tokens = tokens.into_iter();
     for local in 0..args.connections {
-        let i = args.first_index + local;
+        let (i, target, src, path) = endpoint(args, local);
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         let totals = totals.clone();
-        let target = args.target[i % args.target.len()];
-        let src_k = args.source_offset as usize + local % args.sources.max(1) as usize;
-        let src = Ipv4Addr::new(127, 0, 0, 2 + (src_k % 250) as u8);
-        let path = args
-            .path
-            .replace("{i}", &i.to_string())
-            .replace("{u}", &(i % users).to_string());
         let mut storm = storm_rx.clone();
         let token = tokens.next().flatten();
         tokio::spawn(async move {
@@ -166,6 +162,20 @@ pub(crate) async fn open_connections(
     }
 }
 
+/// Where this process's connection `local` goes: its index over all
+/// processes, target, source address and request path.
+pub(crate) fn endpoint(args: &Args, local: usize) -> (usize, SocketAddr, Ipv4Addr, String) {
+    let i = args.first_index + local;
+    let target = args.target[i % args.target.len()];
+    let src_k = args.source_offset as usize + local % args.sources.max(1) as usize;
+    let src = Ipv4Addr::new(127, 0, 0, 2 + (src_k % 250) as u8);
+    let path = args
+        .path
+        .replace("{i}", &i.to_string())
+        .replace("{u}", &(i % args.users()).to_string());
+    (i, target, src, path)
+}
+
 pub(crate) async fn connect(
     target: SocketAddr,
     src: Ipv4Addr,
@@ -198,7 +208,7 @@ pub(crate) async fn read_stream(
     storm: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut carry: Vec<u8> = Vec::new();
+    let mut frames = Frames::new(totals, shard, check_order);
     let mut head_done = false;
     loop {
         let n = tokio::select! {
@@ -213,17 +223,52 @@ pub(crate) async fn read_stream(
                 continue;
             }
         };
-        totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        carry.extend_from_slice(&buf[..n]);
+        frames.push(&buf[..n]);
         if !head_done {
-            match memchr::memmem::find(&carry, b"\r\n\r\n") {
+            match memchr::memmem::find(&frames.carry, b"\r\n\r\n") {
                 Some(p) => {
                     head_done = true;
-                    carry.drain(..p + 4);
+                    frames.carry.drain(..p + 4);
                 }
                 None => continue,
             }
         }
+        frames.take(state);
+    }
+}
+
+/// A stream's body as it arrives, cut into SSE frames (one place for every
+/// transport).
+pub(crate) struct Frames<'a> {
+    totals: &'a Totals,
+    shard: usize,
+    check_order: bool,
+    /// Bytes of a frame not complete yet.
+    pub(crate) carry: Vec<u8>,
+}
+
+impl<'a> Frames<'a> {
+    pub(crate) fn new(totals: &'a Totals, shard: usize, check_order: bool) -> Self {
+        Self {
+            totals,
+            shard,
+            check_order,
+            carry: Vec::new(),
+        }
+    }
+
+    /// Bytes just received.
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.totals
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.carry.extend_from_slice(bytes);
+    }
+
+    /// Counts every frame complete in `carry`, which keeps what is left.
+    pub(crate) fn take(&mut self, state: &mut StreamState) {
+        let totals = self.totals;
+        let carry = &mut self.carry;
         let mut frames = 0u64;
         let mut events = 0u64;
         let mut start = 0;
@@ -245,7 +290,7 @@ pub(crate) async fn read_stream(
                 lat.push(now.saturating_sub(t).max(1));
                 events += 1;
                 let last_n = &mut state.last_n;
-                if check_order {
+                if self.check_order {
                     match *last_n {
                         Some(l) if seq <= l => {
                             totals.dups.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +307,7 @@ pub(crate) async fn read_stream(
         }
         carry.drain(..start);
         if !lat.is_empty() {
-            let mut h = totals.latency[shard % LATENCY_SHARDS].lock();
+            let mut h = totals.latency[self.shard % LATENCY_SHARDS].lock();
             for l in lat {
                 let _ = h.record(l);
             }
