@@ -209,7 +209,8 @@ pub(crate) fn to_json<'a>(
         }
         Value::BigDecimal(d) => Json::String(d.to_string()),
         Value::Date(days) => Json::String(
-            chrono::NaiveDate::from_num_days_from_ce_opt(719_163 + days)
+            days.checked_add(719_163)
+                .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
                 .ok_or("date out of range")?
                 .to_string(),
         ),
@@ -455,6 +456,29 @@ mod tests {
         let u = Avro::parse(r#"["null","string"]"#, &[]).unwrap();
         assert_eq!(u.decode(&[0x00]).unwrap(), Json::Null);
         assert_eq!(u.decode(&[0x02, 0x02, 0x61]).unwrap(), Json::from("a"));
+    }
+
+    /// Dates, times and timestamps at the ends of their ranges are a decode
+    /// error (the record is a poison record), never an overflow.
+    #[test]
+    fn out_of_range_dates_and_times_are_errors() {
+        fn datum(schema: &str, value: Value) -> Vec<u8> {
+            #[allow(deprecated)]
+            apache_avro::to_avro_datum(&Schema::parse_str(schema).unwrap(), value).unwrap()
+        }
+        let date = Avro::parse(r#"{"type":"int","logicalType":"date"}"#, &[]).unwrap();
+        for days in [i32::MAX, i32::MIN, 2_000_000_000] {
+            let bytes = datum(r#""int""#, Value::Int(days));
+            assert!(date.decode(&bytes).is_err(), "date {days}");
+        }
+        let ts = r#"{"type":"long","logicalType":"timestamp-millis"}"#;
+        let ts = Avro::parse(ts, &[]).unwrap();
+        let t = Avro::parse(r#"{"type":"long","logicalType":"time-micros"}"#, &[]).unwrap();
+        for v in [i64::MAX, i64::MIN] {
+            let bytes = datum(r#""long""#, Value::Long(v));
+            assert!(ts.decode(&bytes).is_err(), "timestamp {v}");
+            assert!(t.decode(&bytes).is_err(), "time {v}");
+        }
     }
 
     #[test]
