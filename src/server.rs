@@ -43,6 +43,7 @@ use crate::http::{self, Api, Routes};
 use crate::metrics as m;
 use crate::registry::queue::CloseReason;
 use crate::timed_io::TimedIo;
+use crate::tls;
 
 /// Over-cap connections being answered 503 at once; more are just closed.
 pub(crate) const MAX_REJECTING: usize = 256;
@@ -358,6 +359,17 @@ async fn serve_tls(
                 abort,
                 head_deadline,
             ))),
+            Opened::Sealed(sealed, taken) => {
+                let fast = h1::serve_tls(
+                    sealed,
+                    taken,
+                    peer,
+                    &serve.api.subscribe,
+                    serve.http.write_timeout,
+                    &abort,
+                );
+                TlsNext::Sealed(Abortable::new(fast, abort.clone()))
+            }
             Opened::Head(tls_stream, h1::Head::Taken(taken)) => {
                 let fast = h1::serve_tls(
                     tls_stream,
@@ -388,6 +400,7 @@ async fn serve_tls(
         }
     };
     match next {
+        TlsNext::Sealed(fast) => finish_fast(fast.await, peer),
         TlsNext::Fast(fast) => finish_fast(fast.await, peer),
         TlsNext::Hyper(conn) => conn.await,
         TlsNext::Rewound(conn) => conn.await,
@@ -403,10 +416,13 @@ enum Opened {
     Hyper(TlsStream<TcpStream>),
     /// HTTP/1.1 and the first head as read.
     Head(TlsStream<TcpStream>, h1::Head),
+    /// A subscribe head on TLS 1.3: the stream's records sealed by herald.
+    Sealed(tls::Sealed, Box<h1::Taken>),
 }
 
 /// What serves a TLS connection after [`open_tls`], each boxed.
-enum TlsNext<F, H, R> {
+enum TlsNext<S, F, H, R> {
+    Sealed(Abortable<S>),
     Fast(Abortable<F>),
     Hyper(Pin<Box<H>>),
     Rewound(Pin<Box<R>>),
@@ -446,7 +462,17 @@ async fn open_tls(
         h = h1::read_head(&mut tls_stream, head_deadline, serve.http.max_header_bytes) => h,
         _ = serve.graceful.cancelled() => return Opened::Closed,
     };
-    Opened::Head(tls_stream, head)
+    match head {
+        h1::Head::Taken(taken) => match tls::seal(tls_stream) {
+            tls::Sealing::Sealed(sealed) => Opened::Sealed(sealed, taken),
+            tls::Sealing::Kept(tls_stream) => Opened::Head(tls_stream, h1::Head::Taken(taken)),
+            tls::Sealing::Failed(error) => {
+                tracing::warn!(%peer, %error, "TLS secrets not extracted; connection dropped");
+                Opened::Closed
+            }
+        },
+        head => Opened::Head(tls_stream, head),
+    }
 }
 
 /// Logs how a stream on herald's writer ended.

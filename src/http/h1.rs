@@ -286,10 +286,11 @@ pub(crate) async fn serve(
 }
 
 /// Serves a taken request that arrived over TLS (its head already read,
-/// [`read_head`]): as [`serve`], without direct sends (the TLS session is
-/// the task's alone).
-pub(crate) async fn serve_tls(
-    tls: TlsStream<TcpStream>,
+/// [`read_head`]), on records herald seals (`tls::Sealed`) or rustls's
+/// connection: as [`serve`], without direct sends (the TLS session is the
+/// task's alone).
+pub(crate) async fn serve_tls<T: Watch>(
+    tls: T,
     taken: Box<Taken>,
     peer: SocketAddr,
     subscribe: &Subscribe,
@@ -380,7 +381,7 @@ async fn run<W: Watch>(io: &mut TimedIo<W>, s: &mut Stream) -> io::Result<()> {
 
 /// A stream's connection as its task sees it: written to, and watched for
 /// the client going away.
-trait Watch: AsyncWrite + Unpin {
+pub(crate) trait Watch: AsyncWrite + Unpin {
     /// `Ready` with why the stream must end once the client has closed its
     /// side (or the connection failed), or has sent anything: an SSE client
     /// has nothing to send on a stream, so bytes are a protocol error, and
@@ -405,6 +406,12 @@ impl Watch for Shared {
                 },
             }
         }
+    }
+}
+
+impl Watch for crate::tls::Sealed {
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        crate::tls::Sealed::poll_gone(self, cx)
     }
 }
 
