@@ -38,6 +38,9 @@ pub enum Transport {
     /// HTTPS, HTTP/1.1 (ALPN): streams on herald's own writer over TLS,
     /// everything else through hyper. The test certificate in `tests/keys`.
     Tls,
+    /// HTTPS, HTTP/2 (ALPN h2): the browser's way, streams multiplexed on
+    /// one connection, through hyper.
+    TlsH2,
 }
 
 pub const TLS_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-cert.pem");
@@ -45,7 +48,8 @@ pub const TLS_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-ca
 pub const TLS_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/tls-key.pem");
 
 /// Runs each listed `async fn(Transport)` once per transport, as
-/// `name::herald`, `name::hyper`, `name::h2c` and `name::tls`.
+/// `name::herald`, `name::hyper`, `name::h2c`, `name::tls` and
+/// `name::tls_h2`.
 #[macro_export]
 macro_rules! on_every_transport {
     ($($name:ident),+ $(,)?) => {$(
@@ -65,6 +69,10 @@ macro_rules! on_every_transport {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tls() {
                 super::$name(super::support::Transport::Tls).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls_h2() {
+                super::$name(super::support::Transport::TlsH2).await
             }
         }
     )+};
@@ -128,8 +136,8 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown.drain = Duration::from_millis(100);
         config.shutdown.deadline = Duration::from_secs(5);
-        config.server.sse_fast_path = matches!(t, Transport::Herald | Transport::Tls);
-        if t == Transport::Tls {
+        config.server.sse_fast_path = !matches!(t, Transport::Hyper | Transport::H2c);
+        if matches!(t, Transport::Tls | Transport::TlsH2) {
             config.server.tls = Some(herald::tls::load(TLS_CERT, TLS_KEY).unwrap());
         }
         tweak(&mut config);
@@ -172,7 +180,7 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         let scheme = match self.transport {
-            Transport::Tls => "https",
+            Transport::Tls | Transport::TlsH2 => "https",
             _ => "http",
         };
         format!("{scheme}://{}{}", self.addr, path)
@@ -306,6 +314,7 @@ pub fn client_for(t: Transport) -> reqwest::Client {
         Transport::Herald | Transport::Hyper => b.pool_max_idle_per_host(0),
         Transport::H2c => b.http2_prior_knowledge(),
         Transport::Tls => https_client(b, true).pool_max_idle_per_host(0),
+        Transport::TlsH2 => https_client(b, false),
     }
     .build()
     .unwrap()
