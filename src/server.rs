@@ -32,7 +32,6 @@ use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -351,6 +350,14 @@ async fn serve_tls(
         let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
         match opened {
             Opened::Closed => return,
+            Opened::HyperSealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
+                builder,
+                sealed,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))),
             Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(serve_connection(
                 builder,
                 tls_stream,
@@ -402,6 +409,7 @@ async fn serve_tls(
     match next {
         TlsNext::Sealed(fast) => finish_fast(fast.await, peer),
         TlsNext::Fast(fast) => finish_fast(fast.await, peer),
+        TlsNext::HyperSealed(conn) => conn.await,
         TlsNext::Hyper(conn) => conn.await,
         TlsNext::Rewound(conn) => conn.await,
     }
@@ -412,17 +420,20 @@ async fn serve_tls(
 enum Opened {
     /// The handshake failed or timed out, or the node is draining.
     Closed,
-    /// h2 (ALPN), or the fast path is off: hyper reads it all.
-    Hyper(TlsStream<TcpStream>),
+    /// h2 (ALPN) on TLS 1.3: hyper over records herald opens and seals.
+    HyperSealed(tls::Sealed),
+    /// h2 otherwise, or the fast path is off: hyper reads it all.
+    Hyper(tls::Tls),
     /// HTTP/1.1 and the first head as read.
-    Head(TlsStream<TcpStream>, h1::Head),
+    Head(tls::Tls, h1::Head),
     /// A subscribe head on TLS 1.3: the stream's records sealed by herald.
     Sealed(tls::Sealed, Box<h1::Taken>),
 }
 
 /// What serves a TLS connection after [`open_tls`], each boxed.
-enum TlsNext<S, F, H, R> {
+enum TlsNext<S, F, HS, H, R> {
     Sealed(Abortable<S>),
+    HyperSealed(Pin<Box<HS>>),
     Fast(Abortable<F>),
     Hyper(Pin<Box<H>>),
     Rewound(Pin<Box<R>>),
@@ -438,6 +449,7 @@ async fn open_tls(
     head_deadline: tokio::time::Instant,
 ) -> Opened {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let stream = tls::RecordReads::new(stream);
     let handshake = tokio::time::timeout_at(head_deadline, acceptor.accept(stream));
     let mut tls_stream = tokio::select! {
         r = handshake => match r {
@@ -454,7 +466,17 @@ async fn open_tls(
         _ = serve.graceful.cancelled() => return Opened::Closed,
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    if !serve.http.fast_path || h2 {
+    if h2 {
+        return match tls::seal(tls_stream, tls::Mode::Duplex) {
+            tls::Sealing::Sealed(sealed) => Opened::HyperSealed(sealed),
+            tls::Sealing::Kept(tls_stream) => Opened::Hyper(tls_stream),
+            tls::Sealing::Failed(error) => {
+                tracing::warn!(%peer, %error, "TLS secrets not extracted; connection dropped");
+                Opened::Closed
+            }
+        };
+    }
+    if !serve.http.fast_path {
         return Opened::Hyper(tls_stream);
     }
     // HTTP/1.1: a subscribe head goes to herald's writer, like a plain one.
@@ -463,7 +485,7 @@ async fn open_tls(
         _ = serve.graceful.cancelled() => return Opened::Closed,
     };
     match head {
-        h1::Head::Taken(taken) => match tls::seal(tls_stream) {
+        h1::Head::Taken(taken) => match tls::seal(tls_stream, tls::Mode::Stream) {
             tls::Sealing::Sealed(sealed) => Opened::Sealed(sealed, taken),
             tls::Sealing::Kept(tls_stream) => Opened::Head(tls_stream, h1::Head::Taken(taken)),
             tls::Sealing::Failed(error) => {

@@ -53,7 +53,6 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::abort::Abort;
 use crate::stream::{io_reason, CloseReason, Next, Sent, Stream, Wire};
@@ -415,7 +414,7 @@ impl Watch for crate::tls::Sealed {
     }
 }
 
-impl Watch for TlsStream<TcpStream> {
+impl Watch for crate::tls::Tls {
     /// Application data after the head is the protocol error; a
     /// close_notify or the connection closing is the client gone.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {

@@ -15,28 +15,39 @@
 //!   16 KiB (one record for a typical batch) and written in one syscall; the
 //!   sealed bytes are held only until the socket takes them, so an idle
 //!   stream holds no buffer.
-//! - Reads: an SSE client has nothing to send after its head. The first
-//!   bytes it sends end the stream; they are decrypted only to name why (a
-//!   decrypter built then, not kept): an alert (close_notify) or a key
-//!   update is the client leaving (herald does not follow key updates; the
-//!   client reconnects and resumes from its `Last-Event-ID`), anything else
-//!   a protocol error.
+//! - Reads, on an HTTP/1.1 stream: an SSE client has nothing to send after
+//!   its head. The first bytes it sends end the stream; they are decrypted
+//!   only to name why (a decrypter built then, not kept): an alert
+//!   (close_notify) or a key update is the client leaving (herald does not
+//!   follow key updates; the client reconnects and resumes from its
+//!   `Last-Event-ID`), anything else a protocol error.
+//! - Reads, on an HTTP/2 connection ([`Mode::Duplex`], hyper on top): each
+//!   record is read whole into a buffer held only until it is decrypted and
+//!   read (an idle connection holds none), opened in place by the suite's
+//!   decrypter. A close_notify is the end of the stream of bytes; any other
+//!   alert, a key update, or a record that does not open is an error that
+//!   closes the connection (its clients reconnect).
+//! - Until then, rustls reads the connection one record at a time and
+//!   herald keeps a copy of the record being read ([`RecordReads`]): when
+//!   the secrets leave rustls, what it opened but was not read yet, and the
+//!   part of a record it holds unopened, go on to herald's reader.
 //! - A clean end writes a close_notify alert, then FIN.
 //! - A key seals at most the suite's confidentiality limit of records (2^24
 //!   for AES-GCM): the stream ends before it, and the client reconnects.
-//! - TLS 1.2, or a connection with handshake records still to send, stays
-//!   on rustls's connection ([`seal`] hands it back).
+//! - TLS 1.2, or a connection with handshake records still to send or
+//!   plaintext not yet read, stays on rustls's connection ([`seal`] hands
+//!   it back).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
 };
 use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite};
 use rustls::{ServerConnection, Tls13CipherSuite};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -55,6 +66,134 @@ const HEADER: usize = 5;
 /// update record (24-27 bytes) fits.
 const PEEK: usize = 64;
 
+/// Largest record body a peer may send (TLS 1.3: 2^14 plaintext + 256).
+const MAX_CIPHERTEXT: usize = MAX_RECORD + 256;
+
+/// Least a read asks the socket for (records follow one another).
+const READ_CHUNK: usize = 2048;
+
+/// Empty application-data records accepted in a row (as rustls does: a
+/// peer must not make herald spin on nothing).
+const MAX_EMPTY: u8 = 32;
+
+/// What the connection does after its secrets leave rustls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// An HTTP/1.1 SSE stream: writes only; what the client sends ends it.
+    Stream,
+    /// Reads and writes (HTTP/2 through hyper).
+    Duplex,
+}
+
+/// The socket as rustls reads it until [`seal`]: never past the end of the
+/// record being read, whose bytes so far are kept (`partial`), so that the
+/// part of a record rustls holds unopened when its secrets leave is known.
+/// Off once a connection stays on rustls. Writes go straight to the socket.
+pub(crate) struct RecordReads {
+    tcp: TcpStream,
+    on: bool,
+    /// The record header read so far, and what is left of the record's body.
+    head: [u8; HEADER],
+    have: usize,
+    left: usize,
+    /// The bytes of the record being read, as handed to rustls.
+    partial: Vec<u8>,
+}
+
+impl RecordReads {
+    pub(crate) fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            on: true,
+            head: [0; HEADER],
+            have: 0,
+            left: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// rustls keeps the connection: reads go straight to the socket.
+    fn off(&mut self) {
+        self.on = false;
+        self.partial = Vec::new();
+    }
+}
+
+impl AsyncRead for RecordReads {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.on {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let limit = match this.left {
+            0 => HEADER - this.have,
+            left => left,
+        };
+        let k = limit.min(buf.remaining());
+        if k == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let dst = buf.initialize_unfilled_to(k);
+        let mut part = ReadBuf::new(dst);
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        this.partial.extend_from_slice(&dst[..n]);
+        if this.left == 0 {
+            this.head[this.have..this.have + n].copy_from_slice(&dst[..n]);
+            this.have += n;
+            if this.have == HEADER {
+                this.left = usize::from(u16::from_be_bytes([this.head[3], this.head[4]]));
+                this.have = 0;
+            }
+        } else {
+            this.left -= n;
+        }
+        if this.left == 0 && this.have == 0 {
+            // A whole record: rustls opens it.
+            this.partial.clear();
+        }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for RecordReads {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// A TLS connection as herald's server reads it.
+pub(crate) type Tls = TlsStream<RecordReads>;
+
 /// A TLS 1.3 connection whose records herald seals (see the module docs).
 pub(crate) struct Sealed {
     tcp: TcpStream,
@@ -65,8 +204,11 @@ pub(crate) struct Sealed {
     /// Sealed records not yet taken by the socket, and how much of them was.
     out: Vec<u8>,
     sent: usize,
-    /// To read the one record a leaving client sends: boxed, used once.
+    /// To read the one record a leaving client sends ([`Mode::Stream`]):
+    /// boxed, used once.
     rx: Option<Box<Rx>>,
+    /// What reads the connection ([`Mode::Duplex`]).
+    reader: Option<Box<Reader>>,
     /// The close_notify is sealed (shutdown started).
     closing: bool,
 }
@@ -77,20 +219,35 @@ struct Rx {
     secrets: ConnectionTrafficSecrets,
 }
 
+/// The read side of a [`Mode::Duplex`] connection.
+struct Reader {
+    open: Box<dyn MessageDecrypter>,
+    seq: u64,
+    /// Received bytes not yet a whole record (released once empty).
+    sealed: Vec<u8>,
+    /// Opened bytes not yet read, and how many were (released once read).
+    plain: Vec<u8>,
+    at: usize,
+    empty_in_a_row: u8,
+    /// The client's close_notify arrived: reads see the end.
+    closed: bool,
+}
+
 /// What [`seal`] made of a connection (returned once, moved on at once:
 /// its size is no stream's).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Sealing {
     Sealed(Sealed),
     /// Not a TLS 1.3 connection ready for it: rustls keeps serving it.
-    Kept(TlsStream<TcpStream>),
+    Kept(Tls),
     /// rustls refused the secrets (a bug, not the client's doing): the
     /// connection is dropped.
     Failed(rustls::Error),
 }
 
-/// Takes a TLS 1.3 connection off rustls's buffered connection (module docs).
-pub(crate) fn seal(tls: TlsStream<TcpStream>) -> Sealing {
+/// Takes a TLS 1.3 connection off rustls's buffered connection (module
+/// docs); what cannot be is handed back, reading the socket directly.
+pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
     let conn: &ServerConnection = tls.get_ref().1;
     let suite = match conn.negotiated_cipher_suite() {
         Some(SupportedCipherSuite::Tls13(suite))
@@ -100,34 +257,100 @@ pub(crate) fn seal(tls: TlsStream<TcpStream>) -> Sealing {
         {
             suite
         }
-        _ => return Sealing::Kept(tls),
+        _ => {
+            tls.get_mut().0.off();
+            return Sealing::Kept(tls);
+        }
     };
-    let (tcp, conn) = tls.into_inner();
+    // What rustls opened and nobody read yet: a stream takes nothing after
+    // its head (it stays on rustls, which reads it as before); hyper reads
+    // it first.
+    let (read, closed) = opened_unread(tls.get_mut().1);
+    if mode == Mode::Stream && (!read.is_empty() || closed) {
+        tls.get_mut().0.off();
+        return Sealing::Kept(tls);
+    }
+    let (io, conn) = tls.into_inner();
     let secrets = match conn.dangerous_extract_secrets() {
         Ok(s) => s,
         Err(e) => return Sealing::Failed(e),
     };
     let (seq, tx) = secrets.tx;
-    let (key, iv) = match tx {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-        _ => return Sealing::Failed(rustls::Error::General("unknown AEAD".into())),
+    let Some((key, iv)) = key_iv(tx) else {
+        return Sealing::Failed(rustls::Error::General("unknown AEAD".into()));
+    };
+    let tx = suite.aead_alg.encrypter(key, iv);
+    let (rx_seq, rx) = secrets.rx;
+    let (rx, reader) = match mode {
+        Mode::Stream => (
+            Some(Box::new(Rx {
+                suite,
+                seq: rx_seq,
+                secrets: rx,
+            })),
+            None,
+        ),
+        Mode::Duplex => {
+            let Some((key, iv)) = key_iv(rx) else {
+                return Sealing::Failed(rustls::Error::General("unknown AEAD".into()));
+            };
+            let reader = Reader {
+                open: suite.aead_alg.decrypter(key, iv),
+                seq: rx_seq,
+                // The part of a record rustls held unopened.
+                sealed: io.partial,
+                plain: read,
+                at: 0,
+                empty_in_a_row: 0,
+                closed,
+            };
+            (None, Some(Box::new(reader)))
+        }
     };
     Sealing::Sealed(Sealed {
-        tcp,
-        tx: suite.aead_alg.encrypter(key, iv),
+        tcp: io.tcp,
+        tx,
         seq,
         limit: suite.common.confidentiality_limit,
         out: Vec::new(),
         sent: 0,
-        rx: Some(Box::new(Rx {
-            suite,
-            seq: secrets.rx.0,
-            secrets: secrets.rx.1,
-        })),
+        rx,
+        reader,
         closing: false,
     })
+}
+
+/// The plaintext rustls opened that was not read yet, and whether the
+/// client's close_notify came.
+fn opened_unread(conn: &mut ServerConnection) -> (Vec<u8>, bool) {
+    use std::io::Read as _;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match conn.reader().read(&mut chunk) {
+            Ok(0) => return (read, true),
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+            // WouldBlock: nothing more (or the peer closed uncleanly,
+            // which the socket will tell again).
+            Err(_) => return (read, false),
+        }
+    }
+}
+
+/// A suite's key and IV, whichever AEAD it is.
+fn key_iv(
+    secrets: ConnectionTrafficSecrets,
+) -> Option<(rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv)> {
+    match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Some((key, iv)),
+        _ => None,
+    }
+}
+
+fn tls_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {what}"))
 }
 
 impl Sealed {
@@ -203,11 +426,8 @@ impl Sealed {
         if ContentType::from(typ) != ContentType::ApplicationData || HEADER + len > bytes.len() {
             return CloseReason::Protocol;
         }
-        let (key, iv) = match rx.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-            _ => return CloseReason::Protocol,
+        let Some((key, iv)) = key_iv(rx.secrets) else {
+            return CloseReason::Protocol;
         };
         let mut rx_dec = rx.suite.aead_alg.decrypter(key, iv);
         let msg = InboundOpaqueMessage::new(
@@ -220,6 +440,128 @@ impl Sealed {
                 CloseReason::Client
             }
             _ => CloseReason::Protocol,
+        }
+    }
+}
+
+impl Reader {
+    /// Hands out opened bytes into `buf`; true if it got any.
+    fn hand_out(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.at >= self.plain.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.plain.len() - self.at);
+        buf.put_slice(&self.plain[self.at..self.at + n]);
+        self.at += n;
+        if self.at == self.plain.len() {
+            self.plain = Vec::new();
+            self.at = 0;
+        }
+        true
+    }
+
+    /// Opens the first record in `sealed` if it is whole: `Ok(false)` if it
+    /// is not yet.
+    fn open_one(&mut self) -> io::Result<bool> {
+        let [typ, _, _, hi, lo, ..] = self.sealed[..] else {
+            return Ok(false);
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if len > MAX_CIPHERTEXT {
+            return Err(tls_error("record too large"));
+        }
+        if ContentType::from(typ) != ContentType::ApplicationData {
+            return Err(tls_error("unexpected record type after the handshake"));
+        }
+        if self.sealed.len() < HEADER + len {
+            return Ok(false);
+        }
+        let msg = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            &mut self.sealed[HEADER..HEADER + len],
+        );
+        let plain = self
+            .open
+            .decrypt(msg, self.seq)
+            .map_err(|_| tls_error("a record did not decrypt"))?;
+        self.seq += 1;
+        match plain.typ {
+            ContentType::ApplicationData if plain.payload.is_empty() => {
+                self.empty_in_a_row += 1;
+                if self.empty_in_a_row > MAX_EMPTY {
+                    return Err(tls_error("too many empty records"));
+                }
+            }
+            ContentType::ApplicationData => {
+                self.empty_in_a_row = 0;
+                self.plain.extend_from_slice(plain.payload);
+            }
+            // Level, then description: close_notify is 0.
+            ContentType::Alert if plain.payload.get(1) == Some(&0) => self.closed = true,
+            ContentType::Alert => return Err(tls_error("the client sent an alert")),
+            ContentType::Handshake => {
+                return Err(tls_error(
+                    "post-handshake message (key update): not followed, the connection closes",
+                ))
+            }
+            _ => return Err(tls_error("unexpected inner record type")),
+        }
+        self.sealed.drain(..HEADER + len);
+        if self.sealed.is_empty() {
+            self.sealed = Vec::new();
+        }
+        Ok(true)
+    }
+}
+
+impl AsyncRead for Sealed {
+    /// [`Mode::Duplex`]: records read whole, opened, handed out (module
+    /// docs). A [`Mode::Stream`] connection is never read this way.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(r) = this.reader.as_deref_mut() else {
+            return Poll::Ready(Err(io::Error::other("a sealed stream is not read")));
+        };
+        loop {
+            if r.hand_out(buf) || r.closed {
+                return Poll::Ready(Ok(()));
+            }
+            if r.open_one()? {
+                continue;
+            }
+            let need = match r.sealed[..] {
+                [_, _, _, hi, lo, ..] => HEADER + usize::from(u16::from_be_bytes([hi, lo])),
+                _ => HEADER,
+            };
+            match this.tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    if r.sealed.is_empty() {
+                        // Idle: hold no buffer.
+                        r.sealed = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            r.sealed.reserve((need - r.sealed.len()).max(READ_CHUNK));
+            match this.tcp.try_read_buf(&mut r.sealed) {
+                Ok(0) if r.sealed.is_empty() => {
+                    // The client closed without a close_notify: the end all
+                    // the same (HTTP/2 frames its own ends).
+                    r.closed = true;
+                }
+                Ok(0) => return Poll::Ready(Err(tls_error("connection closed inside a record"))),
+                Ok(_) => {}
+                // Readiness cleared: polled again above.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 }
@@ -304,11 +646,11 @@ mod tests {
 
     const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
 
-    /// A real handshake over loopback at `version`: the server's side (its
-    /// head read, as herald reads it) and the client's.
-    async fn pair(
+    /// herald's server configuration, and a client's at `version` trusting
+    /// the test CA.
+    pub(super) fn configs(
         version: &'static rustls::SupportedProtocolVersion,
-    ) -> (TlsStream<TcpStream>, ClientStream<TcpStream>) {
+    ) -> (Arc<rustls::ServerConfig>, rustls::ClientConfig) {
         let server = crate::tls::load(
             &format!("{KEYS}/tls-cert.pem"),
             &format!("{KEYS}/tls-key.pem"),
@@ -326,6 +668,15 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        (server, client)
+    }
+
+    /// A real handshake over loopback at `version`: the server's side (its
+    /// head read, as herald reads it) and the client's.
+    async fn pair(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Tls, ClientStream<TcpStream>) {
+        let (server, client) = configs(version);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = async {
@@ -342,7 +693,7 @@ mod tests {
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut s = tokio_rustls::TlsAcceptor::from(server)
-                .accept(tcp)
+                .accept(RecordReads::new(tcp))
                 .await
                 .unwrap();
             let mut head = [0u8; 18];
@@ -355,7 +706,7 @@ mod tests {
 
     async fn sealed() -> (Sealed, ClientStream<TcpStream>) {
         let (s, c) = pair(&rustls::version::TLS13).await;
-        match seal(s) {
+        match seal(s, Mode::Stream) {
             Sealing::Sealed(s) => (s, c),
             Sealing::Kept(_) => panic!("a TLS 1.3 connection was kept on rustls"),
             Sealing::Failed(e) => panic!("{e}"),
@@ -437,7 +788,7 @@ mod tests {
     #[tokio::test]
     async fn tls12_is_kept_on_rustls() {
         let (s, _c) = pair(&rustls::version::TLS12).await;
-        assert!(matches!(seal(s), Sealing::Kept(_)));
+        assert!(matches!(seal(s, Mode::Stream), Sealing::Kept(_)));
     }
 
     /// At the key's record limit the stream ends instead of sealing more.
@@ -448,5 +799,215 @@ mod tests {
         s.write_all(b"one").await.unwrap();
         let e = s.write_all(b"two").await.unwrap_err();
         assert!(e.to_string().contains("record limit"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod duplex_tests {
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::tests::configs;
+    use super::*;
+
+    /// A client (rustls's own, blocking, on its thread) whose first bytes
+    /// leave in the same write as its handshake's Finished, so they reach
+    /// herald in the same segment (all but the last `hold_back` bytes of
+    /// that write, which follow 100 ms later); then whatever `after` does.
+    async fn duplex(
+        first: &'static [u8],
+        hold_back: usize,
+        after: impl FnOnce(&mut rustls::ClientConnection, &mut std::net::TcpStream) + Send + 'static,
+    ) -> (Sealing, std::thread::JoinHandle<()>) {
+        let (server, client) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            // Written before the handshake ends: sent right after Finished.
+            conn.writer().write_all(first).unwrap();
+            // ClientHello out; the server's flight in, up to its Finished:
+            // the client's Finished is then queued, not sent.
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            while conn.is_handshaking() {
+                conn.read_tls(&mut sock).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+            let mut flight = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut flight).unwrap();
+            }
+            let (now, later) = flight.split_at(flight.len() - hold_back);
+            sock.write_all(now).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            sock.write_all(later).unwrap();
+            after(&mut conn, &mut sock);
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(RecordReads::new(tcp))
+            .await
+            .unwrap();
+        (seal(tls, Mode::Duplex), client)
+    }
+
+    fn sealed(s: Sealing) -> Sealed {
+        match s {
+            Sealing::Sealed(s) => s,
+            Sealing::Kept(_) => panic!("kept on rustls"),
+            Sealing::Failed(e) => panic!("{e}"),
+        }
+    }
+
+    /// Both ways through herald's records: what the client sent with its
+    /// Finished (rustls read no part of it), a message of several records,
+    /// herald's answer; the client's close_notify is the end; nothing is
+    /// held while idle.
+    #[tokio::test]
+    async fn a_duplex_connection_reads_and_writes_records() {
+        let big: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = big.clone();
+        let (s, client) = duplex(b"PRI * HTTP/2.0\r\n", 0, move |conn, sock| {
+            conn.writer().write_all(&sent).unwrap();
+            while conn.wants_write() {
+                conn.write_tls(sock).unwrap();
+            }
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                conn.complete_io(sock).unwrap();
+                let mut b = [0u8; 64];
+                if let Ok(n) = conn.reader().read(&mut b) {
+                    got.extend_from_slice(&b[..n]);
+                }
+            }
+            assert_eq!(got, b"hello");
+            conn.send_close_notify();
+            while conn.wants_write() {
+                conn.write_tls(sock).unwrap();
+            }
+        })
+        .await;
+        let mut s = sealed(s);
+        let mut got = vec![0u8; 16];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PRI * HTTP/2.0\r\n");
+        let mut got = vec![0u8; big.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert!(got == big, "50,000 bytes over several records");
+        let r = s.reader.as_ref().unwrap();
+        assert_eq!(r.plain.capacity(), 0, "all read: no buffer");
+        s.write_all(b"hello").await.unwrap();
+        s.flush().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "close_notify: the end");
+        client.join().unwrap();
+    }
+
+    /// The client's first record arrives in two parts, the first with its
+    /// Finished: rustls holds that part unopened when the secrets leave,
+    /// and herald's reader opens the whole record.
+    #[tokio::test]
+    async fn a_record_rustls_held_in_part_is_read_whole() {
+        let (s, client) = duplex(b"GET /api/sse/subscribe/u over h2", 7, |_, _| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        })
+        .await;
+        let mut s = sealed(s);
+        assert!(
+            s.reader.as_ref().unwrap().sealed.len() > HEADER,
+            "part of a record"
+        );
+        let mut got = [0u8; 32];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /api/sse/subscribe/u over h2");
+        client.join().unwrap();
+    }
+
+    /// While nothing arrives, the reader holds no buffer.
+    #[tokio::test]
+    async fn an_idle_duplex_connection_holds_no_buffer() {
+        let (s, client) = duplex(b"ping", 0, |_, _| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        })
+        .await;
+        let mut s = sealed(s);
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s.read(&mut [0u8; 8])).await;
+        assert!(waited.is_err(), "nothing to read yet");
+        let r = s.reader.as_ref().unwrap();
+        assert_eq!((r.sealed.capacity(), r.plain.capacity()), (0, 0));
+        client.join().unwrap();
+    }
+
+    /// A key update, a forged record, an oversized record and a plaintext
+    /// alert each end the connection with an error, never a hang or a panic.
+    #[tokio::test]
+    async fn what_herald_cannot_follow_is_an_error() {
+        let (s, client) = duplex(b"x", 0, |conn, sock| {
+            conn.refresh_traffic_keys().unwrap();
+            conn.writer().write_all(b"after").unwrap();
+            while conn.wants_write() {
+                conn.write_tls(sock).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        })
+        .await;
+        let mut s = sealed(s);
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        let e = s.read(&mut [0u8; 8]).await.unwrap_err();
+        assert!(e.to_string().contains("key update"), "{e}");
+        client.join().unwrap();
+
+        for junk in [
+            &b"\x17\x03\x03\x00\x13abcdefghijklmnopqrs"[..],
+            b"\x17\x03\x03\xff\xff",
+            b"\x15\x03\x03\x00\x02\x01\x00",
+        ] {
+            let (s, client) = duplex(b"x", 0, move |_, sock| {
+                sock.write_all(junk).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            })
+            .await;
+            let mut s = sealed(s);
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).await.unwrap();
+            let e = s.read(&mut [0u8; 8]).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{junk:?}: {e}");
+            client.join().unwrap();
+        }
+    }
+
+    /// rustls reads the socket a record at a time until the secrets leave:
+    /// two records written at once are read as header, body, header, body.
+    #[tokio::test]
+    async fn record_reads_stop_at_each_record() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        c.write_all(b"\x17\x03\x03\x00\x03abc\x17\x03\x03\x00\x02de")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut r = RecordReads::new(tcp);
+        let mut lens = Vec::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            lens.push(r.read(&mut buf).await.unwrap());
+        }
+        assert_eq!(lens, [5, 3, 5, 2]);
+        assert_eq!(&buf[..2], b"de");
     }
 }
