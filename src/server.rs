@@ -144,6 +144,8 @@ pub(crate) struct HttpSettings {
     /// Serve HTTP/1.1 subscribe requests on herald's own writer.
     pub(crate) fast_path: bool,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS 1.3 records sealed and opened by herald (`tls::sealed`).
+    pub(crate) tls_own_records: bool,
 }
 
 /// Everything the accept loop shares with its connections.
@@ -449,7 +451,7 @@ async fn open_tls(
     head_deadline: tokio::time::Instant,
 ) -> Opened {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let stream = tls::RecordReads::new(stream);
+    let stream = tls::RecordReads::new(stream, serve.http.tls_own_records);
     let handshake = tokio::time::timeout_at(head_deadline, acceptor.accept(stream));
     let mut tls_stream = tokio::select! {
         r = handshake => match r {

@@ -283,6 +283,7 @@ impl Node {
                 write_timeout: config.server.write_timeout,
                 fast_path: config.server.sse_fast_path,
                 tls: config.server.tls.clone(),
+                tls_own_records: config.server.tls_own_records,
             }),
             metrics,
             ingest,

@@ -120,6 +120,13 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<String>,
 
+    /// After a TLS 1.3 handshake (and an HTTP/1.1 stream's head), herald
+    /// seals and opens the connection's records itself with rustls's cipher
+    /// for the suite: a stream then holds none of rustls's buffers. false
+    /// keeps every connection on rustls's own connection.
+    #[arg(long, env = "HERALD_TLS_OWN_RECORDS", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub tls_own_records: bool,
+
     /// Most simultaneous HTTP connections on the main listener; past it new
     /// ones get a 503 (probe and scrape on --admin-listen, which has its
     /// own budget). 0 = as many as the open-file limit allows.
@@ -130,9 +137,9 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
-    /// Serve HTTP/1.1 SSE streams on herald's own writer instead of hyper's
-    /// (about 8x less memory per idle connection). Other requests, h2c and
-    /// TLS always go through hyper.
+    /// Serve HTTP/1.1 SSE streams (plain or TLS) on herald's own writer
+    /// instead of hyper's (about 8x less memory per idle connection). Other
+    /// requests, h2c and h2 always go through hyper.
     #[arg(long, env = "HERALD_SSE_FAST_PATH", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub sse_fast_path: bool,
 }
@@ -586,6 +593,8 @@ pub struct ServerConfig {
     pub send_buffer: Option<NonZeroUsize>,
     /// `--tls-cert`/`--tls-key` loaded (None: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--tls-own-records`.
+    pub tls_own_records: bool,
     /// `None`: derive from the open-file limit at start.
     pub max_connections: Option<NonZeroU64>,
     /// `None`: one per core.
@@ -933,6 +942,7 @@ impl Cli {
                 reuse_port: l.reuse_port,
                 send_buffer: NonZeroUsize::new(lim.socket_send_buffer),
                 tls,
+                tls_own_records: l.tls_own_records,
                 max_connections: NonZeroU64::new(l.max_connections),
                 worker_threads: NonZeroUsize::new(l.worker_threads),
                 sse_fast_path: l.sse_fast_path,

@@ -35,6 +35,7 @@ fn defaults_validate() {
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.log.format, LogFormat::Text);
     assert!(c.server.sse_fast_path && c.metrics && c.auth.query_param);
+    assert!(c.server.tls_own_records);
 }
 
 #[test]
@@ -208,6 +209,8 @@ fn typed_values() {
         "--reuse-port",
         "--sse-fast-path",
         "no",
+        "--tls-own-records",
+        "false",
     ])
     .validate()
     .unwrap();
@@ -222,6 +225,7 @@ fn typed_values() {
     assert_eq!(c.limits.streams_per_user, NonZeroUsize::new(3));
     assert_eq!(c.limits.publish_rate, Some(2.5));
     assert!(c.server.reuse_port && !c.server.sse_fast_path);
+    assert!(!c.server.tls_own_records);
 }
 
 #[test]

@@ -1,15 +1,17 @@
-//! A TLS 1.3 stream after its request head, its records sealed by herald
-//! with rustls's own record encrypter.
+//! TLS 1.3 connections after their handshake (and, for an HTTP/1.1 stream,
+//! its request head): records sealed and opened by herald with rustls's own
+//! cipher for the suite (`--tls-own-records`, on by default).
 //!
 //! Why (measured, BENCHMARKS.md "Every transport"): rustls's buffered
-//! connection keeps, for a stream's whole life, its read buffer (4 KiB, never
-//! shrunk below one read), its session state (~2.3 KB) and both directions'
-//! keys: 8 of an idle TLS stream's 13 KB. An SSE stream only writes once its
-//! head is read, so herald then takes the connection's traffic secrets from
-//! rustls (`dangerous_extract_secrets`, the entry point rustls offers for
-//! kernel TLS) and keeps the socket and one encrypter for the negotiated
-//! suite, built by the suite's own AEAD (`Tls13AeadAlgorithm::encrypter`):
-//! herald holds no cipher code, only the record framing around it.
+//! connection keeps, for a connection's whole life, its read buffer (4 KiB,
+//! never shrunk below one read), its session state (~2.3 KB) and both
+//! directions' keys: 8 of an idle TLS stream's 13 KB. So once the handshake
+//! is done herald takes the connection's traffic secrets from rustls
+//! (`dangerous_extract_secrets`, the entry point rustls offers for kernel
+//! TLS) and keeps the socket and the suite's encrypter (and, for h2, its
+//! decrypter), built by the suite's own AEAD
+//! (`Tls13AeadAlgorithm::encrypter`): herald holds no cipher code, only the
+//! record framing around it.
 //!
 //! - Writes: what a write is handed is sealed into records of at most
 //!   16 KiB (one record for a typical batch) and written in one syscall; the
@@ -101,10 +103,11 @@ pub(crate) struct RecordReads {
 }
 
 impl RecordReads {
-    pub(crate) fn new(tcp: TcpStream) -> Self {
+    /// `on`: the connection may leave rustls (`--tls-own-records`).
+    pub(crate) fn new(tcp: TcpStream, on: bool) -> Self {
         Self {
             tcp,
-            on: true,
+            on,
             head: [0; HEADER],
             have: 0,
             left: 0,
@@ -248,6 +251,9 @@ pub(crate) enum Sealing {
 /// Takes a TLS 1.3 connection off rustls's buffered connection (module
 /// docs); what cannot be is handed back, reading the socket directly.
 pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
+    if !tls.get_ref().0.on {
+        return Sealing::Kept(tls);
+    }
     let conn: &ServerConnection = tls.get_ref().1;
     let suite = match conn.negotiated_cipher_suite() {
         Some(SupportedCipherSuite::Tls13(suite))
@@ -693,7 +699,7 @@ mod tests {
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut s = tokio_rustls::TlsAcceptor::from(server)
-                .accept(RecordReads::new(tcp))
+                .accept(RecordReads::new(tcp, true))
                 .await
                 .unwrap();
             let mut head = [0u8; 18];
@@ -852,7 +858,7 @@ mod duplex_tests {
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = tokio_rustls::TlsAcceptor::from(server)
-            .accept(RecordReads::new(tcp))
+            .accept(RecordReads::new(tcp, true))
             .await
             .unwrap();
         (seal(tls, Mode::Duplex), client)
@@ -1001,7 +1007,7 @@ mod duplex_tests {
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut r = RecordReads::new(tcp);
+        let mut r = RecordReads::new(tcp, true);
         let mut lens = Vec::new();
         let mut buf = [0u8; 64];
         for _ in 0..4 {
