@@ -1,9 +1,9 @@
 //! TLS (`--tls-cert`, `--tls-key`): rustls with the ring provider, ALPN
 //! offering h2 then http/1.1, so a browser multiplexes its `EventSource`s
 //! over one HTTP/2 connection instead of hitting the six-per-origin limit of
-//! HTTP/1.1. h2 is served by hyper; an HTTP/1.1 subscribe request by
-//! herald's writer, over TLS 1.3 with records herald seals itself once the
-//! head is read ([`sealed`]).
+//! HTTP/1.1. h2 is served by hyper, an HTTP/1.1 subscribe request by
+//! herald's writer; after a TLS 1.3 handshake herald seals and opens the
+//! records itself (`sealed`, `--tls-own-records`).
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<ServerConfig>, (&'sta
         .with_single_cert(certs, key)
         .map_err(|e| ("tls-key", format!("does not match the certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // A stream's traffic secrets move to herald's record sealer ([`sealed`]).
+    // A stream's traffic secrets move to herald's record sealer (`sealed`).
     cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
