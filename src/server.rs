@@ -479,6 +479,7 @@ async fn open_tls(
         };
     }
     if !serve.http.fast_path {
+        tls_stream.get_mut().0.off();
         return Opened::Hyper(tls_stream);
     }
     // HTTP/1.1: a subscribe head goes to herald's writer, like a plain one.
@@ -495,7 +496,11 @@ async fn open_tls(
                 Opened::Closed
             }
         },
-        head => Opened::Head(tls_stream, head),
+        head => {
+            // Not a stream: rustls keeps the connection.
+            tls_stream.get_mut().0.off();
+            Opened::Head(tls_stream, head)
+        }
     }
 }
 

@@ -115,8 +115,9 @@ impl RecordReads {
         }
     }
 
-    /// rustls keeps the connection: reads go straight to the socket.
-    fn off(&mut self) {
+    /// rustls keeps the connection: reads go straight to the socket (one
+    /// read for whatever is there, no copy kept).
+    pub(crate) fn off(&mut self) {
         self.on = false;
         self.partial = Vec::new();
     }
@@ -1015,5 +1016,13 @@ mod duplex_tests {
         }
         assert_eq!(lens, [5, 3, 5, 2]);
         assert_eq!(&buf[..2], b"de");
+        // Off (the connection stays on rustls): whatever is there, at once.
+        c.write_all(b"\x17\x03\x03\x00\x01f\x17\x03\x03\x00\x01g")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r.off();
+        assert_eq!(r.read(&mut buf).await.unwrap(), 12);
+        assert!(r.partial.capacity() == 0, "no copy kept");
     }
 }
