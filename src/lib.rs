@@ -56,6 +56,7 @@ pub mod jwks;
 pub(crate) mod kafka;
 pub mod lifecycle;
 pub mod limits;
+pub(crate) mod linger;
 pub mod memory;
 pub(crate) mod metrics;
 pub(crate) mod publish;

@@ -39,6 +39,7 @@ use crate::abort::{Abort, Abortable, Aborted};
 use crate::guard::{self, Bucket, Limit, PerIp};
 use crate::http::h1::{self, Route};
 use crate::http::{self, Api, Routes};
+use crate::linger::Linger;
 use crate::metrics as m;
 use crate::registry::queue::CloseReason;
 use crate::timed_io::TimedIo;
@@ -542,7 +543,7 @@ async fn serve_connection<I>(
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
         }
     });
-    let io = TimedIo::new(stream, serve.http.write_timeout, abort.clone());
+    let io = TimedIo::new(Linger::new(stream), serve.http.write_timeout, abort.clone());
     let mut conn = Abortable::new(builder.serve_connection(TokioIo::new(io), svc), abort);
     let watchdog = activity.watchdog(head_deadline, serve.http.idle_timeout);
     let result = tokio::select! {
