@@ -221,6 +221,9 @@ struct Rx {
     suite: &'static Tls13CipherSuite,
     seq: u64,
     secrets: ConnectionTrafficSecrets,
+    /// The client sent something after its head before the handover (read
+    /// by rustls): the stream ends at once, for this reason.
+    gone: Option<CloseReason>,
 }
 
 /// The read side of a [`Mode::Duplex`] connection.
@@ -269,14 +272,14 @@ pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
             return Sealing::Kept(tls);
         }
     };
-    // What rustls opened and nobody read yet: a stream takes nothing after
-    // its head (it stays on rustls, which reads it as before); hyper reads
-    // it first.
+    // What rustls opened and nobody read yet: hyper reads it first; on a
+    // stream, anything after the head already tells why it ends.
     let (read, closed) = opened_unread(tls.get_mut().1);
-    if mode == Mode::Stream && (!read.is_empty() || closed) {
-        tls.get_mut().0.off();
-        return Sealing::Kept(tls);
-    }
+    let gone = match (closed, read.is_empty()) {
+        (_, false) => Some(CloseReason::Protocol),
+        (true, true) => Some(CloseReason::Client),
+        (false, true) => None,
+    };
     let (io, conn) = tls.into_inner();
     let secrets = match conn.dangerous_extract_secrets() {
         Ok(s) => s,
@@ -294,6 +297,7 @@ pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
                 suite,
                 seq: rx_seq,
                 secrets: rx,
+                gone,
             })),
             None,
         ),
@@ -404,6 +408,9 @@ impl Sealed {
     /// `Ready` with why the stream ends once the client closed the
     /// connection or sent anything (module docs).
     pub(crate) fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Some(why) = self.rx.as_ref().and_then(|rx| rx.gone) {
+            return Poll::Ready(why);
+        }
         let mut buf = [0u8; PEEK];
         loop {
             match self.tcp.poll_read_ready(cx) {
@@ -682,6 +689,7 @@ mod tests {
     /// head read, as herald reads it) and the client's.
     async fn pair(
         version: &'static rustls::SupportedProtocolVersion,
+        request: &'static [u8],
     ) -> (Tls, ClientStream<TcpStream>) {
         let (server, client) = configs(version);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -693,7 +701,7 @@ mod tests {
                 .connect(name, tcp)
                 .await
                 .unwrap();
-            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            c.write_all(request).await.unwrap();
             c.flush().await.unwrap();
             c
         };
@@ -712,7 +720,7 @@ mod tests {
     }
 
     async fn sealed() -> (Sealed, ClientStream<TcpStream>) {
-        let (s, c) = pair(&rustls::version::TLS13).await;
+        let (s, c) = pair(&rustls::version::TLS13, b"GET / HTTP/1.1\r\n\r\n").await;
         match seal(s, Mode::Stream) {
             Sealing::Sealed(s) => (s, c),
             Sealing::Kept(_) => panic!("a TLS 1.3 connection was kept on rustls"),
@@ -775,6 +783,17 @@ mod tests {
         assert_eq!(why, CloseReason::Client);
     }
 
+    /// Bytes after the head that rustls opened before the handover end the
+    /// stream at once as a protocol error (they are not lost).
+    #[tokio::test]
+    async fn bytes_after_the_head_read_before_the_handover_end_the_stream() {
+        let (s, _c) = pair(&rustls::version::TLS13, b"GET / HTTP/1.1\r\n\r\njunk").await;
+        let Sealing::Sealed(mut s) = seal(s, Mode::Stream) else {
+            panic!("not sealed");
+        };
+        assert_eq!(gone(&mut s), Poll::Ready(CloseReason::Protocol));
+    }
+
     /// Junk that is not a record, or a forged record, is a protocol error.
     #[tokio::test]
     async fn forged_records_are_protocol_errors() {
@@ -794,7 +813,7 @@ mod tests {
     /// TLS 1.2 stays on rustls's connection.
     #[tokio::test]
     async fn tls12_is_kept_on_rustls() {
-        let (s, _c) = pair(&rustls::version::TLS12).await;
+        let (s, _c) = pair(&rustls::version::TLS12, b"GET / HTTP/1.1\r\n\r\n").await;
         assert!(matches!(seal(s, Mode::Stream), Sealing::Kept(_)));
     }
 
