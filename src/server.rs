@@ -473,15 +473,11 @@ async fn open_tls(
         return match tls::seal(tls_stream, tls::Mode::Duplex) {
             tls::Sealing::Sealed(sealed) => Opened::HyperSealed(sealed),
             tls::Sealing::Kept(tls_stream) => Opened::Hyper(tls_stream),
-            tls::Sealing::Failed(error) => {
-                tracing::warn!(%peer, %error, "TLS secrets not extracted; connection dropped");
-                Opened::Closed
-            }
+            tls::Sealing::Failed(error) => not_sealed(peer, &error),
         };
     }
     if !serve.http.fast_path {
-        tls_stream.get_mut().0.off();
-        return Opened::Hyper(tls_stream);
+        return Opened::Hyper(tls::keep(tls_stream));
     }
     // HTTP/1.1: a subscribe head goes to herald's writer, like a plain one.
     let head = tokio::select! {
@@ -492,17 +488,17 @@ async fn open_tls(
         h1::Head::Taken(taken) => match tls::seal(tls_stream, tls::Mode::Stream) {
             tls::Sealing::Sealed(sealed) => Opened::Sealed(sealed, taken),
             tls::Sealing::Kept(tls_stream) => Opened::Head(tls_stream, h1::Head::Taken(taken)),
-            tls::Sealing::Failed(error) => {
-                tracing::warn!(%peer, %error, "TLS secrets not extracted; connection dropped");
-                Opened::Closed
-            }
+            tls::Sealing::Failed(error) => not_sealed(peer, &error),
         },
-        head => {
-            // Not a stream: rustls keeps the connection.
-            tls_stream.get_mut().0.off();
-            Opened::Head(tls_stream, head)
-        }
+        // Not a stream: rustls keeps the connection.
+        head => Opened::Head(tls::keep(tls_stream), head),
     }
+}
+
+/// rustls refused a connection's secrets (a bug, not the client's doing).
+fn not_sealed(peer: SocketAddr, error: &rustls::Error) -> Opened {
+    tracing::warn!(%peer, %error, "TLS secrets not extracted; connection dropped");
+    Opened::Closed
 }
 
 /// Logs how a stream on herald's writer ended.

@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 mod sealed;
-pub(crate) use sealed::{seal, Mode, RecordReads, Sealed, Sealing, Tls};
+pub(crate) use sealed::{keep, seal, Mode, RecordReads, Sealed, Sealing, Tls};
 
 /// Loads a certificate chain and its private key (PEM files) into a server
 /// configuration. The error names what is wrong, not the key's contents.

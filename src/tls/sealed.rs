@@ -117,7 +117,7 @@ impl RecordReads {
 
     /// rustls keeps the connection: reads go straight to the socket (one
     /// read for whatever is there, no copy kept).
-    pub(crate) fn off(&mut self) {
+    fn off(&mut self) {
         self.on = false;
         self.partial = Vec::new();
     }
@@ -252,8 +252,14 @@ pub(crate) enum Sealing {
     Failed(rustls::Error),
 }
 
+/// A connection that stays on rustls: reads go straight to the socket.
+pub(crate) fn keep(mut tls: Tls) -> Tls {
+    tls.get_mut().0.off();
+    tls
+}
+
 /// Takes a TLS 1.3 connection off rustls's buffered connection (module
-/// docs); what cannot be is handed back, reading the socket directly.
+/// docs); what cannot be is handed back ([`keep`]).
 pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
     if !tls.get_ref().0.on {
         return Sealing::Kept(tls);
@@ -267,28 +273,36 @@ pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
         {
             suite
         }
-        _ => {
-            tls.get_mut().0.off();
-            return Sealing::Kept(tls);
-        }
+        _ => return Sealing::Kept(keep(tls)),
     };
-    // What rustls opened and nobody read yet: hyper reads it first; on a
-    // stream, anything after the head already tells why it ends.
+    // What rustls opened and nobody read yet: hyper reads it first.
     let (read, closed) = opened_unread(tls.get_mut().1);
+    let (io, conn) = tls.into_inner();
+    match take_secrets(io, conn, suite, mode, read, closed) {
+        Ok(sealed) => Sealing::Sealed(sealed),
+        Err(e) => Sealing::Failed(e),
+    }
+}
+
+/// The connection's secrets out of rustls, into herald's record layer.
+fn take_secrets(
+    io: RecordReads,
+    conn: ServerConnection,
+    suite: &'static Tls13CipherSuite,
+    mode: Mode,
+    read: Vec<u8>,
+    closed: bool,
+) -> Result<Sealed, rustls::Error> {
+    // Anything after a stream's head, read before the handover, already
+    // tells why the stream ends.
     let gone = match (closed, read.is_empty()) {
         (_, false) => Some(CloseReason::Protocol),
         (true, true) => Some(CloseReason::Client),
         (false, true) => None,
     };
-    let (io, conn) = tls.into_inner();
-    let secrets = match conn.dangerous_extract_secrets() {
-        Ok(s) => s,
-        Err(e) => return Sealing::Failed(e),
-    };
+    let secrets = conn.dangerous_extract_secrets()?;
     let (seq, tx) = secrets.tx;
-    let Some((key, iv)) = key_iv(tx) else {
-        return Sealing::Failed(rustls::Error::General("unknown AEAD".into()));
-    };
+    let (key, iv) = key_iv(tx)?;
     let tx = suite.aead_alg.encrypter(key, iv);
     let (rx_seq, rx) = secrets.rx;
     let (rx, reader) = match mode {
@@ -302,9 +316,7 @@ pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
             None,
         ),
         Mode::Duplex => {
-            let Some((key, iv)) = key_iv(rx) else {
-                return Sealing::Failed(rustls::Error::General("unknown AEAD".into()));
-            };
+            let (key, iv) = key_iv(rx)?;
             let reader = Reader {
                 open: suite.aead_alg.decrypter(key, iv),
                 seq: rx_seq,
@@ -318,7 +330,7 @@ pub(crate) fn seal(mut tls: Tls, mode: Mode) -> Sealing {
             (None, Some(Box::new(reader)))
         }
     };
-    Sealing::Sealed(Sealed {
+    Ok(Sealed {
         tcp: io.tcp,
         tx,
         seq,
@@ -351,12 +363,12 @@ fn opened_unread(conn: &mut ServerConnection) -> (Vec<u8>, bool) {
 /// A suite's key and IV, whichever AEAD it is.
 fn key_iv(
     secrets: ConnectionTrafficSecrets,
-) -> Option<(rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv)> {
+) -> Result<(rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv), rustls::Error> {
     match secrets {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv }
         | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Some((key, iv)),
-        _ => None,
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(rustls::Error::General("unknown AEAD".into())),
     }
 }
 
@@ -440,7 +452,7 @@ impl Sealed {
         if ContentType::from(typ) != ContentType::ApplicationData || HEADER + len > bytes.len() {
             return CloseReason::Protocol;
         }
-        let Some((key, iv)) = key_iv(rx.secrets) else {
+        let Ok((key, iv)) = key_iv(rx.secrets) else {
             return CloseReason::Protocol;
         };
         let mut rx_dec = rx.suite.aead_alg.decrypter(key, iv);
