@@ -192,7 +192,7 @@ pub struct StreamArgs {
     /// once per window, in fewer, fuller writes. A stream that wrote one
     /// event, and every stream on a node that is not busy, writes at once
     /// (0 = never). At most 1s.
-    #[arg(long, env = "HERALD_WRITE_COALESCE_BUSY", default_value = "0ms", value_name = "DURATION", value_parser = parse::coalesce_window)]
+    #[arg(long, env = "HERALD_WRITE_COALESCE_BUSY", default_value = "150ms", value_name = "DURATION", value_parser = parse::coalesce_window)]
     pub write_coalesce_busy: Duration,
 
     /// Registry shards (a power of two).

@@ -31,7 +31,10 @@ fn defaults_validate() {
     assert_eq!(c.server.write_timeout, Some(Duration::from_secs(30)));
     assert_eq!(c.publish.backpressure, Some(Duration::from_secs(5)));
     assert_eq!(c.streams.write_coalesce, None);
-    assert_eq!(c.streams.write_coalesce_busy, None);
+    assert_eq!(
+        c.streams.write_coalesce_busy,
+        Some(Duration::from_millis(150))
+    );
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.log.format, LogFormat::Text);
     assert!(c.server.sse_fast_path && c.metrics && c.auth.query_param);
@@ -191,7 +194,7 @@ fn typed_values() {
         "--write-coalesce",
         "25ms",
         "--write-coalesce-busy",
-        "150ms",
+        "0ms",
         "--write-timeout",
         "0",
         "--publish-backpressure",
@@ -215,10 +218,7 @@ fn typed_values() {
     .validate()
     .unwrap();
     assert_eq!(c.streams.write_coalesce, Some(Duration::from_millis(25)));
-    assert_eq!(
-        c.streams.write_coalesce_busy,
-        Some(Duration::from_millis(150))
-    );
+    assert_eq!(c.streams.write_coalesce_busy, None, "0ms turns it off");
     assert_eq!(c.server.write_timeout, None);
     assert_eq!(c.publish.backpressure, None);
     assert_eq!(c.streams.queue.max_bytes, 65536);
