@@ -157,14 +157,7 @@ async fn streams_work_on_rustls_records_too() {
         streams.push((user, SseClient::new(resp)));
     }
     for (user, stream) in &mut streams {
-        let resp = client(false)
-            .post(format!("{base}/api/publish"))
-            .header("content-type", "application/json")
-            .body(json!({"user": user, "data": user}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        s.publish_ok(json!({"user": user, "data": user})).await;
         assert_eq!(stream.next().await.data, json!(user).to_string());
     }
 }

@@ -293,13 +293,6 @@ fn take_secrets(
     read: Vec<u8>,
     closed: bool,
 ) -> Result<Sealed, rustls::Error> {
-    // Anything after a stream's head, read before the handover, already
-    // tells why the stream ends.
-    let gone = match (closed, read.is_empty()) {
-        (_, false) => Some(CloseReason::Protocol),
-        (true, true) => Some(CloseReason::Client),
-        (false, true) => None,
-    };
     let secrets = conn.dangerous_extract_secrets()?;
     let (seq, tx) = secrets.tx;
     let (key, iv) = key_iv(tx)?;
@@ -311,7 +304,13 @@ fn take_secrets(
                 suite,
                 seq: rx_seq,
                 secrets: rx,
-                gone,
+                // Anything after the head, read before the handover,
+                // already tells why the stream ends.
+                gone: match (closed, read.is_empty()) {
+                    (_, false) => Some(CloseReason::Protocol),
+                    (true, true) => Some(CloseReason::Client),
+                    (false, true) => None,
+                },
             })),
             None,
         ),
