@@ -144,6 +144,8 @@ pub(crate) struct HttpSettings {
     pub(crate) write_timeout: Option<Duration>,
     /// Serve HTTP/1.1 subscribe requests on herald's own writer.
     pub(crate) fast_path: bool,
+    /// Serve HTTP/2 (h2, h2c) on herald's own server (`http::h2`).
+    pub(crate) own_h2: bool,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS 1.3 records sealed and opened by herald (`tls::sealed`).
     pub(crate) tls_own_records: bool,
@@ -291,7 +293,7 @@ pub(crate) async fn connection(
         .await;
         return;
     }
-    let route = if serve.http.fast_path && serve.routes != Routes::Admin {
+    let route = if (serve.http.fast_path || serve.http.own_h2) && serve.routes != Routes::Admin {
         tokio::select! {
             r = h1::classify(&stream, head_deadline, serve.http.max_header_bytes) => r,
             _ = serve.graceful.cancelled() => Route::Close,
@@ -299,7 +301,14 @@ pub(crate) async fn connection(
     } else {
         Route::Hyper
     };
+    let route = match route {
+        Route::H1(_) if !serve.http.fast_path => Route::Hyper,
+        Route::H2 if !serve.http.own_h2 => Route::Hyper,
+        r => r,
+    };
     match route {
+        // Boxed, like hyper's: an HTTP/1.1 stream must not carry its state.
+        Route::H2 => Box::pin(serve_h2(stream, peer, serve, abort, head_deadline)).await,
         Route::H1(taken) => {
             let fast = h1::serve(
                 stream,
@@ -353,6 +362,20 @@ async fn serve_tls(
         let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
         match opened {
             Opened::Closed => return,
+            Opened::H2Sealed(sealed) => TlsNext::H2Sealed(Box::pin(serve_h2(
+                sealed,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))),
+            Opened::H2(tls_stream) => TlsNext::H2(Box::pin(serve_h2(
+                tls_stream,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))),
             Opened::HyperSealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
                 builder,
                 sealed,
@@ -410,6 +433,8 @@ async fn serve_tls(
         }
     };
     match next {
+        TlsNext::H2Sealed(conn) => conn.await,
+        TlsNext::H2(conn) => conn.await,
         TlsNext::Sealed(fast) => finish_fast(fast.await, peer),
         TlsNext::Fast(fast) => finish_fast(fast.await, peer),
         TlsNext::HyperSealed(conn) => conn.await,
@@ -423,6 +448,11 @@ async fn serve_tls(
 enum Opened {
     /// The handshake failed or timed out, or the node is draining.
     Closed,
+    /// h2 (ALPN) on TLS 1.3, herald's own HTTP/2 server over records
+    /// herald opens and seals.
+    H2Sealed(tls::Sealed),
+    /// h2 otherwise on herald's own HTTP/2 server.
+    H2(tls::Tls),
     /// h2 (ALPN) on TLS 1.3: hyper over records herald opens and seals.
     HyperSealed(tls::Sealed),
     /// h2 otherwise, or the fast path is off: hyper reads it all.
@@ -434,7 +464,9 @@ enum Opened {
 }
 
 /// What serves a TLS connection after [`open_tls`], each boxed.
-enum TlsNext<S, F, HS, H, R> {
+enum TlsNext<S, F, HS, H, R, OS, O> {
+    H2Sealed(Pin<Box<OS>>),
+    H2(Pin<Box<O>>),
     Sealed(Abortable<S>),
     HyperSealed(Pin<Box<HS>>),
     Fast(Abortable<F>),
@@ -470,8 +502,11 @@ async fn open_tls(
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
+        let own = serve.http.own_h2;
         return match tls::seal(tls_stream, tls::Mode::Duplex) {
+            tls::Sealing::Sealed(sealed) if own => Opened::H2Sealed(sealed),
             tls::Sealing::Sealed(sealed) => Opened::HyperSealed(sealed),
+            tls::Sealing::Kept(tls_stream) if own => Opened::H2(tls_stream),
             tls::Sealing::Kept(tls_stream) => Opened::Hyper(tls_stream),
             tls::Sealing::Failed(error) => not_sealed(peer, &error),
         };
@@ -510,6 +545,36 @@ fn finish_fast(r: Result<std::io::Result<()>, Aborted>, peer: SocketAddr) {
     }
 }
 
+/// An HTTP/2 connection on herald's own server (`http::h2`), until it
+/// ends or its connection is aborted (a stuck write).
+async fn serve_h2<I>(
+    stream: I,
+    peer: SocketAddr,
+    serve: &Serve,
+    abort: Arc<Abort>,
+    head_deadline: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let io = TimedIo::new(Linger::new(stream), serve.http.write_timeout, abort.clone());
+    let ctx = http::h2::Ctx {
+        api: &serve.api,
+        routes: serve.routes,
+        peer,
+        abort: &abort,
+        graceful: &serve.graceful,
+        head_deadline,
+        idle_timeout: serve.http.idle_timeout,
+        max_header_bytes: serve.http.max_header_bytes,
+    };
+    if Abortable::new(http::h2::serve(io, ctx), abort.clone())
+        .await
+        .is_err()
+    {
+        tracing::debug!(%peer, "connection aborted (slow client)");
+    }
+}
+
 /// A connection served by hyper. A watchdog closes it when no first request
 /// arrived by `head_deadline` (a preface prefix, an h2 handshake with no
 /// stream, a silent TLS client), and when no request has been open for
@@ -539,6 +604,7 @@ async fn serve_connection<I>(
         // lives, so unboxed its ~3.4 KB would stay with every open stream;
         // boxed it is freed once the response is ready.
         Box::pin(async move {
+            let req = req.map(http::RequestBody::Hyper);
             let resp = http::handle(&api, routes, req, peer, &abort).await;
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
         })

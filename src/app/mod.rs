@@ -282,6 +282,7 @@ impl Node {
                 max_header_bytes: config.server.max_header_bytes,
                 write_timeout: config.server.write_timeout,
                 fast_path: config.server.sse_fast_path,
+                own_h2: config.server.own_http2,
                 tls: config.server.tls.clone(),
                 tls_own_records: config.server.tls_own_records,
             }),

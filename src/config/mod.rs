@@ -139,9 +139,15 @@ pub struct ListenArgs {
 
     /// Serve HTTP/1.1 SSE streams (plain or TLS) on herald's own writer
     /// instead of hyper's (about 8x less memory per idle connection). Other
-    /// requests, h2c and h2 always go through hyper.
+    /// HTTP/1.1 requests always go through hyper.
     #[arg(long, env = "HERALD_SSE_FAST_PATH", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub sse_fast_path: bool,
+
+    /// Serve HTTP/2 connections (h2 over TLS, h2c) on herald's own HTTP/2
+    /// server instead of hyper's (a fraction of the memory per connection
+    /// and stream); `false` serves them through hyper.
+    #[arg(long, env = "HERALD_OWN_HTTP2", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub own_http2: bool,
 }
 
 /// How streams behave.
@@ -601,6 +607,8 @@ pub struct ServerConfig {
     pub worker_threads: Option<NonZeroUsize>,
     /// Serve HTTP/1.1 streams on herald's own writer.
     pub sse_fast_path: bool,
+    /// Serve HTTP/2 on herald's own server.
+    pub own_http2: bool,
     /// From accept to a whole first request head.
     pub header_read_timeout: Duration,
     /// Longest a connection may stay with no request open.
@@ -946,6 +954,7 @@ impl Cli {
                 max_connections: NonZeroU64::new(l.max_connections),
                 worker_threads: NonZeroUsize::new(l.worker_threads),
                 sse_fast_path: l.sse_fast_path,
+                own_http2: l.own_http2,
                 header_read_timeout: lim.header_read_timeout,
                 idle_timeout: lim.idle_timeout,
                 max_header_bytes: lim.max_header_bytes,

@@ -38,7 +38,7 @@ fn defaults_validate() {
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.log.format, LogFormat::Text);
     assert!(c.server.sse_fast_path && c.metrics && c.auth.query_param);
-    assert!(c.server.tls_own_records);
+    assert!(c.server.tls_own_records && c.server.own_http2);
 }
 
 #[test]
@@ -212,6 +212,8 @@ fn typed_values() {
         "--reuse-port",
         "--sse-fast-path",
         "no",
+        "--own-http2",
+        "false",
         "--tls-own-records",
         "false",
     ])
@@ -225,7 +227,7 @@ fn typed_values() {
     assert_eq!(c.limits.streams_per_user, NonZeroUsize::new(3));
     assert_eq!(c.limits.publish_rate, Some(2.5));
     assert!(c.server.reuse_port && !c.server.sse_fast_path);
-    assert!(!c.server.tls_own_records);
+    assert!(!c.server.tls_own_records && !c.server.own_http2);
 }
 
 #[test]

@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::{read_limited, ReadError};
+use super::body::{read_limited, ReadError, RequestBody};
 use super::{json_error, response, Body};
 use crate::event::Name;
 use crate::fanout;
@@ -117,7 +116,7 @@ pub(crate) fn describe() {
 }
 
 impl Admin {
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<RequestBody>) -> Response<Body> {
         let Some(token) = &self.token else {
             return json_error(
                 StatusCode::NOT_FOUND,
@@ -272,7 +271,7 @@ impl Admin {
     /// The request's JSON body as `T`, or the answer to give.
     async fn body<T: serde::de::DeserializeOwned>(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<T, Response<Body>> {
         let bytes = read_limited(req.into_body(), MAX_BODY, self.body_timeout)
             .await

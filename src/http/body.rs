@@ -43,7 +43,7 @@ pub(crate) enum ReadError {
 /// Reads a request body of at most `max` bytes within `timeout` (a client
 /// that sends more, or too slowly, costs the node no more than that).
 pub(crate) async fn read_limited(
-    body: Incoming,
+    body: RequestBody,
     max: usize,
     timeout: Duration,
 ) -> Result<Bytes, ReadError> {
@@ -55,7 +55,44 @@ pub(crate) async fn read_limited(
     }
 }
 
-/// Every response body herald sends through hyper.
+/// A request body, from whichever transport carried the request.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    Hyper(Incoming),
+    /// herald's own HTTP/2 server (`h2`).
+    H2(super::h2::DataBody),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Every response body herald sends.
 #[derive(Debug)]
 pub(crate) enum Body {
     /// A complete body (possibly empty).

@@ -76,6 +76,8 @@ pub(crate) struct Taken {
 #[derive(Debug)]
 pub(crate) enum Route {
     H1(Box<Taken>),
+    /// The HTTP/2 connection preface (h2c by prior knowledge).
+    H2,
     Hyper,
     /// The peer closed (or the node is draining): drop the connection.
     Close,
@@ -108,6 +110,10 @@ pub(crate) async fn classify(
             Ok(0) | Err(_) => return Route::Close,
             Ok(n) => n,
         };
+    }
+    let first = &buf[..n.min(super::h2::PREFACE.len())];
+    if super::h2::PREFACE.starts_with(first) {
+        return Route::H2;
     }
     match take(&buf[..n]) {
         Some(t) => Route::H1(Box::new(t)),
@@ -728,10 +734,16 @@ mod tests {
             classified(head(20 * 1024).as_bytes()).await,
             Route::TooLarge
         ));
-        // Not an HTTP/1.1 head (the h2 preface, 4 KiB of it): hyper's.
+        // The h2 preface (4 KiB after it), or its first bytes: HTTP/2.
         let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         h2.resize(FIRST_PEEK, 0);
-        assert!(matches!(classified(&h2).await, Route::Hyper));
+        assert!(matches!(classified(&h2).await, Route::H2));
+        assert!(matches!(classified(b"PRI * HT").await, Route::H2));
+        // Neither: hyper's.
+        assert!(matches!(
+            classified(b"PRI * HTTP/1.1\r\n\r\n").await,
+            Route::Hyper
+        ));
     }
 
     #[test]

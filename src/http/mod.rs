@@ -26,6 +26,7 @@ pub(crate) mod admin;
 mod body;
 pub(crate) mod cors;
 pub(crate) mod h1;
+pub(crate) mod h2;
 mod health;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
@@ -35,12 +36,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::abort::Abort;
 use crate::config::Cors;
 
-pub(crate) use body::{Body, BodyError};
+pub(crate) use body::{Body, BodyError, RequestBody};
 pub(crate) use health::Health;
 
 /// Every HTTP endpoint, each with what it uses.
@@ -72,7 +72,7 @@ pub(crate) enum Routes {
 pub(crate) async fn handle(
     api: &Api,
     routes: Routes,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Response<Body> {
@@ -90,7 +90,7 @@ pub(crate) async fn handle(
 async fn route(
     api: &Api,
     routes: Routes,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     abort: &Arc<Abort>,
 ) -> Response<Body> {

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -32,7 +31,7 @@ use crate::guard::{self, Publishers, Refused};
 use crate::publish::{PublishError, Sink};
 use crate::sse::{frame, EventId};
 
-use super::body::{read_limited, ReadError};
+use super::body::{read_limited, ReadError, RequestBody};
 use super::{json_error, response, Body};
 
 pub(crate) const PATH: &str = "/api/publish";
@@ -88,7 +87,11 @@ pub(crate) enum Refusal {
 // === impl Publish ===
 
 impl Publish {
-    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         match self.publish(req, peer).await {
             Ok((ids, batch)) => reply(&ids, batch),
             Err(refusal) => refusal.into_response(),
@@ -97,7 +100,7 @@ impl Publish {
 
     async fn publish(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: SocketAddr,
     ) -> Result<(Vec<EventId>, bool), Refusal> {
         let authorization = req
@@ -129,7 +132,7 @@ impl Publish {
         Ok((ids, batch))
     }
 
-    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Refusal> {
+    async fn read_body(&self, req: Request<RequestBody>) -> Result<Bytes, Refusal> {
         // A JSON media type is required: a missing one, or a CORS-simple
         // one (`text/plain`), would let any web page publish without a
         // preflight.

@@ -33,13 +33,14 @@ pub enum Transport {
     Herald,
     /// HTTP/1.1 through hyper (`--sse-fast-path false`).
     Hyper,
-    /// HTTP/2 over plain TCP (h2c, prior knowledge) through hyper.
+    /// HTTP/2 over plain TCP (h2c, prior knowledge) through hyper
+    /// (`--own-http2 false`).
     H2c,
     /// HTTPS, HTTP/1.1 (ALPN): streams on herald's own writer over TLS,
     /// everything else through hyper. The test certificate in `tests/keys`.
     Tls,
     /// HTTPS, HTTP/2 (ALPN h2): the browser's way, streams multiplexed on
-    /// one connection, through hyper.
+    /// one connection, on herald's own HTTP/2 server.
     TlsH2,
 }
 
@@ -137,6 +138,7 @@ impl TestServer {
         config.shutdown.drain = Duration::from_millis(100);
         config.shutdown.deadline = Duration::from_secs(5);
         config.server.sse_fast_path = !matches!(t, Transport::Hyper | Transport::H2c);
+        config.server.own_http2 = !matches!(t, Transport::Hyper | Transport::H2c);
         if matches!(t, Transport::Tls | Transport::TlsH2) {
             config.server.tls = Some(herald::tls::load(TLS_CERT, TLS_KEY).unwrap());
         }
