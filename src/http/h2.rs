@@ -610,10 +610,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 if payload.len() != 8 {
                     return Err(conn_err(Code::FrameSize, "PING of the wrong size"));
                 }
+                self.idle_frame()?;
                 if flags & flag::ACK == 0 {
                     self.frame(kind::PING, flag::ACK, 0, &payload);
                 }
-                self.idle_frame()
+                Ok(())
             }
             kind::GOAWAY => {
                 if id != 0 {
@@ -680,10 +681,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 _ => {}
             }
         }
-        self.frame(kind::SETTINGS, flag::ACK, 0, &[]);
         if self.settings {
             self.idle_frame()?;
         }
+        self.frame(kind::SETTINGS, flag::ACK, 0, &[]);
         self.settings = true;
         Ok(())
     }
@@ -1080,7 +1081,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
                 State::Sse(mut stream, mut pending) => {
                     let mut end = None;
-                    if pending.is_empty() {
+                    if !pending.is_empty() && stream.cut_off() {
+                        // Held for want of window, and the core gave up on it.
+                        end = Some(Some(Code::Cancel));
+                    } else if pending.is_empty() {
                         match stream.poll_next(cx) {
                             Poll::Pending => {}
                             Poll::Ready(Next::Data(b)) => pending = b,

@@ -632,6 +632,14 @@ impl Stream {
         }
     }
 
+    /// Whether the server closed the stream's queue for a reason that drops
+    /// what is queued (a slow client): a transport holding a batch it may
+    /// not write yet (HTTP/2 flow control) ends the stream instead of
+    /// waiting on the client.
+    pub fn cut_off(&self) -> bool {
+        self.queue().closed().is_some_and(|r| !r.delivers_queued())
+    }
+
     /// The transport saw the stream end (the client left, a write failed);
     /// the first reason recorded wins.
     pub fn end(&mut self, reason: CloseReason) {
