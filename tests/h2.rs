@@ -344,6 +344,18 @@ async fn floods_are_cut_off() {
     assert_eq!(code, ENHANCE_YOUR_CALM, "PING flood");
     assert_eq!(acks, 200, "PINGs answered");
 
+    // WINDOW_UPDATE with nothing received.
+    let mut c = Raw::open(&s).await;
+    let updates: Vec<u8> = (0..1000)
+        .flat_map(|_| frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()))
+        .collect();
+    c.send(&updates).await;
+    assert_eq!(
+        c.goaway().await,
+        Some(ENHANCE_YOUR_CALM),
+        "WINDOW_UPDATE flood"
+    );
+
     // SETTINGS, re-sent over and over.
     let mut c = Raw::open(&s).await;
     let settings: Vec<u8> = (0..1000).flat_map(|_| frame(SETTINGS, 0, 0, &[])).collect();

@@ -36,8 +36,8 @@
 //!   floods) ends the connection (ENHANCE_YOUR_CALM), a decoded header list
 //!   over it is answered 431; frames that do nothing for the server (PING,
 //!   SETTINGS, PRIORITY, unknown types, empty DATA, the client's resets:
-//!   rapid reset) are limited to [`IDLE_FRAMES`] per [`IDLE_FRAMES_PER`]
-//!   (ENHANCE_YOUR_CALM); request bodies take the stream's window only while
+//!   rapid reset; WINDOW_UPDATEs beyond two per DATA frame sent) are
+//!   limited to [`IDLE_FRAMES`] per [`IDLE_FRAMES_PER`] (ENHANCE_YOUR_CALM); request bodies take the stream's window only while
 //!   the router reads them, at most [`BODY_UNREAD`] ahead of it.
 //! - Timeouts: no request by the head deadline, or no stream open for
 //!   `--idle-timeout`, closes the connection (GOAWAY); writes go through
@@ -324,6 +324,10 @@ struct Conn<I> {
     goaway: Option<u32>,
     /// The client's GOAWAY arrived, or its side is closed.
     peer_done: bool,
+    /// WINDOW_UPDATEs the client may send for the DATA it received: two
+    /// per DATA frame (its stream's and the connection's). One beyond that
+    /// gives back window for nothing: an idle frame.
+    updates_owed: u32,
     /// Idle frames in the current budget window, and when it started.
     idle_frames: u32,
     idle_since: Instant,
@@ -355,6 +359,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             peer_max_frame: MAX_FRAME,
             goaway: None,
             peer_done: false,
+            updates_owed: 0,
             idle_frames: 0,
             idle_since: Instant::now(),
             timer: Some(Box::pin(tokio::time::sleep_until(ctx.head_deadline))),
@@ -696,6 +701,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let inc = i64::from(
             u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
         );
+        match self.updates_owed.checked_sub(1) {
+            Some(owed) => self.updates_owed = owed,
+            None => self.idle_frame()?,
+        }
         if id == 0 {
             if inc == 0 {
                 return Err(conn_err(Code::Protocol, "WINDOW_UPDATE of 0"));
@@ -1142,6 +1151,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 0
             };
             self.frame(kind::DATA, flags, id, &chunk);
+            self.updates_owed = self.updates_owed.saturating_add(2);
             self.send_window -= n as i64;
             self.slots[i].send_window -= n as i64;
             sent = true;
