@@ -59,7 +59,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +90,8 @@ pub(crate) const IDLE_FRAMES_PER: Duration = Duration::from_secs(10);
 /// Request body bytes received and not yet read by the router, per stream:
 /// the stream's window is given back only below this.
 const BODY_UNREAD: usize = 64 * 1024;
+/// Most bytes one read takes.
+const READ_CHUNK: usize = 8192;
 /// Rounds of the connection loop before it yields to other tasks.
 const ROUNDS: usize = 32;
 /// The HPACK dynamic table herald's decoder allows (the protocol default).
@@ -484,20 +486,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// Reads and handles whole frames. `Ready(Ok)` when any arrived.
     fn poll_read(&mut self, cx: &mut Context<'_>, ctx: &Ctx<'_>) -> Poll<Result<(), End>> {
-        let want = self.wanted();
-        if self.rbuf.capacity() - self.rbuf.len() < want {
-            self.rbuf.reserve(want.max(1024));
-        }
-        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+        // Onto the stack, then only a partial frame is kept: an idle
+        // connection holds no read buffer (a buffer reserved for a read that
+        // comes back `Pending` would stay with it).
+        let mut stack = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut stack);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Io(e))),
-            Poll::Ready(Ok(n)) => n,
-        };
-        if n == 0 {
+            Poll::Ready(Ok(())) => {}
+        }
+        if buf.filled().is_empty() {
             self.peer_done = true;
             return Poll::Ready(Err(End::Closed));
         }
-        if let Err(e) = self.handle_frames(ctx) {
+        self.rbuf.extend_from_slice(buf.filled());
+        if let Err(e) = self.handle_frames(cx, ctx) {
             return Poll::Ready(Err(End::Error(e)));
         }
         if self.rbuf.is_empty() {
@@ -506,20 +510,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         Poll::Ready(Ok(()))
     }
 
-    /// Bytes the next read should make room for: the rest of a partial
-    /// frame, or a small read.
-    fn wanted(&self) -> usize {
-        if !self.preface {
-            return PREFACE.len();
-        }
-        if self.rbuf.len() >= 9 {
-            let len = u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
-            return (9 + len).saturating_sub(self.rbuf.len()).max(1);
-        }
-        4096
-    }
-
-    fn handle_frames(&mut self, ctx: &Ctx<'_>) -> Result<(), ConnError> {
+    fn handle_frames(&mut self, cx: &mut Context<'_>, ctx: &Ctx<'_>) -> Result<(), ConnError> {
         if !self.preface {
             let n = self.rbuf.len().min(PREFACE.len());
             if self.rbuf[..n] != PREFACE[..n] {
@@ -548,6 +539,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let mut frame = self.rbuf.split_to(9 + len);
             frame.advance(9);
             self.on_frame(ty, flags, id, frame.freeze(), ctx)?;
+            if ty == kind::HEADERS || ty == kind::CONTINUATION {
+                // A new request is routed at once (nearly every answer is
+                // ready on the first poll): its head and the router's
+                // future are freed before the next one is read, so a burst
+                // of requests does not hold them all at once.
+                self.poll_routing(cx);
+            }
         }
         Ok(())
     }
@@ -940,6 +938,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let (routes, peer, abort) = (ctx.routes, ctx.peer, ctx.abort.clone());
             Box::pin(async move { super::handle(&api, routes, req, peer, &abort).await })
         };
+        if self.slots.len() == self.slots.capacity() && self.slots.len() < 4 {
+            // One at a time at first: a browser holds one or two streams.
+            self.slots.reserve_exact(1);
+        }
         self.slots.push(Slot {
             id: block.id,
             send_window: self.peer_initial_window,
