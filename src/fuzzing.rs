@@ -274,3 +274,69 @@ mod tests {
         sse_encode_raw(b"ev\xffdata\rmore");
     }
 }
+
+/// herald's HTTP/2 server (`http::h2`) reading any bytes from a client
+/// (after the preface, added here), every request answered by a stand-in
+/// router: it ends the connection without a panic, and what it wrote is
+/// whole frames, its SETTINGS first and a GOAWAY, if any, last.
+pub fn h2_connection(data: &[u8]) {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return;
+    };
+    let out = rt.block_on(async {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let route = |_req| -> crate::http::h2::Routed {
+            Box::pin(std::future::ready(crate::http::text(
+                http::StatusCode::OK,
+                "ok",
+            )))
+        };
+        let graceful = tokio_util::sync::CancellationToken::new();
+        let ctx = crate::http::h2::Ctx {
+            route: &route,
+            peer: ([127, 0, 0, 1], 1).into(),
+            graceful: &graceful,
+            // The client's end of input ends the connection; these only
+            // bound a case that would not.
+            head_deadline: tokio::time::Instant::now() + Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_header_bytes: 16 * 1024,
+        };
+        let io = crate::timed_io::TimedIo::new(server, None, crate::abort::Abort::new());
+        let mut input = crate::http::h2::PREFACE.to_vec();
+        input.extend_from_slice(data);
+        let (mut r, mut w) = tokio::io::split(client);
+        let write = async move {
+            let _ = w.write_all(&input).await;
+            let _ = w.shutdown().await;
+        };
+        let mut out = Vec::new();
+        let read = async {
+            let _ = r.read_to_end(&mut out).await;
+        };
+        tokio::join!(crate::http::h2::serve(io, ctx), write, read);
+        out
+    });
+    let mut rest = &out[..];
+    let mut first = true;
+    let mut goaway = false;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 9, "a partial frame header: {rest:?}");
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        assert!(rest.len() >= 9 + len, "a partial frame");
+        assert!(!goaway, "a frame after GOAWAY");
+        let (ty, flags) = (rest[3], rest[4]);
+        if first {
+            assert!(ty == 0x4 && flags == 0, "SETTINGS first, not {ty}");
+            first = false;
+        }
+        goaway = ty == 0x7;
+        rest = &rest[9 + len..];
+    }
+}

@@ -557,11 +557,10 @@ async fn serve_h2<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let io = TimedIo::new(Linger::new(stream), serve.http.write_timeout, abort.clone());
+    let route = http::h2::router(serve.api.clone(), serve.routes, peer, abort.clone());
     let ctx = http::h2::Ctx {
-        api: &serve.api,
-        routes: serve.routes,
+        route: &route,
         peer,
-        abort: &abort,
         graceful: &serve.graceful,
         head_deadline,
         idle_timeout: serve.http.idle_timeout,

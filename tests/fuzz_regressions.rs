@@ -11,12 +11,13 @@ type Entry = fn(&[u8]);
 #[test]
 fn kept_fuzz_inputs_still_pass() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
-    let targets: [(&str, Entry); 5] = [
+    let targets: [(&str, Entry); 6] = [
         ("publish_body", herald::fuzzing::publish_body),
         ("last_event_id", herald::fuzzing::last_event_id),
         ("kafka_record", herald::fuzzing::kafka_record_raw),
         ("sse_encode", herald::fuzzing::sse_encode_raw),
         ("schema_decode", herald::fuzzing::schema_decode),
+        ("h2_connection", herald::fuzzing::h2_connection),
     ];
     for (name, run) in targets {
         let dir = root.join(name);

@@ -61,14 +61,14 @@ use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::abort::Abort;
 use crate::guard::Limit;
 use crate::stream::{io_reason, CloseReason, Next, Stream};
 use crate::timed_io::TimedIo;
 
-use super::{Api, Body, Routes};
+use super::{Api, Body, RequestBody, Routes};
 
 /// The client connection preface.
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -155,17 +155,40 @@ fn conn_err(code: Code, why: &'static str) -> ConnError {
     ConnError { code, why }
 }
 
+/// A request's answer as the router works on it.
+pub(crate) type Routed = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
 /// What one connection needs from the node.
-#[derive(Debug)]
 pub(crate) struct Ctx<'a> {
-    pub(crate) api: &'a Arc<Api>,
-    pub(crate) routes: Routes,
+    /// The router (`http::handle` on a node; a stand-in when fuzzed).
+    pub(crate) route: &'a (dyn Fn(Request<RequestBody>) -> Routed + Sync),
     pub(crate) peer: SocketAddr,
-    pub(crate) abort: &'a Arc<Abort>,
     pub(crate) graceful: &'a CancellationToken,
     pub(crate) head_deadline: Instant,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_header_bytes: usize,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node's router for a connection from `peer`.
+pub(crate) fn router(
+    api: Arc<Api>,
+    routes: Routes,
+    peer: SocketAddr,
+    abort: Arc<Abort>,
+) -> impl Fn(Request<RequestBody>) -> Routed + Sync {
+    move |req| {
+        let api = api.clone();
+        let abort = abort.clone();
+        Box::pin(async move { super::handle(&api, routes, req, peer, &abort).await })
+    }
 }
 
 /// Serves one HTTP/2 connection until it ends.
@@ -174,10 +197,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut conn = Conn::new(io, &ctx);
-    let end = tokio::select! {
-        end = poll_fn(|cx| conn.poll(cx, &ctx)) => end,
-        _ = ctx.graceful.cancelled() => poll_fn(|cx| conn.poll(cx, &ctx)).await,
-    };
+    let end = poll_fn(|cx| conn.poll(cx, &ctx)).await;
     conn.finish(end, &ctx).await;
 }
 
@@ -213,7 +233,7 @@ struct Slot {
 /// Where a stream's response is.
 enum State {
     /// The router is working on it.
-    Routing(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+    Routing(Routed),
     /// A complete body, the rest of it to send (then END_STREAM).
     Full(Bytes),
     /// An event stream, and the part of its last batch the windows did not
@@ -336,6 +356,8 @@ struct Conn<I> {
     /// The head deadline, then the idle timeout: armed only while no
     /// stream is open.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The node's drain, watched only while no stream is open.
+    drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
@@ -365,6 +387,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             idle_frames: 0,
             idle_since: Instant::now(),
             timer: Some(Box::pin(tokio::time::sleep_until(ctx.head_deadline))),
+            drain: None,
         };
         let max_list = u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX);
         let mut settings = Vec::with_capacity(12);
@@ -428,6 +451,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             progress |= self.poll_routing(cx);
             progress |= self.poll_streams(cx);
             if self.slots.is_empty() {
+                // A drain must wake a connection with no stream open (one
+                // with streams is woken by their ends): registered only
+                // then, so a busy connection's wake-ups do not touch the
+                // node-wide token.
+                let drain = self
+                    .drain
+                    .get_or_insert_with(|| Box::pin(ctx.graceful.clone().cancelled_owned()));
+                if drain.as_mut().poll(cx).is_ready() {
+                    self.send_goaway(Code::NoError);
+                }
                 if self.goaway.is_some() || self.peer_done {
                     return Poll::Ready(End::Done);
                 }
@@ -443,6 +476,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
             } else {
                 self.timer = None;
+                self.drain = None;
             }
             let queued = self.out.len() > self.written;
             if !progress && !queued {
@@ -473,7 +507,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 Poll::Pending => return Ok(()),
             }
         }
-        if !self.out.is_empty() {
+        if self.out.capacity() > 0 {
             self.out = Vec::new();
             self.written = 0;
             match Pin::new(&mut self.io).poll_flush(cx) {
@@ -922,7 +956,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         tracing::trace!(stream = block.id, method = %parts.method, "h2 request");
         let head = parts.method == Method::HEAD;
         let inbox = (!block.end_stream).then(|| Arc::new(Mutex::new(Inbox::default())));
-        let future: Pin<Box<dyn Future<Output = Response<Body>> + Send>> = if too_large {
+        let future: Routed = if too_large {
             Limit::HeaderTooLarge.count();
             let resp = super::json_error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -933,10 +967,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             );
             Box::pin(std::future::ready(resp))
         } else {
-            let req = Request::from_parts(parts, super::RequestBody::H2(DataBody(inbox.clone())));
-            let api = ctx.api.clone();
-            let (routes, peer, abort) = (ctx.routes, ctx.peer, ctx.abort.clone());
-            Box::pin(async move { super::handle(&api, routes, req, peer, &abort).await })
+            (ctx.route)(Request::from_parts(
+                parts,
+                RequestBody::H2(DataBody(inbox.clone())),
+            ))
         };
         if self.slots.len() == self.slots.capacity() && self.slots.len() < 4 {
             // One at a time at first: a browser holds one or two streams.
@@ -1140,6 +1174,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn data(&mut self, i: usize, bytes: &mut Bytes, end: bool) -> bool {
         let id = self.slots[i].id;
         let mut sent = false;
+        // One allocation for the batch's frames, not one per append.
+        self.out
+            .reserve(bytes.len() + 9 * (bytes.len() / self.peer_max_frame + 1));
         while !bytes.is_empty() {
             let window = self.send_window.min(self.slots[i].send_window);
             if window <= 0 {
