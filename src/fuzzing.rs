@@ -242,39 +242,6 @@ fn parse_frame(bytes: &[u8]) -> Parsed {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_points_accept_ordinary_input() {
-        // Each checks what it was given: the good cases reach the round
-        // trip, the bad ones are refused before it.
-        assert_eq!(
-            checked_publish_body(
-                br#"[{"user":"a","event":"e","data":"x\r\ny"},{"broadcast":true,"data":{"k":[1,2]}}]"#,
-            ),
-            2
-        );
-        assert_eq!(checked_publish_body(b"{not json"), 0);
-        assert!(checked_last_event_id(b"ff-12"));
-        assert!(checked_last_event_id(b"orders:3:99"));
-        assert!(!checked_last_event_id(b"\xff"));
-        assert!(!checked_last_event_id(b"not an id"));
-        assert!(checked_kafka_record(
-            Some(b"u"),
-            &[("sse-event", Some(b"x"))],
-            Some(b"a\rb")
-        ));
-        assert!(!checked_kafka_record(None, &[], Some(b"\xff")));
-        sse_encode("ping", "line1\r\nline2\rline3\n");
-        sse_encode("bad\nname", "");
-        kafka_record_raw(b"\x0fkey\xffvalue\r\n\xffev\xfftopic");
-        kafka_record_raw(b"");
-        sse_encode_raw(b"ev\xffdata\rmore");
-    }
-}
-
 /// herald's HTTP/2 server (`http::h2`) reading any bytes from a client
 /// (after the preface, added here), every request answered by a stand-in
 /// router: it ends the connection without a panic, and what it wrote is
@@ -338,5 +305,38 @@ pub fn h2_connection(data: &[u8]) {
         }
         goaway = ty == 0x7;
         rest = &rest[9 + len..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_accept_ordinary_input() {
+        // Each checks what it was given: the good cases reach the round
+        // trip, the bad ones are refused before it.
+        assert_eq!(
+            checked_publish_body(
+                br#"[{"user":"a","event":"e","data":"x\r\ny"},{"broadcast":true,"data":{"k":[1,2]}}]"#,
+            ),
+            2
+        );
+        assert_eq!(checked_publish_body(b"{not json"), 0);
+        assert!(checked_last_event_id(b"ff-12"));
+        assert!(checked_last_event_id(b"orders:3:99"));
+        assert!(!checked_last_event_id(b"\xff"));
+        assert!(!checked_last_event_id(b"not an id"));
+        assert!(checked_kafka_record(
+            Some(b"u"),
+            &[("sse-event", Some(b"x"))],
+            Some(b"a\rb")
+        ));
+        assert!(!checked_kafka_record(None, &[], Some(b"\xff")));
+        sse_encode("ping", "line1\r\nline2\rline3\n");
+        sse_encode("bad\nname", "");
+        kafka_record_raw(b"\x0fkey\xffvalue\r\n\xffev\xfftopic");
+        kafka_record_raw(b"");
+        sse_encode_raw(b"ev\xffdata\rmore");
     }
 }
