@@ -8,9 +8,10 @@
 //!   JSON `503` naming the cap and is closed (at most `MAX_REJECTING` of
 //!   those at once; beyond that it is just closed).
 //! - Serves a plain connection whose first segment is a whole HTTP/1.1
-//!   subscribe request on herald's own writer (`http::h1`), everything else
-//!   (and TLS, after the handshake) with hyper-util's auto builder (HTTP/1.1
-//!   with keep-alive, h2c by prior knowledge, h2 by ALPN). Every write goes
+//!   subscribe request on herald's own writer (`http::h1`), HTTP/2 (the h2c
+//!   preface; h2 by ALPN after a TLS handshake) on herald's own HTTP/2
+//!   server (`http::h2`), everything else with hyper-util's auto builder
+//!   (HTTP/1.1 with keep-alive; HTTP/2 too with `--own-http2 false`). Every write goes
 //!   through `TimedIo` (`--write-timeout`). On drain, each connection is
 //!   told to shut down gracefully (no more keep-alive); SSE streams are ended
 //!   separately through their queues, since hyper can not end an endless body.
@@ -342,8 +343,9 @@ pub(crate) async fn connection(
     }
 }
 
-/// A TLS connection: the handshake within the head deadline, then hyper
-/// for h2 (ALPN); for HTTP/1.1 the first head is read, and a subscribe
+/// A TLS connection: the handshake within the head deadline, then
+/// herald's HTTP/2 server (or hyper's, `--own-http2 false`) for h2 (ALPN);
+/// for HTTP/1.1 the first head is read, and a subscribe
 /// request goes to herald's writer (`h1::serve_tls`), anything else to
 /// hyper, which reads the head read so far first (`h1::Rewind`).
 async fn serve_tls(
@@ -358,80 +360,72 @@ async fn serve_tls(
     // The handshake and the first head are read in their own box, freed
     // once done: a stream must not carry their state (4.5 KB) for its whole
     // life. What serves the connection next is boxed for the same reason.
-    let next = {
-        let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
-        match opened {
-            Opened::Closed => return,
-            Opened::H2Sealed(sealed) => TlsNext::H2Sealed(Box::pin(serve_h2(
-                sealed,
-                peer,
-                serve,
-                abort,
-                head_deadline,
-            ))),
-            Opened::H2(tls_stream) => TlsNext::H2(Box::pin(serve_h2(
-                tls_stream,
-                peer,
-                serve,
-                abort,
-                head_deadline,
-            ))),
-            Opened::HyperSealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
-                builder,
-                sealed,
-                peer,
-                serve,
-                abort,
-                head_deadline,
-            ))),
-            Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(serve_connection(
-                builder,
-                tls_stream,
-                peer,
-                serve,
-                abort,
-                head_deadline,
-            ))),
-            Opened::Sealed(sealed, taken) => {
-                let fast = h1::serve_tls(
-                    sealed,
-                    taken,
-                    peer,
-                    &serve.api.subscribe,
-                    serve.http.write_timeout,
-                    &abort,
-                );
-                TlsNext::Sealed(Abortable::new(fast, abort.clone()))
-            }
-            Opened::Head(tls_stream, h1::Head::Taken(taken)) => {
-                let fast = h1::serve_tls(
+    let next =
+        {
+            let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
+            match opened {
+                Opened::Closed => return,
+                Opened::H2Sealed(sealed) if serve.http.own_h2 => TlsNext::H2Sealed(Box::pin(
+                    serve_h2(sealed, peer, serve, abort, head_deadline),
+                )),
+                Opened::H2(tls_stream) if serve.http.own_h2 => TlsNext::H2(Box::pin(serve_h2(
                     tls_stream,
-                    taken,
-                    peer,
-                    &serve.api.subscribe,
-                    serve.http.write_timeout,
-                    &abort,
-                );
-                TlsNext::Fast(Abortable::new(fast, abort.clone()))
-            }
-            Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
-                let io = h1::Rewind::new(read, tls_stream);
-                TlsNext::Rewound(Box::pin(serve_connection(
-                    builder,
-                    io,
                     peer,
                     serve,
                     abort,
                     head_deadline,
-                )))
+                ))),
+                Opened::H2Sealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
+                    builder,
+                    sealed,
+                    peer,
+                    serve,
+                    abort,
+                    head_deadline,
+                ))),
+                Opened::H2(tls_stream) | Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(
+                    serve_connection(builder, tls_stream, peer, serve, abort, head_deadline),
+                )),
+                Opened::Sealed(sealed, taken) => {
+                    let fast = h1::serve_tls(
+                        sealed,
+                        taken,
+                        peer,
+                        &serve.api.subscribe,
+                        serve.http.write_timeout,
+                        &abort,
+                    );
+                    TlsNext::Sealed(Abortable::new(fast, abort.clone()))
+                }
+                Opened::Head(tls_stream, h1::Head::Taken(taken)) => {
+                    let fast = h1::serve_tls(
+                        tls_stream,
+                        taken,
+                        peer,
+                        &serve.api.subscribe,
+                        serve.http.write_timeout,
+                        &abort,
+                    );
+                    TlsNext::Fast(Abortable::new(fast, abort.clone()))
+                }
+                Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
+                    let io = h1::Rewind::new(read, tls_stream);
+                    TlsNext::Rewound(Box::pin(serve_connection(
+                        builder,
+                        io,
+                        peer,
+                        serve,
+                        abort,
+                        head_deadline,
+                    )))
+                }
+                Opened::Head(_, h1::Head::Close) => return,
+                Opened::Head(_, h1::Head::TimedOut) => {
+                    Limit::HeaderTimeout.count();
+                    return;
+                }
             }
-            Opened::Head(_, h1::Head::Close) => return,
-            Opened::Head(_, h1::Head::TimedOut) => {
-                Limit::HeaderTimeout.count();
-                return;
-            }
-        }
-    };
+        };
     match next {
         TlsNext::H2Sealed(conn) => conn.await,
         TlsNext::H2(conn) => conn.await,
@@ -448,14 +442,11 @@ async fn serve_tls(
 enum Opened {
     /// The handshake failed or timed out, or the node is draining.
     Closed,
-    /// h2 (ALPN) on TLS 1.3, herald's own HTTP/2 server over records
-    /// herald opens and seals.
+    /// h2 (ALPN) on TLS 1.3: records herald opens and seals.
     H2Sealed(tls::Sealed),
-    /// h2 otherwise on herald's own HTTP/2 server.
+    /// h2 otherwise.
     H2(tls::Tls),
-    /// h2 (ALPN) on TLS 1.3: hyper over records herald opens and seals.
-    HyperSealed(tls::Sealed),
-    /// h2 otherwise, or the fast path is off: hyper reads it all.
+    /// HTTP/1.1 with the fast path off: hyper reads it all.
     Hyper(tls::Tls),
     /// HTTP/1.1 and the first head as read.
     Head(tls::Tls, h1::Head),
@@ -502,12 +493,9 @@ async fn open_tls(
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
-        let own = serve.http.own_h2;
         return match tls::seal(tls_stream, tls::Mode::Duplex) {
-            tls::Sealing::Sealed(sealed) if own => Opened::H2Sealed(sealed),
-            tls::Sealing::Sealed(sealed) => Opened::HyperSealed(sealed),
-            tls::Sealing::Kept(tls_stream) if own => Opened::H2(tls_stream),
-            tls::Sealing::Kept(tls_stream) => Opened::Hyper(tls_stream),
+            tls::Sealing::Sealed(sealed) => Opened::H2Sealed(sealed),
+            tls::Sealing::Kept(tls_stream) => Opened::H2(tls_stream),
             tls::Sealing::Failed(error) => not_sealed(peer, &error),
         };
     }

@@ -1,6 +1,6 @@
 //! The write timeout (`--write-timeout`), the one mechanism for every
-//! transport: herald's HTTP/1.1 writer and hyper (HTTP/1.1, h2, TLS) both
-//! write through a [`TimedIo`].
+//! transport: herald's HTTP/1.1 writer, herald's HTTP/2 server and hyper
+//! all write through a [`TimedIo`].
 //!
 //! Without it a stream to a peer that stopped reading (gone without a FIN, or
 //! stalled) would hold its socket until TCP gives up, which can take many

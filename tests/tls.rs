@@ -23,9 +23,15 @@ fn open_connections(s: &TestServer) -> u64 {
     s.http_connections().0
 }
 
+/// On herald's own HTTP/2 server and on hyper's (`--own-http2 false`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_over_tls_multiplexes_streams_on_one_connection() {
-    let s = tls_server().await;
+    h2_multiplexes(true).await;
+    h2_multiplexes(false).await;
+}
+
+async fn h2_multiplexes(own_http2: bool) {
+    let s = TestServer::on_with(Transport::Tls, |c| c.server.own_http2 = own_http2).await;
     let base = format!("https://127.0.0.1:{}", s.addr.port());
     let http = client(false);
     let mut streams = Vec::new();

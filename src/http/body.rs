@@ -1,7 +1,8 @@
-//! Response bodies for hyper. An SSE body is a transport over the stream
-//! core (`crate::stream`): it hands hyper whatever [`Stream::poll_next`]
-//! gives, and nothing else. hyper carries it over HTTP/1.1 (fast path off),
-//! h2c and TLS (h2 or HTTP/1.1).
+//! Request bodies from either HTTP server, and response bodies. An SSE body
+//! is a transport over the stream core (`crate::stream`): it hands hyper
+//! whatever [`Stream::poll_next`] gives, and nothing else. hyper carries it
+//! over HTTP/1.1 (fast path off) and HTTP/2 with `--own-http2 false`;
+//! herald's HTTP/2 server (`h2`) takes the stream out of the body.
 //!
 //! It ends itself: a clean end (shutdown, token expiry) ends the body, so
 //! hyper finishes the response; an abort (slow) is an error, which makes

@@ -15,9 +15,10 @@
 //! - [`classify`] *peeks* (consumes nothing) the first bytes. It takes a
 //!   complete `GET /api/sse/subscribe/...` HTTP/1.1 head with no body whose
 //!   target and headers parse with the parsers hyper uses (`httparse`,
-//!   `http::Uri`, `HeaderName`/`HeaderValue`); anything else (other routes,
-//!   h2c, HEAD, HTTP/1.0, a head split over segments, a target `http`
-//!   refuses) goes to hyper untouched, so nothing is read two ways.
+//!   `http::Uri`, `HeaderName`/`HeaderValue`); the h2c preface goes to
+//!   herald's HTTP/2 server (`h2`); anything else (other routes, HEAD,
+//!   HTTP/1.0, a head split over segments, a target `http` refuses) goes to
+//!   hyper untouched, so nothing is read two ways.
 //! - Over TLS there is no peek: [`read_head`] reads the first head through
 //!   the session; [`serve_tls`] takes a subscribe head with nothing after it,
 //!   and anything else goes to hyper, which reads the bytes read so far

@@ -73,7 +73,7 @@ use super::{Api, Body, RequestBody, Routes};
 /// The client connection preface.
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Most streams open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS).
-pub(crate) const MAX_STREAMS: usize = 100;
+const MAX_STREAMS: usize = 100;
 /// Largest frame payload herald receives (the protocol's default; herald
 /// does not raise SETTINGS_MAX_FRAME_SIZE).
 const MAX_FRAME: usize = 16_384;
@@ -85,8 +85,8 @@ const WINDOW_MAX: i64 = (1 << 31) - 1;
 /// Reading stops while this much is queued for the client.
 const WRITE_HIGH: usize = 64 * 1024;
 /// Frames that do nothing for the server allowed per [`IDLE_FRAMES_PER`].
-pub(crate) const IDLE_FRAMES: u32 = 200;
-pub(crate) const IDLE_FRAMES_PER: Duration = Duration::from_secs(10);
+const IDLE_FRAMES: u32 = 200;
+const IDLE_FRAMES_PER: Duration = Duration::from_secs(10);
 /// Request body bytes received and not yet read by the router, per stream:
 /// the stream's window is given back only below this.
 const BODY_UNREAD: usize = 64 * 1024;
@@ -337,9 +337,9 @@ struct Conn<I> {
     /// Any request arrived.
     served: bool,
     send_window: i64,
-    /// Received on the connection and not yet given back.
+    /// Received on the connection and not yet given back (the client may
+    /// send `WINDOW` minus this).
     recv_unacked: i64,
-    recv_window: i64,
     peer_initial_window: i64,
     peer_max_frame: usize,
     /// GOAWAY sent: no new streams above it.
@@ -378,7 +378,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             served: false,
             send_window: WINDOW,
             recv_unacked: 0,
-            recv_window: WINDOW,
             peer_initial_window: WINDOW,
             peer_max_frame: MAX_FRAME,
             goaway: None,
@@ -779,8 +778,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Err(conn_err(Code::Protocol, "DATA on an idle stream"));
         }
         let len = payload.len() as i64;
-        self.recv_window -= len;
-        if self.recv_window < 0 {
+        self.recv_unacked += len;
+        if self.recv_unacked > WINDOW {
             return Err(conn_err(
                 Code::FlowControl,
                 "DATA beyond the connection window",
@@ -788,11 +787,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         // The connection's window is given back as data arrives (what a
         // stream may hold is bounded by its own window).
-        self.recv_unacked += len;
         if self.recv_unacked >= WINDOW / 2 {
-            let n = self.recv_unacked;
-            self.recv_unacked = 0;
-            self.recv_window += n;
+            let n = std::mem::take(&mut self.recv_unacked);
             self.window_update(0, n);
         }
         let end = flags & flag::END_STREAM != 0;

@@ -18,9 +18,10 @@
 //! listener only health and metrics ([`Routes`]).
 //!
 //! Subscribe requests reach [`subscribe::Subscribe::admit`] from here (hyper:
-//! HTTP/1.1 with the fast path off, h2, h2c, TLS) or from herald's own
-//! HTTP/1.1 writer ([`h1`]); both transports share one admission and one
-//! stream core.
+//! HTTP/1.1 with the fast path off, HTTP/2 with `--own-http2 false`;
+//! herald's HTTP/2 server, [`h2`], for every request it reads) or from
+//! herald's own HTTP/1.1 writer ([`h1`]); every transport shares one
+//! admission and one stream core.
 
 pub(crate) mod admin;
 mod body;
