@@ -91,6 +91,13 @@ pub(crate) struct Args {
     /// streams; the last connection may hold fewer).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub(crate) streams_per_connection: u16,
+    /// With --h2: the receive windows the client advertises, as
+    /// `STREAM:CONNECTION` bytes. The default is Chromium's (6 MiB per
+    /// stream, 15 MiB per connection), so the server sees as few
+    /// WINDOW_UPDATEs as from a browser; `65535:65535` is the protocol's
+    /// initial window (a WINDOW_UPDATE for every half window read).
+    #[arg(long, default_value = "6291456:15728640", value_parser = parse_windows)]
+    pub(crate) h2_windows: (u32, u32),
     /// More connections that read nothing after their request, each its own
     /// user `stalled-{k}` (on this process, from 127.0.2.x).
     #[arg(long, default_value_t = 0)]
@@ -150,5 +157,36 @@ impl Args {
     /// Gaps and duplicates are only meaningful for one ordered sequence.
     pub(crate) fn check_order(&self) -> bool {
         !self.targeted && self.publishers <= 1
+    }
+}
+
+/// `STREAM:CONNECTION` receive windows, each within HTTP/2's limits.
+fn parse_windows(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected STREAM:CONNECTION bytes"))?;
+    let parse = |v: &str| -> Result<u32, String> {
+        match v.parse::<u32>() {
+            Ok(n) if (65_535..=0x7fff_ffff).contains(&n) => Ok(n),
+            _ => Err(format!("{v:?}: a window is 65535 to 2147483647 bytes")),
+        }
+    };
+    Ok((parse(a)?, parse(b)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn h2_windows_parse_and_refuse_out_of_range() {
+        let args = Args::parse_from(["sse-load", "--h2"]);
+        assert_eq!(args.h2_windows, (6_291_456, 15_728_640));
+        assert_eq!(parse_windows("65535:65535"), Ok((65_535, 65_535)));
+        assert!(parse_windows("65535").is_err());
+        assert!(parse_windows("100:65535").is_err());
+        assert!(parse_windows("65535:2147483648").is_err());
+        assert!(parse_windows("x:65535").is_err());
     }
 }

@@ -23,6 +23,7 @@ pub(crate) async fn open_connections(
 ) {
     let per = usize::from(args.streams_per_connection);
     let check_order = args.check_order();
+    let windows = args.h2_windows;
     let mut tokens = tokens.into_iter();
     for first in (0..args.connections).step_by(per) {
         let streams: Vec<Planned> = (first..(first + per).min(args.connections))
@@ -42,7 +43,7 @@ pub(crate) async fn open_connections(
         tokio::spawn(async move {
             let n = streams.len() as u64;
             let first = streams[0].i;
-            match connect(streams).await {
+            match connect(streams, windows).await {
                 Ok(bodies) => {
                     drop(permit);
                     let lost = n - bodies.len() as u64;
@@ -80,12 +81,17 @@ struct Planned {
 /// answered with 200.
 async fn connect(
     streams: Vec<Planned>,
+    (stream_window, conn_window): (u32, u32),
 ) -> Result<Vec<(usize, h2::RecvStream)>, Box<dyn std::error::Error>> {
     let (target, src) = (streams[0].target, streams[0].src);
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(src, 0))?;
     let io = tls::wrap_h2(sock.connect(target).await?, target).await?;
-    let (send, conn) = h2::client::handshake(io).await?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(conn_window)
+        .handshake::<_, bytes::Bytes>(io)
+        .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
