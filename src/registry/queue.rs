@@ -498,29 +498,6 @@ impl Queue {
         }
     }
 
-    /// For a live stream within a coalescing window: `Ready(true)` when
-    /// anything is queued (left queued: the stream drains it once its
-    /// window ends), `Ready(false)` once closed, else `Pending` with the
-    /// waker stored. The stream stays the queue's writer, so the next event
-    /// is queued and wakes it rather than being sent directly.
-    pub fn poll_arrival(&self, cx: &mut Context<'_>) -> Poll<bool> {
-        let mut st = self.state.lock();
-        if st.closed.is_some() {
-            return Poll::Ready(false);
-        }
-        if !st.frames.is_empty() {
-            return Poll::Ready(true);
-        }
-        if st.writer == Writer::Idle {
-            st.writer = Writer::Stream;
-        }
-        match &mut st.waker {
-            Some(w) => w.clone_from(cx.waker()),
-            None => st.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
     /// Frames and bytes queued now (for tests and gauges).
     pub fn len(&self) -> (usize, usize) {
         let st = self.state.lock();
@@ -748,23 +725,6 @@ mod tests {
         let (reached, w) = q.send_claimed(&Bytes::from_static(b"e4"), 7);
         assert!(reached && w.is_none(), "nothing else queued: no wake-up");
         assert_eq!(&wire.took.lock()[..], b"e1e4");
-    }
-
-    #[test]
-    fn a_stream_waiting_out_a_window_gets_its_next_event_queued_not_claimed() {
-        let (q, wire, count, waker) = live(usize::MAX);
-        let cx = &mut Context::from_waker(&waker);
-        assert_eq!(q.poll_arrival(cx), Poll::Pending);
-        let (p, w) = claim(&q, b"e1");
-        assert_eq!(p, Push::Queued, "the stream is the writer");
-        w.expect("the stream is woken").wake();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
-        assert_eq!(q.poll_arrival(cx), Poll::Ready(true), "left queued");
-        assert_eq!(q.len().0, 1);
-        assert!(wire.took.lock().is_empty());
-        assert!(matches!(drain(&q, &waker), Poll::Ready(Ok(_))));
-        q.close(CloseReason::Shutdown, None);
-        assert_eq!(q.poll_arrival(cx), Poll::Ready(false), "closed");
     }
 
     #[test]

@@ -120,21 +120,6 @@ impl Window {
     }
 }
 
-/// µs on the clock coalescing windows are kept on, wrapping every ~71
-/// minutes (windows are far shorter): 4 bytes per stream, not an
-/// `Instant`'s 16. Tokio's clock, so tests can advance it (each test's
-/// paused clock may start before the first reading: then the offset is
-/// negative, which wrapping arithmetic keeps).
-fn window_clock_us() -> u32 {
-    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let now = tokio::time::Instant::now();
-    let start = *START.get_or_init(|| now);
-    match now.checked_duration_since(start) {
-        Some(d) => d.as_micros() as u32,
-        None => (start - now).as_micros().wrapping_neg() as u32,
-    }
-}
-
 /// Opens streams: the dispatcher, token expiries and the node's phase.
 #[derive(Debug)]
 pub struct Streams {
@@ -261,16 +246,11 @@ pub struct Stream {
     prefix: Option<Box<Prefix>>,
     /// Least time between writes.
     window: Window,
-    /// The window's timer: allocated when an event first arrives within a
-    /// window, reused while writes are held, freed on the first write that
-    /// opens no window.
+    /// The window's timer: allocated on the first held write, reused while
+    /// writes are held, freed on the first write that is not.
     hold: Option<Pin<Box<Sleep>>>,
-    /// Set once an event arrived within a window: the next batch waits for
-    /// the timer.
+    /// Set after a write within a window: the next batch waits for the timer.
     holding: bool,
-    /// When the window opened by the last write ends, on
-    /// [`window_clock_us`] (0: no window).
-    held_until: u32,
     account: bool,
     /// Batches written, for sampling the lag histogram.
     batches: u32,
@@ -531,7 +511,6 @@ impl Stream {
             window: Window::new(settings.coalesce),
             hold: None,
             holding: false,
-            held_until: 0,
             account: settings.account,
             batches: 0,
             ended: None,
@@ -608,46 +587,16 @@ impl Stream {
             }
         }
         if self.holding {
-            // An event arrived within the window: let the window pass so
-            // what arrives meanwhile joins the next write. Only the timer
-            // wakes the stream (no waker in the queue: a push does not wake
-            // it to wait again); a queue closed meanwhile is seen when the
-            // window ends.
+            // A write within the window: let the window pass so what arrives
+            // meanwhile joins the next write. Only the timer wakes the stream
+            // (no waker in the queue: a push does not wake it to wait again);
+            // a queue closed meanwhile is seen when the window ends.
             if let Some(sleep) = &mut self.hold {
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
             }
             self.holding = false;
-        } else if self.held_until != 0 {
-            // The last write opened a window. Nothing is timed until an
-            // event arrives within it: a stream whose events come further
-            // apart than the window arms no timer.
-            let left = self.held_until.wrapping_sub(window_clock_us()) as i32;
-            if left > 0 {
-                match self.queue().poll_arrival(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(true) => {
-                        self.held_until = 0;
-                        let at = tokio::time::Instant::now()
-                            + Duration::from_micros(left.unsigned_abs().into());
-                        let sleep = match &mut self.hold {
-                            Some(sleep) => {
-                                sleep.as_mut().reset(at);
-                                sleep
-                            }
-                            None => self.hold.insert(Box::pin(tokio::time::sleep_until(at))),
-                        };
-                        if sleep.as_mut().poll(cx).is_pending() {
-                            self.holding = true;
-                            return Poll::Pending;
-                        }
-                    }
-                    // Closed: drained at once.
-                    Poll::Ready(false) => {}
-                }
-            }
-            self.held_until = 0;
         }
         // Live, and the transport has written everything handed out (it
         // asks for more only then): direct sends may start.
@@ -659,11 +608,13 @@ impl Stream {
                     .window
                     .after_write(batch.events, self.sub.registry().load())
                 {
-                    // (0 marks no window: one µs later then.)
                     Some(window) => {
-                        self.held_until = window_clock_us()
-                            .wrapping_add(window.as_micros() as u32)
-                            .max(1)
+                        let at = tokio::time::Instant::now() + window;
+                        match &mut self.hold {
+                            Some(sleep) => sleep.as_mut().reset(at),
+                            None => self.hold = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
+                        self.holding = true;
                     }
                     None => self.hold = None,
                 }
