@@ -11,10 +11,11 @@
 //!   subscribe request on herald's own writer (`http::h1`), HTTP/2 (the h2c
 //!   preface; h2 by ALPN after a TLS handshake) on herald's own HTTP/2
 //!   server (`http::h2`), everything else with hyper-util's auto builder
-//!   (HTTP/1.1 with keep-alive; HTTP/2 too with `--own-http2 false`). Every write goes
-//!   through `TimedIo` (`--write-timeout`). On drain, each connection is
-//!   told to shut down gracefully (no more keep-alive); SSE streams are ended
-//!   separately through their queues, since hyper can not end an endless body.
+//!   (HTTP/1.1 with keep-alive; HTTP/2 too with `--own-http2 false`).
+//!   Every write goes through `TimedIo` (`--write-timeout`). On drain, each
+//!   connection is told to shut down gracefully (no more keep-alive); SSE
+//!   streams are ended separately through their queues, since hyper can not
+//!   end an endless body.
 //! - Each task holds a clone of the tracker sender; when all are dropped the
 //!   drain knows every connection is gone.
 
@@ -360,72 +361,58 @@ async fn serve_tls(
     // The handshake and the first head are read in their own box, freed
     // once done: a stream must not carry their state (4.5 KB) for its whole
     // life. What serves the connection next is boxed for the same reason.
-    let next =
-        {
-            let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
-            match opened {
-                Opened::Closed => return,
-                Opened::H2Sealed(sealed) if serve.http.own_h2 => TlsNext::H2Sealed(Box::pin(
-                    serve_h2(sealed, peer, serve, abort, head_deadline),
-                )),
-                Opened::H2(tls_stream) if serve.http.own_h2 => TlsNext::H2(Box::pin(serve_h2(
-                    tls_stream,
-                    peer,
-                    serve,
-                    abort,
-                    head_deadline,
-                ))),
-                Opened::H2Sealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
-                    builder,
-                    sealed,
-                    peer,
-                    serve,
-                    abort,
-                    head_deadline,
-                ))),
-                Opened::H2(tls_stream) | Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(
-                    serve_connection(builder, tls_stream, peer, serve, abort, head_deadline),
-                )),
-                Opened::Sealed(sealed, taken) => {
-                    let fast = h1::serve_tls(
-                        sealed,
-                        taken,
-                        peer,
-                        &serve.api.subscribe,
-                        serve.http.write_timeout,
-                        &abort,
-                    );
-                    TlsNext::Sealed(Abortable::new(fast, abort.clone()))
-                }
-                Opened::Head(tls_stream, h1::Head::Taken(taken)) => {
-                    let fast = h1::serve_tls(
-                        tls_stream,
-                        taken,
-                        peer,
-                        &serve.api.subscribe,
-                        serve.http.write_timeout,
-                        &abort,
-                    );
-                    TlsNext::Fast(Abortable::new(fast, abort.clone()))
-                }
-                Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
-                    let io = h1::Rewind::new(read, tls_stream);
-                    TlsNext::Rewound(Box::pin(serve_connection(
-                        builder,
-                        io,
-                        peer,
-                        serve,
-                        abort,
-                        head_deadline,
-                    )))
-                }
-                Opened::Head(_, h1::Head::Close) => return,
-                Opened::Head(_, h1::Head::TimedOut) => {
-                    Limit::HeaderTimeout.count();
-                    return;
-                }
-            }
-        };
+    let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
+    let own_h2 = serve.http.own_h2;
+    let next = match opened {
+        Opened::Closed => return,
+        Opened::H2Sealed(sealed) if own_h2 => TlsNext::H2Sealed(Box::pin(serve_h2(
+            sealed,
+            peer,
+            serve,
+            abort,
+            head_deadline,
+        ))),
+        Opened::H2(tls_stream) if own_h2 => TlsNext::H2(Box::pin(serve_h2(
+            tls_stream,
+            peer,
+            serve,
+            abort,
+            head_deadline,
+        ))),
+        Opened::H2Sealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
+            builder,
+            sealed,
+            peer,
+            serve,
+            abort,
+            head_deadline,
+        ))),
+        Opened::H2(tls_stream) | Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(
+            serve_connection(builder, tls_stream, peer, serve, abort, head_deadline),
+        )),
+        Opened::Sealed(sealed, taken) => {
+            TlsNext::Sealed(tls_writer(sealed, taken, peer, serve, &abort))
+        }
+        Opened::Head(io, h1::Head::Taken(taken)) => {
+            TlsNext::Fast(tls_writer(io, taken, peer, serve, &abort))
+        }
+        Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
+            let io = h1::Rewind::new(read, tls_stream);
+            TlsNext::Rewound(Box::pin(serve_connection(
+                builder,
+                io,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            )))
+        }
+        Opened::Head(_, h1::Head::Close) => return,
+        Opened::Head(_, h1::Head::TimedOut) => {
+            Limit::HeaderTimeout.count();
+            return;
+        }
+    };
     match next {
         TlsNext::H2Sealed(conn) => conn.await,
         TlsNext::H2(conn) => conn.await,
@@ -435,6 +422,26 @@ async fn serve_tls(
         TlsNext::Hyper(conn) => conn.await,
         TlsNext::Rewound(conn) => conn.await,
     }
+}
+
+/// A TLS subscribe request whose head was taken, on herald's writer
+/// (`h1::serve_tls`), ended by the connection's kill switch.
+fn tls_writer<'a, T: h1::Watch + 'a>(
+    io: T,
+    taken: Box<h1::Taken>,
+    peer: SocketAddr,
+    serve: &'a Serve,
+    abort: &'a Arc<Abort>,
+) -> Abortable<impl std::future::Future<Output = std::io::Result<()>> + 'a> {
+    let stream = h1::serve_tls(
+        io,
+        taken,
+        peer,
+        &serve.api.subscribe,
+        serve.http.write_timeout,
+        abort,
+    );
+    Abortable::new(stream, abort.clone())
 }
 
 /// A TLS connection after its handshake (and, for HTTP/1.1 on the fast

@@ -2,8 +2,9 @@
 //! offering h2 then http/1.1, so a browser multiplexes its `EventSource`s
 //! over one HTTP/2 connection instead of hitting the six-per-origin limit of
 //! HTTP/1.1. h2 is served by herald's HTTP/2 server (hyper's with
-//! `--own-http2 false`), an HTTP/1.1 subscribe request by herald's writer; after a TLS 1.3 handshake herald seals and opens the
-//! records itself (`sealed`, `--tls-own-records`).
+//! `--own-http2 false`), an HTTP/1.1 subscribe request by herald's writer;
+//! after a TLS 1.3 handshake herald seals and opens the records itself
+//! (`sealed`, `--tls-own-records`).
 
 use std::sync::Arc;
 
