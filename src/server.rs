@@ -361,56 +361,60 @@ async fn serve_tls(
     // The handshake and the first head are read in their own box, freed
     // once done: a stream must not carry their state (4.5 KB) for its whole
     // life. What serves the connection next is boxed for the same reason.
-    let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
+    // (`opened` in a block of its own: the connection's future does not
+    // keep a slot for it next to what serves the connection.)
     let own_h2 = serve.http.own_h2;
-    let next = match opened {
-        Opened::Closed => return,
-        Opened::H2Sealed(sealed) if own_h2 => TlsNext::H2Sealed(Box::pin(serve_h2(
-            sealed,
-            peer,
-            serve,
-            abort,
-            head_deadline,
-        ))),
-        Opened::H2(tls_stream) if own_h2 => TlsNext::H2(Box::pin(serve_h2(
-            tls_stream,
-            peer,
-            serve,
-            abort,
-            head_deadline,
-        ))),
-        Opened::H2Sealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
-            builder,
-            sealed,
-            peer,
-            serve,
-            abort,
-            head_deadline,
-        ))),
-        Opened::H2(tls_stream) | Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(
-            serve_connection(builder, tls_stream, peer, serve, abort, head_deadline),
-        )),
-        Opened::Sealed(sealed, taken) => {
-            TlsNext::Sealed(tls_writer(sealed, taken, peer, serve, &abort))
-        }
-        Opened::Head(io, h1::Head::Taken(taken)) => {
-            TlsNext::Fast(tls_writer(io, taken, peer, serve, &abort))
-        }
-        Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
-            let io = h1::Rewind::new(read, tls_stream);
-            TlsNext::Rewound(Box::pin(serve_connection(
-                builder,
-                io,
+    let next = {
+        let opened = Box::pin(open_tls(tls, stream, peer, serve, head_deadline)).await;
+        match opened {
+            Opened::Closed => return,
+            Opened::H2Sealed(sealed) if own_h2 => TlsNext::H2Sealed(Box::pin(serve_h2(
+                sealed,
                 peer,
                 serve,
                 abort,
                 head_deadline,
-            )))
-        }
-        Opened::Head(_, h1::Head::Close) => return,
-        Opened::Head(_, h1::Head::TimedOut) => {
-            Limit::HeaderTimeout.count();
-            return;
+            ))),
+            Opened::H2(tls_stream) if own_h2 => TlsNext::H2(Box::pin(serve_h2(
+                tls_stream,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))),
+            Opened::H2Sealed(sealed) => TlsNext::HyperSealed(Box::pin(serve_connection(
+                builder,
+                sealed,
+                peer,
+                serve,
+                abort,
+                head_deadline,
+            ))),
+            Opened::H2(tls_stream) | Opened::Hyper(tls_stream) => TlsNext::Hyper(Box::pin(
+                serve_connection(builder, tls_stream, peer, serve, abort, head_deadline),
+            )),
+            Opened::Sealed(sealed, taken) => {
+                TlsNext::Sealed(tls_writer(sealed, taken, peer, serve, &abort))
+            }
+            Opened::Head(io, h1::Head::Taken(taken)) => {
+                TlsNext::Fast(tls_writer(io, taken, peer, serve, &abort))
+            }
+            Opened::Head(tls_stream, h1::Head::Hyper(read)) => {
+                let io = h1::Rewind::new(read, tls_stream);
+                TlsNext::Rewound(Box::pin(serve_connection(
+                    builder,
+                    io,
+                    peer,
+                    serve,
+                    abort,
+                    head_deadline,
+                )))
+            }
+            Opened::Head(_, h1::Head::Close) => return,
+            Opened::Head(_, h1::Head::TimedOut) => {
+                Limit::HeaderTimeout.count();
+                return;
+            }
         }
     };
     match next {
