@@ -60,6 +60,9 @@ const REJECT_READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// `H2_PING_TIMEOUT` (a dead peer holding streams open).
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// On drain, longest an idle hyper connection gets to write what it has
+/// queued and close.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -577,7 +580,7 @@ async fn serve_h2<I>(
 /// arrived by `head_deadline` (a preface prefix, an h2 handshake with no
 /// stream, a silent TLS client), and when no request has been open for
 /// `--idle-timeout` after that; on drain, a connection with no request open
-/// is closed at once.
+/// is closed within `IDLE_CLOSE`.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     stream: I,
@@ -620,11 +623,21 @@ async fn serve_connection<I>(
             return;
         }
         _ = serve.graceful.cancelled() => {
-            if activity.open() == 0 {
+            // Through hyper's graceful shutdown even with no request open:
+            // a stream the drain just ended may have its last frames
+            // (its end, over HTTP/2) still queued in hyper, and dropping
+            // the connection here would lose them. An idle connection gets
+            // `IDLE_CLOSE` to close (HTTP/2 waits for the client's ping).
+            let idle = activity.open() == 0;
+            conn.inner_mut().graceful_shutdown();
+            if !idle {
+                conn.await
+            } else if let Ok(r) = tokio::time::timeout(IDLE_CLOSE, &mut conn).await {
+                r
+            } else {
+                tracing::debug!(%peer, "idle connection closed on drain");
                 return;
             }
-            conn.inner_mut().graceful_shutdown();
-            conn.await
         }
     };
     match result {
