@@ -27,8 +27,10 @@ pub(crate) struct Maps {
     pub(crate) users: HashMap<Name, Subs>,
     /// topic -> connections subscribed to it.
     pub(crate) topics: HashMap<Name, Subs>,
-    /// Connections whose user hashes here (== sum of `users` list lengths).
-    pub(crate) connections: usize,
+    /// Every connection whose user hashes here, in one flat list: what a
+    /// broadcast walks (reading `users`' lists would cost a cache miss per
+    /// user for the list itself).
+    pub(crate) all: Subs,
 }
 
 /// Which of a subscriber's lists an entry is in: its user's, or its
@@ -37,6 +39,8 @@ pub(crate) struct Maps {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key {
     User,
+    /// Its shard's flat list (`Maps::all`).
+    All,
     Topic(usize),
 }
 
@@ -50,9 +54,17 @@ impl Maps {
         key: Key,
         sub: &Arc<Subscriber>,
     ) {
-        let list = map.entry(name.clone()).or_default();
-        sub.set_slot(key, list.len());
-        list.push(sub.clone());
+        push(map.entry(name.clone()).or_default(), key, sub);
+    }
+
+    /// Adds `sub` to the shard's flat list (its user's shard).
+    pub(crate) fn insert_all(&mut self, sub: &Arc<Subscriber>) {
+        push(&mut self.all, Key::All, sub);
+    }
+
+    /// Removes `sub` from the shard's flat list; false when not there.
+    pub(crate) fn remove_all(&mut self, sub: &Subscriber) -> bool {
+        take(&mut self.all, Key::All, sub, |_| Some(Key::All))
     }
 
     /// Removes `sub` from `name`'s list in O(1) (a swap with the last entry,
@@ -67,27 +79,46 @@ impl Maps {
         let Some(list) = map.get_mut(name) else {
             return false;
         };
-        let pos = sub.slot(key);
-        if list.get(pos).is_none_or(|s| s.id != sub.id) {
-            return false;
-        }
-        list.swap_remove(pos);
-        if let Some(moved) = list.get(pos) {
-            // The same key, at its own index among the moved subscriber's
-            // (sorted) topics; a topic's list holds only its subscribers.
-            let moved_key = match key {
-                Key::User => Some(Key::User),
-                Key::Topic(_) => moved.topics.binary_search(name).ok().map(Key::Topic),
-            };
-            if let Some(k) = moved_key {
-                moved.set_slot(k, pos);
-            }
-        }
+        // The moved subscriber's key: the same, at its own index among its
+        // (sorted) topics; a topic's list holds only its subscribers.
+        let taken = take(list, key, sub, |moved| match key {
+            Key::User | Key::All => Some(key),
+            Key::Topic(_) => moved.topics.binary_search(name).ok().map(Key::Topic),
+        });
         if list.is_empty() {
             map.remove(name);
-        } else if list.capacity() > 8 && list.len() * 4 < list.capacity() {
-            list.shrink_to_fit();
         }
-        true
+        taken
     }
+}
+
+/// Appends `sub` to `list`, recording its position under `key`.
+fn push(list: &mut Subs, key: Key, sub: &Arc<Subscriber>) {
+    sub.set_slot(key, list.len());
+    list.push(sub.clone());
+}
+
+/// Removes `sub` (at its recorded position under `key`) from `list` in O(1):
+/// a swap with the last entry, whose position is updated under the key
+/// `moved_key` gives for it. False when `sub` was not there.
+fn take(
+    list: &mut Subs,
+    key: Key,
+    sub: &Subscriber,
+    moved_key: impl FnOnce(&Subscriber) -> Option<Key>,
+) -> bool {
+    let pos = sub.slot(key);
+    if list.get(pos).is_none_or(|s| s.id != sub.id) {
+        return false;
+    }
+    list.swap_remove(pos);
+    if let Some(moved) = list.get(pos) {
+        if let Some(k) = moved_key(moved) {
+            moved.set_slot(k, pos);
+        }
+    }
+    if list.capacity() > 8 && list.len() * 4 < list.capacity() {
+        list.shrink_to_fit();
+    }
+    true
 }

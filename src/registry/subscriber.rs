@@ -36,9 +36,10 @@ pub struct Subscriber {
     /// per batch), so no cache line is shared between cores; `/metrics` sums
     /// these at scrape time (see `Registry::delivered`).
     pub delivered: AtomicU64,
-    /// Its position in its user's list, and in each topic's list (aligned
-    /// with `topics`): written and read only under that list's shard lock
-    /// (atomics only because the subscriber is shared).
+    /// Its position in its user's list, its shard's flat list, and each
+    /// topic's list (aligned with `topics`): written and read only under
+    /// that list's shard lock (atomics only because the subscriber is
+    /// shared).
     pub(crate) slots: Box<[AtomicU32]>,
 }
 
@@ -65,7 +66,8 @@ impl Subscriber {
     fn slot_index(key: Key) -> usize {
         match key {
             Key::User => 0,
-            Key::Topic(i) => i + 1,
+            Key::All => 1,
+            Key::Topic(i) => i + 2,
         }
     }
 
