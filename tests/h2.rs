@@ -578,3 +578,28 @@ async fn a_stream_without_window_is_cut_off_alone() {
         got.extend(c.until(DATA, 3).await.payload);
     }
 }
+
+/// On drain, a connection hyper serves over HTTP/2 (`--own-http2 false`)
+/// with no request open goes through hyper's graceful shutdown (so frames it
+/// still had queued are written), but a client that never answers its
+/// GOAWAY ping cannot hold the drain: the connection is let go within the
+/// idle bound (1 s), far inside the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_idle_h2_client_does_not_hold_the_drain() {
+    let s = TestServer::on_with(support::Transport::H2c, |c| {
+        c.shutdown.deadline = Duration::from_secs(10);
+    })
+    .await;
+    let mut raw = Raw::open(&s).await;
+    raw.request(1, "GET", "/healthz", &[], true).await;
+    assert_eq!(raw.response(1).await.0, 200);
+    // From here on the client reads but never writes (no PING ack).
+    let reader = tokio::spawn(async move {
+        let code = raw.goaway().await;
+        while raw.next().await.is_some() {}
+        code
+    });
+    let took = s.shutdown().await;
+    assert!(took < Duration::from_millis(2500), "drain took {took:?}");
+    assert_eq!(reader.await.unwrap(), Some(0), "a GOAWAY with NO_ERROR");
+}
