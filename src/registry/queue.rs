@@ -326,15 +326,18 @@ impl Queue {
         #[cfg(target_arch = "x86_64")]
         {
             let at = std::ptr::from_ref(&self.state).cast::<u8>();
-            for line in [at, at.wrapping_add(64)] {
-                if *PREFETCHW {
+            let lines = [at, at.wrapping_add(64)];
+            if *PREFETCHW {
+                for line in lines {
                     // SAFETY: a prefetch changes no memory and never faults,
                     // whatever the address; the CPU has the instruction.
                     #[allow(unsafe_code)]
                     unsafe {
                         std::arch::asm!("prefetchw [{0}]", in(reg) line, options(nostack, preserves_flags, readonly));
                     }
-                } else {
+                }
+            } else {
+                for line in lines {
                     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                     // SAFETY: as above; SSE is part of x86-64.
                     #[allow(unsafe_code)]

@@ -62,9 +62,9 @@ impl Maps {
         push(&mut self.all, Key::All, sub);
     }
 
-    /// Removes `sub` from the shard's flat list; false when not there.
-    pub(crate) fn remove_all(&mut self, sub: &Subscriber) -> bool {
-        take(&mut self.all, Key::All, sub, |_| Some(Key::All))
+    /// Removes `sub` from the shard's flat list (if there).
+    pub(crate) fn remove_all(&mut self, sub: &Subscriber) {
+        take(&mut self.all, Key::All, sub, |_| Some(Key::All));
     }
 
     /// Removes `sub` from `name`'s list in O(1) (a swap with the last entry,
