@@ -62,6 +62,7 @@ pub(crate) mod metrics;
 pub(crate) mod publish;
 pub mod registry;
 pub mod replay;
+pub(crate) mod runtimes;
 pub(crate) mod server;
 pub mod shutdown;
 pub mod sse;

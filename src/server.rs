@@ -154,6 +154,8 @@ pub(crate) struct HttpSettings {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS 1.3 records sealed and opened by herald (`tls::sealed`).
     pub(crate) tls_own_records: bool,
+    /// `--api-threads`: where hyper's plain connections are served.
+    pub(crate) api_runtimes: Option<Arc<crate::runtimes::ApiRuntimes>>,
 }
 
 /// Everything the accept loop shares with its connections.
@@ -328,6 +330,15 @@ pub(crate) async fn connection(
         // Boxed: streams on herald's writer must not carry hyper's
         // connection future.
         Route::Hyper => {
+            if let Some(rts) = &serve.http.api_runtimes {
+                let serve = serve.clone();
+                let builder = builder.clone();
+                elsewhere(rts.pick(), stream, move |stream| async move {
+                    serve_connection(&builder, stream, peer, &serve, abort, head_deadline).await
+                })
+                .await;
+                return;
+            }
             Box::pin(serve_connection(
                 builder,
                 stream,
@@ -345,6 +356,32 @@ pub(crate) async fn connection(
         }
         Route::Close => {}
     }
+}
+
+/// Serves a plain connection on another runtime (`--api-threads`): the
+/// socket leaves this runtime's reactor for that one's, and this task waits
+/// (it holds the connection's permit and the drain's tracker).
+async fn elsewhere<F, Fut>(rt: &tokio::runtime::Handle, stream: TcpStream, serve: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let socket = match stream.into_std() {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::debug!(%error, "cannot move a connection to an API thread");
+            return;
+        }
+    };
+    let served = rt.spawn(async move {
+        match TcpStream::from_std(socket) {
+            Ok(stream) => serve(stream).await,
+            Err(error) => tracing::debug!(%error, "cannot register a connection on an API thread"),
+        }
+    });
+    // An error is the runtime gone (the node stopping) or a panic, which
+    // the runtime has reported.
+    let _ = served.await;
 }
 
 /// A TLS connection: the handshake within the head deadline, then

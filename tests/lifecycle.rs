@@ -556,7 +556,75 @@ fn no_secrets_in_logs_or_metrics() {
     }
 }
 
-on_h1_transports!(draining_server_refuses_new_streams_and_is_not_ready);
+/// `--api-threads 2`: the connections hyper serves (publish requests; with
+/// hyper's HTTP/1.1 transport the streams too) run on runtimes of their own.
+/// Events still reach each stream once, in order, and the drain still ends
+/// every stream within its deadline.
+async fn api_threads_serve_publishes_and_streams_and_drain_in_time(t: Transport) {
+    let server = TestServer::on_with(t, |c| {
+        c.server.api_threads = 2;
+        c.shutdown.drain = Duration::from_millis(300);
+        c.shutdown.deadline = Duration::from_secs(3);
+    })
+    .await;
+    let api_threads = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("herald-api-"))
+        .count();
+    assert!(api_threads >= 2, "{api_threads} API threads");
+    let mut a = server.subscribe("a").await;
+    let mut b = server.subscribe("b").await;
+    // Several publish connections: both runtimes serve some.
+    let publishes: Vec<_> = (0..4)
+        .map(|p| {
+            let http = reqwest::Client::new();
+            let url = server.url("/api/publish");
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let user = if p % 2 == 0 { "a" } else { "b" };
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(serde_json::json!({"user": user, "data": p * 100 + i}).to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for p in publishes {
+        p.await.unwrap();
+    }
+    for (s, from) in [(&mut a, [0, 200]), (&mut b, [100, 300])] {
+        let got: Vec<i64> = s
+            .next_n(20)
+            .await
+            .into_iter()
+            .map(|e| e.data.parse().unwrap())
+            .collect();
+        for p in from {
+            let mine: Vec<i64> = got.iter().copied().filter(|d| d / 100 * 100 == p).collect();
+            assert_eq!(mine, (p..p + 10).collect::<Vec<_>>(), "once each, in order");
+        }
+    }
+    let readers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { s.until_end().await }))
+        .collect();
+    let took = server.shutdown().await;
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
+on_h1_transports!(
+    draining_server_refuses_new_streams_and_is_not_ready,
+    api_threads_serve_publishes_and_streams_and_drain_in_time,
+);
 
 on_every_transport!(
     idle_streams_get_heartbeat_comments,

@@ -58,6 +58,9 @@ pub enum StartError {
     /// The JWKS key set could not be fetched at start.
     #[error("--jwt-jwks-url: {0}")]
     Jwks(String),
+    /// `--api-threads`: a thread or its runtime could not be started.
+    #[error("--api-threads: cannot start a runtime: {0}")]
+    ApiThreads(std::io::Error),
 }
 
 /// A started server. Dropping it does not stop it: call [`Running::shutdown`]
@@ -150,6 +153,12 @@ impl Node {
     /// the endpoints, each given what it uses.
     pub(crate) async fn build(config: &Config, max_connections: u64) -> Result<Self, StartError> {
         let metrics = config.metrics.then(m::install);
+        let api_runtimes = match config.server.api_threads {
+            0 => None,
+            n => Some(Arc::new(
+                crate::runtimes::ApiRuntimes::start(n).map_err(StartError::ApiThreads)?,
+            )),
+        };
         if let Some(j) = &config.jwks {
             // Without keys no token would verify: do not start.
             let url = j.url.clone();
@@ -285,6 +294,7 @@ impl Node {
                 own_h2: config.server.own_http2,
                 tls: config.server.tls.clone(),
                 tls_own_records: config.server.tls_own_records,
+                api_runtimes,
             }),
             metrics,
             ingest,

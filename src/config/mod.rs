@@ -137,6 +137,13 @@ pub struct ListenArgs {
     #[arg(long, env = "HERALD_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Threads, each with a runtime of its own, for the plain (not TLS)
+    /// connections hyper serves: publish requests and the other API routes.
+    /// Streams on herald's own writers stay on the worker threads. 0 = none:
+    /// every connection on the worker threads.
+    #[arg(long, env = "HERALD_API_THREADS", default_value_t = 0)]
+    pub api_threads: usize,
+
     /// Serve HTTP/1.1 SSE streams (plain or TLS) on herald's own writer
     /// instead of hyper's (about 8x less memory per idle connection). Other
     /// HTTP/1.1 requests always go through hyper.
@@ -605,6 +612,8 @@ pub struct ServerConfig {
     pub max_connections: Option<NonZeroU64>,
     /// `None`: one per core.
     pub worker_threads: Option<NonZeroUsize>,
+    /// `--api-threads` (0: none).
+    pub api_threads: usize,
     /// Serve HTTP/1.1 streams on herald's own writer.
     pub sse_fast_path: bool,
     /// Serve HTTP/2 on herald's own server.
@@ -953,6 +962,7 @@ impl Cli {
                 tls_own_records: l.tls_own_records,
                 max_connections: NonZeroU64::new(l.max_connections),
                 worker_threads: NonZeroUsize::new(l.worker_threads),
+                api_threads: l.api_threads,
                 sse_fast_path: l.sse_fast_path,
                 own_http2: l.own_http2,
                 header_read_timeout: lim.header_read_timeout,
