@@ -130,15 +130,7 @@ async fn shutdown_ends_open_streams_within_the_deadline(t: Transport) {
     // An idle keep-alive connection too.
     assert_eq!(server.get("/healthz").await.0, 200);
     let mut raw = raw_stream(&server.http, &server.url("/api/sse/subscribe/raw")).await;
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|mut s| tokio::spawn(async move { s.until_end().await }))
-        .collect();
-    let took = server.shutdown().await;
-    assert!(took < Duration::from_secs(3), "drain took {took:?}");
-    for r in readers {
-        r.await.unwrap();
-    }
+    drain_ends(server, streams, Duration::from_secs(3)).await;
     // The stream ended cleanly, with a retry hint before the end.
     let mut tail = String::new();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), raw.next())
@@ -610,12 +602,22 @@ async fn api_threads_serve_publishes_and_streams_and_drain_in_time(t: Transport)
             assert_eq!(mine, (p..p + 10).collect::<Vec<_>>(), "once each, in order");
         }
     }
-    let readers: Vec<_> = [a, b]
+    drain_ends(server, [a, b], Duration::from_secs(3)).await;
+}
+
+/// Drains `server` and checks it took less than `within` and ended every
+/// one of `streams`.
+async fn drain_ends(
+    server: TestServer,
+    streams: impl IntoIterator<Item = support::SseClient>,
+    within: Duration,
+) {
+    let readers: Vec<_> = streams
         .into_iter()
         .map(|mut s| tokio::spawn(async move { s.until_end().await }))
         .collect();
     let took = server.shutdown().await;
-    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    assert!(took < within, "drain took {took:?}");
     for r in readers {
         r.await.unwrap();
     }
