@@ -25,26 +25,39 @@ pub(crate) struct ApiRuntimes {
 }
 
 impl ApiRuntimes {
-    /// Starts `n` runtimes, each on its own thread.
+    /// Starts `n` runtimes, each built and run on its own thread (so a
+    /// runtime is only ever dropped there, never in the caller's async
+    /// context, where dropping one panics).
     pub(crate) fn start(n: usize) -> std::io::Result<Self> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                // An idle thread gives freed memory back (crate::memory).
-                .on_thread_park(|| {
-                    crate::memory::on_park();
-                })
-                .build()?;
-            handles.push(rt.handle().clone());
             let (tx, rx) = oneshot::channel::<()>();
-            stop.push(tx);
+            let (built_tx, built) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("herald-api-{i}"))
                 .spawn(move || {
-                    let _ = rt.block_on(rx);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        // An idle thread gives freed memory back (crate::memory).
+                        .on_thread_park(|| {
+                            crate::memory::on_park();
+                        })
+                        .build();
+                    match rt {
+                        Ok(rt) => {
+                            let _ = built_tx.send(Ok(rt.handle().clone()));
+                            let _ = rt.block_on(rx);
+                        }
+                        Err(e) => {
+                            let _ = built_tx.send(Err(e));
+                        }
+                    }
                 })?;
+            // Once, at start: the thread answers as soon as it has built.
+            let handle = built.recv().map_err(std::io::Error::other)??;
+            handles.push(handle);
+            stop.push(tx);
         }
         Ok(Self {
             handles,
