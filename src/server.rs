@@ -300,7 +300,8 @@ pub(crate) async fn connection(
         .await;
         return;
     }
-    let route = if (serve.http.fast_path || serve.http.own_h2) && serve.routes != Routes::Admin {
+    let classify = (serve.http.fast_path || serve.http.own_h2) && serve.routes != Routes::Admin;
+    let route = if classify {
         tokio::select! {
             r = h1::classify(&stream, head_deadline, serve.http.max_header_bytes) => r,
             _ = serve.graceful.cancelled() => Route::Close,
@@ -308,6 +309,15 @@ pub(crate) async fn connection(
     } else {
         Route::Hyper
     };
+    // `--api-threads` serves what the peek sent to hyper: neither a stream
+    // on herald's writer nor HTTP/2 (with those taken by hyper, `--sse-fast-path
+    // false` or `--own-http2 false`, they stay here: a broadcast would wake
+    // each such stream on another runtime, a thread wake-up per stream).
+    let api_runtimes = serve
+        .http
+        .api_runtimes
+        .as_ref()
+        .filter(|_| classify && matches!(route, Route::Hyper));
     let route = match route {
         Route::H1(_) if !serve.http.fast_path => Route::Hyper,
         Route::H2 if !serve.http.own_h2 => Route::Hyper,
@@ -330,7 +340,7 @@ pub(crate) async fn connection(
         // Boxed: streams on herald's writer must not carry hyper's
         // connection future.
         Route::Hyper => {
-            if let Some(rts) = &serve.http.api_runtimes {
+            if let Some(rts) = api_runtimes {
                 let serve = serve.clone();
                 let builder = builder.clone();
                 // Not boxed: what it keeps across the wait (a task's handle)

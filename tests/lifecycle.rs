@@ -548,13 +548,20 @@ fn no_secrets_in_logs_or_metrics() {
     }
 }
 
-/// `--api-threads 2`: the connections hyper serves (publish requests; with
-/// hyper's HTTP/1.1 transport the streams too) run on runtimes of their own.
-/// Events still reach each stream once, in order, and the drain still ends
-/// every stream within its deadline.
+/// `--api-threads 0` and `2`: with API threads, the connections hyper
+/// serves (publish requests here) run on runtimes of their own, streams on
+/// the worker threads; without, all on the worker threads. Either way
+/// events reach each stream once, in order, and the drain ends every stream
+/// within its deadline.
 async fn api_threads_serve_publishes_and_streams_and_drain_in_time(t: Transport) {
+    for threads in [0, 2] {
+        publishes_and_streams_and_drain_in_time(t, threads).await;
+    }
+}
+
+async fn publishes_and_streams_and_drain_in_time(t: Transport, threads: usize) {
     let server = TestServer::on_with(t, |c| {
-        c.server.api_threads = 2;
+        c.server.api_threads = threads;
         c.shutdown.drain = Duration::from_millis(300);
         c.shutdown.deadline = Duration::from_secs(3);
     })
@@ -564,7 +571,7 @@ async fn api_threads_serve_publishes_and_streams_and_drain_in_time(t: Transport)
         .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
         .filter(|name| name.starts_with("herald-api-"))
         .count();
-    assert!(api_threads >= 2, "{api_threads} API threads");
+    assert!(api_threads >= threads, "{api_threads} API threads");
     let mut a = server.subscribe("a").await;
     let mut b = server.subscribe("b").await;
     // Several publish connections: both runtimes serve some.

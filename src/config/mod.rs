@@ -138,10 +138,10 @@ pub struct ListenArgs {
     pub worker_threads: usize,
 
     /// Threads, each with a runtime of its own, for the plain (not TLS)
-    /// connections hyper serves: publish requests and the other API routes.
-    /// Streams on herald's own writers stay on the worker threads. 0 = none:
-    /// every connection on the worker threads.
-    #[arg(long, env = "HERALD_API_THREADS", default_value_t = 0)]
+    /// HTTP/1.1 connections that carry no stream on herald's writer:
+    /// publish requests and the other API routes. auto = half the cores,
+    /// rounded up; 0 = none: every connection on the worker threads.
+    #[arg(long, env = "HERALD_API_THREADS", default_value = "auto", value_name = "auto|N", value_parser = parse::api_threads)]
     pub api_threads: usize,
 
     /// Serve HTTP/1.1 SSE streams (plain or TLS) on herald's own writer

@@ -144,6 +144,24 @@ pub(crate) fn shards(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// The most `--api-threads` (each a thread and a runtime).
+pub(crate) const MAX_API_THREADS: usize = 256;
+
+/// `--api-threads`: `auto` (half the cores, rounded up) or a count up to
+/// [`MAX_API_THREADS`] (0: none).
+pub(crate) fn api_threads(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return Ok(cores.div_ceil(2));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_API_THREADS => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX_API_THREADS}")),
+        Err(_) => Err("expected auto or a whole number".into()),
+    }
+}
+
 /// A count of at least 1.
 pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -251,6 +269,15 @@ mod tests {
         assert_eq!(size("64kB"), Ok(64_000));
         assert!(size("lots").is_err());
         assert!(size_nonzero("0").is_err());
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(api_threads("auto"), Ok(cores.div_ceil(2)));
+        assert!(api_threads("auto").unwrap() >= 1);
+        assert_eq!(api_threads("0"), Ok(0));
+        assert_eq!(api_threads("256"), Ok(256));
+        assert!(api_threads("257").unwrap_err().contains("at most 256"));
+        assert!(api_threads("-1")
+            .unwrap_err()
+            .contains("auto or a whole number"));
         assert!(header_size("4KiB").is_err());
         assert_eq!(header_size("16KiB"), Ok(16384));
         assert_eq!(rate("0"), Ok(0.0));
