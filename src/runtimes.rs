@@ -1,5 +1,6 @@
-//! `--api-threads`: current-thread runtimes for the connections hyper
-//! serves (publish requests and the other API routes), one thread each.
+//! `--api-threads`: current-thread runtimes, one thread each, for the plain
+//! HTTP/1.1 connections the first peek hands to hyper (publish requests and
+//! the other API routes; `server::connection` decides).
 //!
 //! Why (measured, BENCHMARKS.md, issue 14): on the work-stealing runtime a
 //! publish request that arrives while the other worker sleeps often wakes

@@ -154,7 +154,8 @@ pub(crate) struct HttpSettings {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS 1.3 records sealed and opened by herald (`tls::sealed`).
     pub(crate) tls_own_records: bool,
-    /// `--api-threads`: where hyper's plain connections are served.
+    /// `--api-threads`: where the plain connections the peek hands to
+    /// hyper are served.
     pub(crate) api_runtimes: Option<Arc<crate::runtimes::ApiRuntimes>>,
 }
 
