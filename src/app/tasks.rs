@@ -56,7 +56,13 @@ pub(super) fn spawn(
                 _ = until.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            fanout.record_lag(tokio::time::Instant::now().saturating_duration_since(due));
+            let late = tokio::time::Instant::now().saturating_duration_since(due);
+            if fanout.record_lag(late) {
+                tokio::select! {
+                    _ = until.cancelled() => break,
+                    _ = fanout.park_probe() => {}
+                }
+            }
         }
     }));
     // The clock idle workers' heap collections are spaced by.

@@ -320,9 +320,15 @@ impl Fanout {
         }
     }
 
-    /// Records how late the runtime's lag probe woke (`registry::load`).
-    pub fn record_lag(&self, late: std::time::Duration) {
-        self.registry.load().tick(late);
+    /// Records how late the runtime's lag probe woke (`registry::load`);
+    /// returns whether the probe may park (no publish for a while).
+    pub fn record_lag(&self, late: std::time::Duration) -> bool {
+        self.registry.load().tick(late)
+    }
+
+    /// Parks the lag probe until the next publish call.
+    pub async fn park_probe(&self) {
+        self.registry.load().park().await
     }
 
     /// Whether herald is behind on delivery (see `congestion`): sampled at

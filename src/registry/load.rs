@@ -8,6 +8,11 @@
 //!   queued at least [`BUSY_RATE`] frames per second over the last
 //!   [`BUSY_WINDOW`] (one atomic add per publish call). At that rate a write
 //!   per frame costs the node most of a core (~2-5 us per write, BENCHMARKS.md).
+//!
+//! On a node that publishes nothing for [`IDLE_PARK`] the probe parks
+//! ([`Load::park`]) until the next publish call: neither signal means
+//! anything without publishes, and an idle node's workers were woken 200
+//! times a second for it (~1% of a core each, BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +33,9 @@ pub const BUSY_RATE: u64 = 100_000;
 /// The busy signal is re-decided over this period.
 pub const BUSY_WINDOW: Duration = Duration::from_millis(100);
 
+/// The probe parks after this long without a publish call.
+pub const IDLE_PARK: Duration = Duration::from_secs(1);
+
 /// The probe's findings.
 #[derive(Debug)]
 pub struct Load {
@@ -42,6 +50,14 @@ pub struct Load {
     period_at: AtomicU64,
     /// [`Load::busy`], as of the last period.
     busy: AtomicBool,
+    /// µs since `born` of the last tick that found a publish call since the
+    /// one before (the probe's alone).
+    active_at: AtomicU64,
+    /// A publish call since the last tick.
+    published: AtomicBool,
+    /// The probe is parked until the next publish call.
+    parked: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl Default for Load {
@@ -53,6 +69,10 @@ impl Default for Load {
             queued: AtomicU64::new(0),
             period_at: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            active_at: AtomicU64::new(0),
+            published: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -62,18 +82,32 @@ impl Load {
         self.born.elapsed().as_micros() as u64 + 1
     }
 
-    /// Counts frames the dispatcher queued (once per publish call).
+    /// Counts frames the dispatcher queued (once per publish call, with
+    /// none too), and wakes a parked probe.
     pub fn count_queued(&self, frames: u64) {
         if frames > 0 {
             self.queued.fetch_add(frames, Ordering::Relaxed);
         }
+        // Plain loads while the flags are already set: this is per publish.
+        if !self.published.load(Ordering::Relaxed) {
+            self.published.store(true, Ordering::SeqCst);
+        }
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            // Its silence while parked was not a stuck runtime.
+            self.probed_at.store(self.now_us(), Ordering::Release);
+            self.wake.notify_one();
+        }
     }
 
     /// The probe woke `late`: records it, and decides [`Load::busy`] once
-    /// per [`BUSY_WINDOW`].
-    pub fn tick(&self, late: Duration) {
+    /// per [`BUSY_WINDOW`]. Returns whether the probe may park: no publish
+    /// call for [`IDLE_PARK`].
+    pub fn tick(&self, late: Duration) -> bool {
         let now = self.now_us();
         self.probed_at.store(now, Ordering::Release);
+        if self.published.swap(false, Ordering::Relaxed) {
+            self.active_at.store(now, Ordering::Relaxed);
+        }
         if late >= LAG_BEHIND {
             self.late_at.store(now, Ordering::Release);
         }
@@ -86,6 +120,37 @@ impl Load {
             self.busy.store(busy, Ordering::Relaxed);
             self.period_at.store(now, Ordering::Relaxed);
         }
+        now.saturating_sub(self.active_at.load(Ordering::Relaxed)) >= IDLE_PARK.as_micros() as u64
+    }
+
+    /// Parks the probe until the next publish call (at once if one came
+    /// since its last tick). While parked the node is neither busy nor
+    /// behind: a stuck runtime is noticed again from the probe's silence
+    /// once a publish has woken it, so at most that publish passes
+    /// backpressure unchecked.
+    pub async fn park(&self) {
+        let notified = self.wake.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        self.busy.store(false, Ordering::Relaxed);
+        self.parked.store(true, Ordering::SeqCst);
+        // A publish call that saw `parked` unset before this store set
+        // `published` first (both SeqCst): then do not sleep. (One that
+        // found `published` still set skips its store; if the tick before
+        // had just cleared it, that call goes by unseen and the next one
+        // wakes the probe.)
+        // If that call has already unparked it, it notified: the await
+        // below takes the permit.
+        if self.published.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Whether the probe is parked (tests).
+    #[cfg(test)]
+    pub fn parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
     }
 
     /// Whether the dispatcher queued frames at [`BUSY_RATE`] or more over
@@ -102,11 +167,11 @@ impl Load {
     }
 
     /// [`Load::behind`], or the probe has not woken for [`LAG_BEHIND`]
-    /// past its period (its runtime is stuck). Never recorded (no probe):
-    /// no.
+    /// past its period (its runtime is stuck). Never recorded (no probe)
+    /// or parked: no.
     pub fn runtime_behind(&self) -> bool {
         let probed = self.probed_at.load(Ordering::Acquire);
-        if probed == 0 {
+        if probed == 0 || self.parked.load(Ordering::Acquire) {
             return false;
         }
         self.behind()
@@ -137,6 +202,66 @@ mod tests {
         std::thread::sleep(LAG_PROBE + LAG_BEHIND + Duration::from_millis(10));
         assert!(l.runtime_behind(), "silent");
         assert!(!l.behind());
+    }
+
+    #[test]
+    fn the_probe_parks_without_publishes_and_the_next_publish_wakes_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = std::sync::Arc::new(Load::default());
+        assert!(!l.tick(Duration::ZERO), "just started");
+        l.count_queued(3);
+        std::thread::sleep(IDLE_PARK / 2);
+        assert!(!l.tick(Duration::ZERO), "a publish within IDLE_PARK");
+        std::thread::sleep(IDLE_PARK / 2 + Duration::from_millis(20));
+        assert!(
+            !l.tick(Duration::ZERO),
+            "IDLE_PARK since the tick that saw it"
+        );
+        std::thread::sleep(IDLE_PARK / 2 + Duration::from_millis(20));
+        assert!(l.tick(Duration::ZERO), "no publish for IDLE_PARK");
+        rt.block_on(async {
+            let parked = tokio::spawn({
+                let l = l.clone();
+                async move { l.park().await }
+            });
+            tokio::task::yield_now().await;
+            assert!(l.parked());
+            // Silent while parked is not a stuck runtime.
+            tokio::time::sleep(LAG_PROBE + LAG_BEHIND + Duration::from_millis(10)).await;
+            assert!(!l.runtime_behind() && !l.busy());
+            l.count_queued(0);
+            assert!(!l.parked());
+            tokio::time::timeout(Duration::from_secs(1), parked)
+                .await
+                .expect("a publish call wakes the probe")
+                .unwrap();
+            assert!(!l.runtime_behind(), "woken: its silence counts from now");
+            assert!(!l.tick(Duration::ZERO), "the tick sees the publish");
+            // A publish between the tick and the park: it does not sleep.
+            l.count_queued(1);
+            tokio::time::timeout(Duration::from_secs(1), l.park())
+                .await
+                .expect("returns at once");
+            assert!(!l.parked());
+        });
+        // Parked again, then silent past the probe's period once woken:
+        // the stuck runtime shows again.
+        rt.block_on(async {
+            l.tick(Duration::ZERO);
+            let park = tokio::spawn({
+                let l = l.clone();
+                async move { l.park().await }
+            });
+            tokio::task::yield_now().await;
+            assert!(l.parked());
+            l.count_queued(1);
+            park.await.unwrap();
+        });
+        std::thread::sleep(LAG_PROBE + LAG_BEHIND + Duration::from_millis(10));
+        assert!(l.runtime_behind(), "silent after the wake-up");
     }
 
     #[test]
