@@ -134,13 +134,12 @@ impl Load {
         notified.as_mut().enable();
         self.busy.store(false, Ordering::Relaxed);
         self.parked.store(true, Ordering::SeqCst);
-        // A publish call that saw `parked` unset before this store set
-        // `published` first (both SeqCst): then do not sleep. (One that
-        // found `published` still set skips its store; if the tick before
-        // had just cleared it, that call goes by unseen and the next one
-        // wakes the probe.)
-        // If that call has already unparked it, it notified: the await
-        // below takes the permit.
+        // A publish call that saw `parked` unset before this store had set
+        // `published` first (both SeqCst), so do not sleep; if that call
+        // unparked it after all, it notified and the await takes the
+        // permit. (A call that found `published` still set skips its store;
+        // if the last tick had just cleared it, that call goes by unseen
+        // and the next one wakes the probe.)
         if self.published.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             return;
         }
