@@ -6,10 +6,11 @@
 //! retried by stalling the partition.
 
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::client::{self, StartError};
+use super::polled::Polled;
 use super::record::Rejected;
 use crate::config::KafkaConfig;
 use crate::metrics as m;
@@ -44,7 +45,7 @@ impl ProducerContext for Counted {
 /// The dead-letter writer.
 pub(crate) struct DeadLetters {
     topic: String,
-    producer: ThreadedProducer<Counted>,
+    producer: Polled<Counted>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -63,8 +64,7 @@ impl DeadLetters {
         let mut c = client::config(cfg);
         c.set("enable.idempotence", "true").set("linger.ms", "20");
         client::apply_user_properties(&mut c, cfg);
-        let producer = c
-            .create_with_context(Counted)
+        let producer = Polled::start(&c, Counted, "kafka-dead-letters")
             .map_err(|e| StartError::Client(e.to_string()))?;
         metrics::counter!(m::KAFKA_DEAD_LETTERS, "outcome" => "queued").increment(0);
         metrics::counter!(m::KAFKA_DEAD_LETTERS, "outcome" => "failed").increment(0);

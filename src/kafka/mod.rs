@@ -9,6 +9,8 @@
 //!   partition pickup, broker health; whole polled bursts dispatched in
 //!   partition order under one lock.
 //! - `producer`: publishes, answered on the broker's acknowledgement.
+//! - `polled`: a producer with its own poll thread (the publish pool and
+//!   the dead-letter writer).
 //! - `catchup`: the pool of readers that catch streams up from Kafka
 //!   when the replay buffer can not serve their cursor.
 //! - `client`: client settings, start errors, error kinds.
@@ -20,6 +22,7 @@ pub(crate) mod consumer;
 pub(crate) mod dead_letter;
 pub(crate) mod format;
 pub(crate) mod mapping;
+pub(crate) mod polled;
 pub(crate) mod producer;
 pub(crate) mod record;
 

@@ -26,14 +26,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::ClientContext;
+use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
 use crate::event::{Event, Target};
 use crate::sse::EventId;
 
 use super::client::{self, StartError, STARTUP_TIMEOUT};
+use super::polled::Polled;
 use super::record::{EVENT_HEADER, TOPIC_HEADER};
 
 /// Transactional producers per node: publishes running at once.
@@ -45,7 +48,7 @@ pub(crate) struct Producer {
     /// Transactional producers; empty in per-event mode.
     pool: Vec<tokio::sync::Mutex<Slot>>,
     /// The producer of per-event mode.
-    single: Option<FutureProducer>,
+    single: Option<Polled<Acks>>,
     next: AtomicUsize,
     topic: Arc<str>,
     timeout: Duration,
@@ -54,11 +57,32 @@ pub(crate) struct Producer {
 /// One transactional producer; replaced when librdkafka says it is no
 /// longer usable (a fatal error, e.g. fenced by a newer instance).
 struct Slot {
-    producer: FutureProducer,
+    producer: Polled<Acks>,
     config: rdkafka::config::ClientConfig,
     /// The last abort did not complete (the broker was away): finish it
     /// before the next transaction.
     needs_abort: bool,
+}
+
+/// Where an event landed, or why it did not.
+type Ack = Result<(i32, i64), KafkaError>;
+
+/// Hands each delivery report to the publish awaiting it.
+pub(crate) struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<oneshot::Sender<Ack>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        let ack = match result {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The publish may have given up waiting; then nobody needs it.
+        let _ = waiting.send(ack);
+    }
 }
 
 /// A publish Kafka did not take.
@@ -100,7 +124,10 @@ impl Producer {
             client::apply_user_properties(&mut cc, cfg);
             return Ok(Self {
                 pool: Vec::new(),
-                single: Some(cc.create().map_err(|e| StartError::Client(e.to_string()))?),
+                single: Some(
+                    Polled::start(&cc, Acks, "kafka-publish")
+                        .map_err(|e| StartError::Client(e.to_string()))?,
+                ),
                 next: AtomicUsize::new(0),
                 topic,
                 timeout: cfg.publish_timeout,
@@ -201,26 +228,15 @@ impl Producer {
     /// acknowledgement awaited.
     async fn per_event(
         &self,
-        producer: &FutureProducer,
+        producer: &Polled<Acks>,
         events: &[Event<'_>],
     ) -> Result<Vec<EventId>, ProduceFailure> {
-        let pending: Vec<_> = events
-            .iter()
-            .map(|ev| producer.send_result(self.record(ev)).map_err(|(e, _)| e))
-            .collect();
+        let pending: Vec<_> = events.iter().map(|ev| self.send(producer, ev)).collect();
         let mut written = Vec::with_capacity(events.len());
         let mut first_error = None;
         for p in pending {
             let result = match p {
-                Ok(fut) => match fut.await {
-                    Ok(Ok(d)) => Ok(EventId::Kafka {
-                        topic: self.topic.clone(),
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                },
+                Ok(ack) => self.landed(ack).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -243,8 +259,8 @@ impl Producer {
 
     /// Aborts the producer's open transaction (blocking, up to the publish
     /// timeout).
-    async fn abort(&self, producer: &FutureProducer) -> Result<(), KafkaError> {
-        let p = producer.clone();
+    async fn abort(&self, producer: &Polled<Acks>) -> Result<(), KafkaError> {
+        let p = producer.handle();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
             .await
@@ -254,27 +270,19 @@ impl Producer {
     /// Begin, produce every event, commit.
     async fn transaction(
         &self,
-        producer: &FutureProducer,
+        producer: &Polled<Acks>,
         events: &[Event<'_>],
     ) -> Result<Vec<EventId>, KafkaError> {
         producer.begin_transaction()?;
         let mut pending = Vec::with_capacity(events.len());
         for ev in events {
-            pending.push(producer.send_result(self.record(ev)).map_err(|(e, _)| e)?);
+            pending.push(self.send(producer, ev)?);
         }
         let mut ids = Vec::with_capacity(events.len());
-        for p in pending {
-            match p.await {
-                Ok(Ok(d)) => ids.push(EventId::Kafka {
-                    topic: self.topic.clone(),
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Ok(Err((e, _))) => return Err(e),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
+        for ack in pending {
+            ids.push(self.landed(ack).await?);
         }
-        let p = producer.clone();
+        let p = producer.handle();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
             .await
@@ -282,13 +290,19 @@ impl Producer {
         Ok(ids)
     }
 
-    /// The record for one event. Ordering: Kafka keeps order within a
+    /// Queues the record for one event; the receiver gets its delivery
+    /// report. Ordering: Kafka keeps order within a
     /// partition, so events that must stay in order share one. A user's
     /// events are keyed by the user (the contract); a topic's events by the
     /// topic name (routing follows the `sse-topic` header, the key only picks
     /// the partition); broadcasts carry no key (that is what makes them
     /// broadcasts) and all go to partition 0.
-    fn record<'a>(&'a self, ev: &'a Event<'_>) -> FutureRecord<'a, str, str> {
+    fn send(
+        &self,
+        producer: &Polled<Acks>,
+        ev: &Event<'_>,
+    ) -> Result<oneshot::Receiver<Ack>, KafkaError> {
+        let (tx, rx) = oneshot::channel();
         let mut headers = OwnedHeaders::new();
         let mut key = None;
         let mut partition = None;
@@ -319,7 +333,7 @@ impl Producer {
                 value: Some(e),
             });
         }
-        let mut record = FutureRecord::to(&self.topic)
+        let mut record = BaseRecord::<str, str, _>::with_opaque_to(&self.topic, Box::new(tx))
             .payload(ev.data.as_ref())
             .headers(headers);
         if let Some(k) = key {
@@ -328,7 +342,19 @@ impl Producer {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        record
+        producer.send(record).map_err(|(e, _)| e)?;
+        Ok(rx)
+    }
+
+    /// The id of a sent event once Kafka acknowledged it.
+    async fn landed(&self, ack: oneshot::Receiver<Ack>) -> Result<EventId, KafkaError> {
+        // A dropped sender: the producer went away without a report.
+        let (partition, offset) = ack.await.map_err(|_| KafkaError::Canceled)??;
+        Ok(EventId::Kafka {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        })
     }
 }
 
@@ -337,8 +363,7 @@ impl Producer {
 impl Slot {
     /// A transactional producer, its transactions initialised (blocking).
     fn create(config: rdkafka::config::ClientConfig) -> Result<Self, StartError> {
-        let producer: FutureProducer = config
-            .create()
+        let producer = Polled::start(&config, Acks, "kafka-publish")
             .map_err(|e| StartError::Client(e.to_string()))?;
         producer
             .init_transactions(STARTUP_TIMEOUT)
