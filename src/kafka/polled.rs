@@ -84,7 +84,7 @@ mod tests {
     use super::*;
 
     /// Sends each delivery's offset to the test.
-    struct Reports(std::sync::Mutex<mpsc::Sender<i64>>);
+    struct Reports(mpsc::Sender<i64>);
 
     impl ClientContext for Reports {}
 
@@ -92,7 +92,7 @@ mod tests {
         type DeliveryOpaque = ();
         fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
             let offset = result.as_ref().map_or(-1, |m| m.offset());
-            let _ = self.0.lock().unwrap().send(offset);
+            let _ = self.0.send(offset);
         }
     }
 
@@ -117,7 +117,7 @@ mod tests {
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("linger.ms", "0");
         let (tx, rx) = mpsc::channel();
-        let polled = Polled::start(&config, Reports(tx.into()), "polled-test").unwrap();
+        let polled = Polled::start(&config, Reports(tx), "polled-test").unwrap();
 
         // A report is served while a poll call is under way, not at its end.
         for expected in 0..3 {
