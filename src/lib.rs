@@ -86,6 +86,13 @@ pub mod bench {
     pub fn map_record(format: &str) -> Box<dyn FnMut() -> usize> {
         crate::kafka::mapping::bench_case(format)
     }
+
+    /// A publish body's work before and after dispatch, as the handler
+    /// does it: parse and validate `body`, then build the answer naming
+    /// the events' ids. Returns the answer's length.
+    pub fn publish_body_and_reply(body: &[u8]) -> usize {
+        crate::http::publish::bench_case(body)
+    }
 }
 pub use config::{Cli, Config, ConfigError};
 pub use kafka::mapping::Mappings;

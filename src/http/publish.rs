@@ -291,6 +291,15 @@ fn reply(ids: &[EventId], batch: bool) -> Response<Body> {
     )
 }
 
+/// `bench::publish_body_and_reply`.
+pub(crate) fn bench_case(body: &[u8]) -> usize {
+    let (events, batch) = parse(body).unwrap_or_default();
+    let ids: Vec<EventId> = (1..=events.len() as u64)
+        .map(|seq| EventId::Local { epoch: 1, seq })
+        .collect();
+    reply(&ids, batch).body().bytes().len()
+}
+
 /// Parses and validates a publish body; `bool` is whether it was a batch.
 pub(crate) fn parse(body: &[u8]) -> Result<(Vec<Event<'static>>, bool), String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
