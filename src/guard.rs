@@ -219,6 +219,12 @@ impl Publishers {
         }
     }
 
+    /// Whether any publisher limit is configured (else charging is a no-op
+    /// and the publisher need not be named).
+    pub(crate) fn limited(&self) -> bool {
+        self.limits.is_some()
+    }
+
     /// Charges one request of `bytes` to `who`.
     pub(crate) fn charge(&self, who: &str, bytes: usize) -> Result<(), Refused> {
         self.charge_parts(who, 1.0, bytes)

@@ -17,6 +17,7 @@
 //! [`Sink`]'s business (this node, or Kafka); every way a publish can be
 //! refused is a [`Refusal`], answered in [`Refusal::into_response`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -41,8 +42,12 @@ pub(crate) const MAX_BATCH: usize = 10_000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Item<'a> {
-    user: Option<String>,
-    topic: Option<String>,
+    // Borrowed from the body unless escaped: a name is copied once, into
+    // its `Name`.
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
     broadcast: Option<bool>,
     event: Option<String>,
     #[serde(borrow)]
@@ -111,20 +116,24 @@ impl Publish {
             denied.count(auth::Endpoint::Publish);
             Refusal::Denied(denied)
         })?;
-        let who =
-            who.unwrap_or_else(|| format!("ip:{}", self.proxies.client(peer, req.headers()).ip()));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        self.publishers
-            .charge(&who, declared.unwrap_or(0))
-            .map_err(Refusal::Limited)?;
+        // Named only when a limit is charged to it (none by default).
+        let who = self.publishers.limited().then(|| {
+            who.unwrap_or_else(|| format!("ip:{}", self.proxies.client(peer, req.headers()).ip()))
+        });
+        if let Some(who) = &who {
+            self.publishers
+                .charge(who, declared.unwrap_or(0))
+                .map_err(Refusal::Limited)?;
+        }
         let body = self.read_body(req).await?;
-        if declared.is_none() {
+        if let (Some(who), None) = (&who, declared) {
             // No content-length: charge the bytes that came (no request).
             self.publishers
-                .charge_bytes(&who, body.len())
+                .charge_bytes(who, body.len())
                 .map_err(Refusal::Limited)?;
         }
         let (events, batch) = parse(&body).map_err(Refusal::Invalid)?;
@@ -277,18 +286,26 @@ fn retry_later(status: StatusCode, msg: &str, secs: u64) -> Response<Body> {
     resp
 }
 
+/// `{"id": "..."}` for one event, `{"ids": [...]}` for a batch.
 fn reply(ids: &[EventId], batch: bool) -> Response<Body> {
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    #[derive(serde::Serialize)]
+    struct One {
+        id: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    struct Many {
+        ids: Vec<String>,
+    }
     let body = if batch {
-        serde_json::json!({ "ids": ids })
+        let ids = ids.iter().map(ToString::to_string).collect();
+        serde_json::to_vec(&Many { ids })
     } else {
-        serde_json::json!({ "id": ids.first() })
+        let id = ids.first().map(ToString::to_string);
+        serde_json::to_vec(&One { id })
     };
-    response(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from(body.to_string()),
-    )
+    // Strings only: serializing them cannot fail.
+    let body = body.unwrap_or_default();
+    response(StatusCode::OK, "application/json", Bytes::from(body))
 }
 
 /// `bench::publish_body_and_reply`.
@@ -356,26 +373,29 @@ fn validate(item: Item<'_>) -> Result<Event<'static>, String> {
 /// Strips insignificant whitespace from valid JSON text, keeping everything
 /// else (key order, number spelling, string escapes) byte for byte.
 pub(crate) fn compact_json(json: &str) -> String {
+    // Works on bytes: the four whitespace bytes, `"` and `\` are ASCII and
+    // never part of a multi-byte character, so every cut is at a character
+    // boundary and the kept runs are copied whole.
     let mut out = String::with_capacity(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in json.chars() {
+    let bytes = json.as_bytes();
+    let (mut run, mut in_string, mut escaped) = (0, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(&json[run..i]);
+            run = i + 1;
         }
     }
+    out.push_str(&json[run..]);
     out
 }
 
@@ -433,6 +453,37 @@ mod tests {
         assert_eq!(
             compact_json("{ \"k\" : \"a \\\" b\\n\" ,\n \"n\": 1.50e3 }"),
             "{\"k\":\"a \\\" b\\n\",\"n\":1.50e3}"
+        );
+    }
+
+    #[test]
+    fn compaction_cuts_only_between_tokens() {
+        // Multi-byte characters, an escaped backslash before a closing quote,
+        // whitespace at both ends and inside strings.
+        assert_eq!(
+            compact_json(" { \"é\" : \"ü ñ\\\\\" ,\r\n \"k\":[ 1 ,\t2 ], \"s\": \" \\\" \" }\n"),
+            "{\"é\":\"ü ñ\\\\\",\"k\":[1,2],\"s\":\" \\\" \"}"
+        );
+        assert_eq!(compact_json("\"x\""), "\"x\"");
+        assert_eq!(compact_json("  "), "");
+    }
+
+    #[test]
+    fn escaped_names_are_unescaped() {
+        let (v, _) = ok(r#"{"user":"a\u0062","data":1}"#);
+        assert_eq!(v[0].target, Target::User(Name::new("ab").unwrap()));
+        let (v, _) = ok(r#"{"topic":"n\u00e9","data":1}"#);
+        assert_eq!(v[0].target, Target::Topic(Name::new("né").unwrap()));
+    }
+
+    #[test]
+    fn replies_name_the_ids() {
+        let body = |r: Response<Body>| String::from_utf8(r.body().bytes().to_vec()).unwrap();
+        let id = |seq| EventId::Local { epoch: 10, seq };
+        assert_eq!(body(reply(&[id(1)], false)), r#"{"id":"a-1"}"#);
+        assert_eq!(
+            body(reply(&[id(1), id(2)], true)),
+            r#"{"ids":["a-1","a-2"]}"#
         );
     }
 
