@@ -64,7 +64,7 @@ impl DeadLetters {
         let mut c = client::config(cfg);
         c.set("enable.idempotence", "true").set("linger.ms", "20");
         client::apply_user_properties(&mut c, cfg);
-        let producer = Polled::start(&c, Counted, "kafka-dead-letters")
+        let producer = Polled::start(&c, Counted, "kafka-dead-ltrs")
             .map_err(|e| StartError::Client(e.to_string()))?;
         metrics::counter!(m::KAFKA_DEAD_LETTERS, "outcome" => "queued").increment(0);
         metrics::counter!(m::KAFKA_DEAD_LETTERS, "outcome" => "failed").increment(0);

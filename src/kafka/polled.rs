@@ -8,9 +8,12 @@
 //! not (BENCHMARKS.md, "An idle node's wake-ups"). Here each call lasts
 //! [`POLL`]; a delivery report is still served the moment it arrives (the
 //! call returns to librdkafka's queue wait after each one), so only the
-//! stop is slower: the thread notices it at the end of its current call,
-//! and then drops its handle on the producer, which flushes what is left.
-//! Nothing waits for that: dropping a [`Polled`] returns at once.
+//! stop is slower: the thread notices it at the end of its current call
+//! and then drops its handle on the producer (the last one: rdkafka then
+//! purges what is still queued and serves those reports as failures).
+//! Nothing waits for that: dropping a [`Polled`] returns at once, so a
+//! caller that wants its records written flushes first (the dead-letter
+//! writer does on shutdown).
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +34,8 @@ pub(crate) struct Polled<C: ProducerContext + 'static> {
 }
 
 impl<C: ProducerContext + 'static> Polled<C> {
-    /// Creates the producer and starts its poll thread, named `name`.
+    /// Creates the producer and starts its poll thread, named `name` (at
+    /// most 15 bytes: Linux cuts thread names there).
     pub(crate) fn start(config: &ClientConfig, context: C, name: &str) -> KafkaResult<Self> {
         let producer = Arc::new(BaseProducer::from_config_and_context(config, context)?);
         let stop = Arc::new(AtomicBool::new(false));

@@ -42,6 +42,9 @@ use super::record::{EVENT_HEADER, TOPIC_HEADER};
 /// Transactional producers per node: publishes running at once.
 pub(crate) const POOL: usize = 4;
 
+/// The name of each publish producer's poll thread.
+const POLL_THREAD: &str = "kafka-publish";
+
 /// Produces published events to Kafka, one transaction per publish (or
 /// idempotent writes per event).
 pub(crate) struct Producer {
@@ -68,7 +71,7 @@ struct Slot {
 type Ack = Result<(i32, i64), KafkaError>;
 
 /// Hands each delivery report to the publish awaiting it.
-pub(crate) struct Acks;
+struct Acks;
 
 impl ClientContext for Acks {}
 
@@ -125,7 +128,7 @@ impl Producer {
             return Ok(Self {
                 pool: Vec::new(),
                 single: Some(
-                    Polled::start(&cc, Acks, "kafka-publish")
+                    Polled::start(&cc, Acks, POLL_THREAD)
                         .map_err(|e| StartError::Client(e.to_string()))?,
                 ),
                 next: AtomicUsize::new(0),
@@ -363,7 +366,7 @@ impl Producer {
 impl Slot {
     /// A transactional producer, its transactions initialised (blocking).
     fn create(config: rdkafka::config::ClientConfig) -> Result<Self, StartError> {
-        let producer = Polled::start(&config, Acks, "kafka-publish")
+        let producer = Polled::start(&config, Acks, POLL_THREAD)
             .map_err(|e| StartError::Client(e.to_string()))?;
         producer
             .init_transactions(STARTUP_TIMEOUT)
