@@ -51,7 +51,12 @@ fn setup(n: usize) -> (Arc<Fanout>, Vec<Subscription>) {
 fn drain(subs: &[Subscription]) {
     let mut cx = Context::from_waker(Waker::noop());
     for s in subs {
-        while s.subscriber().queue.poll_drain(&mut cx, true).is_ready() {}
+        while s
+            .subscriber()
+            .queue
+            .poll_drain(&mut cx, true, None)
+            .is_ready()
+        {}
     }
 }
 

@@ -172,7 +172,10 @@ mod tests {
     fn drain(s: &Subscribed) {
         let q = &s.subscription.subscriber().queue;
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(matches!(q.poll_drain(&mut cx, true), Poll::Ready(Ok(_))));
+        assert!(matches!(
+            q.poll_drain(&mut cx, true, None),
+            Poll::Ready(Ok(_))
+        ));
     }
 
     #[test]

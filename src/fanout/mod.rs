@@ -968,7 +968,7 @@ mod tests {
             let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
             let mut seqs = Vec::new();
             while let std::task::Poll::Ready(Ok(batch)) =
-                sub.subscriber().queue.poll_drain(cx, true)
+                sub.subscriber().queue.poll_drain(cx, true, None)
             {
                 let text = std::str::from_utf8(&batch.bytes).unwrap();
                 seqs.extend(

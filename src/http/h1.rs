@@ -56,7 +56,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::abort::Abort;
-use crate::stream::{io_reason, CloseReason, Next, Sent, Stream, Wire};
+use crate::stream::{io_reason, CloseReason, Framing, Next, Sent, Stream, Wire, FRAMING_HEAD_MAX};
 use crate::timed_io::TimedIo;
 
 use super::subscribe::{Admission, Subscribe, PREFIX};
@@ -138,7 +138,7 @@ pub(crate) async fn refuse_large_head(mut stream: TcpStream, max_head: usize) {
         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         &format!("the request head is larger than {max_head} bytes (--max-header-bytes)"),
     );
-    let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
+    let head = response_head(&resp, BodyFraming::Close(resp.body().bytes().len()));
     let _ = write_all(&mut stream, &[&head, resp.body().bytes()]).await;
     let _ = stream.shutdown().await;
 }
@@ -198,7 +198,7 @@ impl Wire for Socket {
         let parts = chunk(frame, &mut size);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let slices = parts.map(IoSlice::new);
-        match self.0.try_write_vectored(&slices) {
+        match try_send(&self.0, &slices) {
             Ok(n) if n >= total => Sent::All,
             // Full (or failed: the stream's own write will say how).
             Ok(0) | Err(_) => Sent::Nothing,
@@ -213,6 +213,36 @@ impl Wire for Socket {
                 Sent::Part(Bytes::from(rest))
             }
         }
+    }
+}
+
+/// Most bytes [`try_send`] gathers into one buffer.
+const GATHER_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// [`try_send`]'s buffer, one per thread (it holds bytes only during a
+    /// call).
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `bufs` to `tcp` if it takes them now, as `try_write_vectored`
+/// does, in one `send(2)` of one buffer: parts of up to [`GATHER_MAX`] bytes
+/// in all are copied together first. A chunk is three parts (size line,
+/// data, CRLF); a vectored write costs the kernel more than copying a few
+/// KiB does (`writev` goes through the file layer, `send` straight to the
+/// socket; BENCHMARKS.md, "One send per write").
+fn try_send(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    match bufs {
+        [one] => tcp.try_write(one),
+        _ if total > GATHER_MAX => tcp.try_write_vectored(bufs),
+        _ => GATHER.with_borrow_mut(|buf| {
+            buf.clear();
+            for b in bufs {
+                buf.extend_from_slice(b);
+            }
+            tcp.try_write(buf)
+        }),
     }
 }
 
@@ -242,7 +272,7 @@ impl AsyncWrite for Shared {
     ) -> Poll<io::Result<usize>> {
         loop {
             std::task::ready!(self.tcp().poll_write_ready(cx))?;
-            match self.tcp().try_write_vectored(bufs) {
+            match try_send(self.tcp(), bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
@@ -324,13 +354,13 @@ async fn start<W: Watch>(
 ) -> io::Result<Option<(TimedIo<W>, Stream)>> {
     match subscribe.admit(&taken.parts, peer, conn, true) {
         Admission::Answer(resp) => {
-            let head = response_head(&resp, Framing::Close(resp.body().bytes().len()));
+            let head = response_head(&resp, BodyFraming::Close(resp.body().bytes().len()));
             write_all(&mut io, &[&head, resp.body().bytes()]).await?;
             let _ = io.shutdown().await;
             Ok(None)
         }
         Admission::Stream(resp, mut stream) => {
-            let head = response_head(&resp, Framing::Chunked);
+            let head = response_head(&resp, BodyFraming::Chunked);
             let first = match poll_fn(|cx| stream.poll_next(cx)).await {
                 Next::Data(b) => b,
                 _ => Bytes::new(),
@@ -350,6 +380,7 @@ async fn start<W: Watch>(
             if let Some(socket) = wire {
                 stream.set_wire(socket);
             }
+            stream.set_framing(&CHUNK);
             Ok(Some((io, stream)))
         }
     }
@@ -546,7 +577,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 
 /// How a response's body is framed on the wire.
 #[derive(Debug, Clone, Copy)]
-enum Framing {
+enum BodyFraming {
     /// An endless stream: chunked, connection kept.
     Chunked,
     /// A complete body of this length, then the connection closes.
@@ -555,7 +586,7 @@ enum Framing {
 
 /// The HTTP/1.1 response head for `resp` (its status and headers, a `date`,
 /// and the body framing).
-fn response_head<B>(resp: &Response<B>, framing: Framing) -> Vec<u8> {
+fn response_head<B>(resp: &Response<B>, framing: BodyFraming) -> Vec<u8> {
     use std::fmt::Write;
     let status = resp.status();
     let mut s = String::with_capacity(256);
@@ -577,8 +608,8 @@ fn response_head<B>(resp: &Response<B>, framing: Framing) -> Vec<u8> {
         httpdate::fmt_http_date(SystemTime::now())
     );
     match framing {
-        Framing::Chunked => s.push_str("transfer-encoding: chunked\r\n\r\n"),
-        Framing::Close(n) => {
+        BodyFraming::Chunked => s.push_str("transfer-encoding: chunked\r\n\r\n"),
+        BodyFraming::Close(n) => {
             let _ = write!(s, "content-length: {n}\r\nconnection: close\r\n\r\n");
         }
     }
@@ -595,15 +626,22 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::
 }
 
 /// One chunk of the chunked encoding around `data`: its size line (written
-/// into `size`), `data`, CRLF. The one place a chunk is framed.
+/// into `size`), `data`, CRLF. The one place a chunk is framed, with
+/// [`CHUNK`] (the same, for a stream's batch framed as it is copied).
 fn chunk<'a>(data: &'a [u8], size: &'a mut [u8; 18]) -> [&'a [u8]; 3] {
     let len = chunk_size_line(data.len(), size);
     let size: &'a [u8; 18] = size;
-    [&size[..len], data, b"\r\n"]
+    [&size[..len], data, CHUNK.tail]
 }
 
+/// A chunk, as a stream's batch is framed (`Stream::set_framing`).
+static CHUNK: Framing = Framing {
+    head: chunk_size_line,
+    tail: b"\r\n",
+};
+
 /// `{len:x}\r\n` into `out`; returns its length.
-fn chunk_size_line(n: usize, out: &mut [u8; 18]) -> usize {
+fn chunk_size_line(n: usize, out: &mut [u8; FRAMING_HEAD_MAX]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4)).max(1) as usize;
     for i in 0..digits {
@@ -754,14 +792,14 @@ mod tests {
             "content-type",
             HeaderValue::from_static("text/event-stream"),
         );
-        let h = String::from_utf8(response_head(&r, Framing::Chunked)).unwrap();
+        let h = String::from_utf8(response_head(&r, BodyFraming::Chunked)).unwrap();
         assert!(
             h.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: "),
             "{h}"
         );
         assert!(h.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n"), "{h}");
         *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
-        let h = String::from_utf8(response_head(&r, Framing::Close(12))).unwrap();
+        let h = String::from_utf8(response_head(&r, BodyFraming::Close(12))).unwrap();
         assert!(h.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{h}");
         assert!(
             h.ends_with("content-length: 12\r\nconnection: close\r\n\r\n"),

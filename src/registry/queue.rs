@@ -62,6 +62,20 @@ pub enum Sent {
     Part(Bytes),
 }
 
+/// How a transport frames one write, so that a batch copied together is
+/// framed in the same copy ([`Queue::poll_drain`]) and leaves as one
+/// buffer: a head made from the data's length, and a fixed tail.
+#[derive(Debug)]
+pub struct Framing {
+    /// Writes the head for `len` bytes of data into `out`; returns its
+    /// length.
+    pub head: fn(len: usize, out: &mut [u8; FRAMING_HEAD_MAX]) -> usize,
+    pub tail: &'static [u8],
+}
+
+/// The longest head a [`Framing`] writes.
+pub const FRAMING_HEAD_MAX: usize = 18;
+
 /// Whether the CPU has `prefetchw` (CPUID 8000_0001h, ECX bit 8).
 #[cfg(target_arch = "x86_64")]
 static PREFETCHW: std::sync::LazyLock<bool> =
@@ -197,6 +211,9 @@ pub struct Batch {
     /// Wire bytes, already framed (the rest of a direct send): written as
     /// they are. Such a batch holds nothing else.
     pub wire: bool,
+    /// Framed as the drain was asked to (its frames copied together):
+    /// written as they are.
+    pub framed: bool,
 }
 
 /// A bounded, drain-all queue of shared frames.
@@ -451,7 +468,14 @@ impl Queue {
     /// empty; `Pending` (waker stored) when there is nothing yet. `live`:
     /// the stream is past its preamble and replay, and has written all it
     /// was handed, so direct sends may start (see the module doc).
-    pub fn poll_drain(&self, cx: &mut Context<'_>, live: bool) -> Poll<Result<Batch, CloseReason>> {
+    /// `framing`: a batch of several frames, which is copied together, is
+    /// framed in that copy (a single frame is handed out as it is, shared).
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        live: bool,
+        framing: Option<&Framing>,
+    ) -> Poll<Result<Batch, CloseReason>> {
         let mut st = self.state.lock();
         if st.writer == Writer::Dispatcher {
             // A direct send is in flight: its sender wakes us after it.
@@ -477,6 +501,7 @@ impl Queue {
                 events: 0,
                 oldest_us: 0,
                 wire: true,
+                framed: false,
             }));
         }
         match st.frames.len() {
@@ -500,6 +525,7 @@ impl Queue {
                     events,
                     oldest_us: ts,
                     wire: false,
+                    framed: false,
                 }))
             }
             n => {
@@ -509,7 +535,13 @@ impl Queue {
                 // flushes every 16 queued buffers). The copy is made under
                 // the lock so the deque keeps its capacity: a stream under
                 // steady load then never reallocates it.
-                let mut buf = BytesMut::with_capacity(len);
+                let mut head = [0u8; FRAMING_HEAD_MAX];
+                let (head_len, tail) = match framing {
+                    Some(f) => ((f.head)(len, &mut head), f.tail),
+                    None => (0, &[][..]),
+                };
+                let mut buf = BytesMut::with_capacity(head_len + len + tail.len());
+                buf.put_slice(&head[..head_len]);
                 let (mut events, mut oldest_us) = (0, 0);
                 for (f, ts) in st.frames.drain(..) {
                     buf.put_slice(&f);
@@ -526,12 +558,14 @@ impl Queue {
                     st.frames.shrink_to(KEEP_CAPACITY);
                 }
                 drop(st);
+                buf.put_slice(tail);
                 Poll::Ready(Ok(Batch {
                     bytes: buf.freeze(),
                     frames: n,
                     events,
                     oldest_us,
                     wire: false,
+                    framed: framing.is_some(),
                 }))
             }
         }
@@ -565,7 +599,7 @@ mod tests {
     };
 
     fn drain(q: &Queue, w: &Waker) -> Poll<Result<Batch, CloseReason>> {
-        q.poll_drain(&mut Context::from_waker(w), true)
+        q.poll_drain(&mut Context::from_waker(w), true, None)
     }
 
     #[test]
@@ -592,6 +626,40 @@ mod tests {
         }
         assert_eq!(q.len(), (0, 0));
         assert!(drain(&q, &waker).is_pending());
+    }
+
+    #[test]
+    fn a_batch_of_several_frames_is_framed_in_its_copy_a_single_frame_is_not() {
+        static BRACKETS: Framing = Framing {
+            head: |len, out| {
+                out[..3].copy_from_slice(format!("<{len}>").as_bytes());
+                3
+            },
+            tail: b"</>",
+        };
+        let q = Queue::new();
+        let framed = |q: &Queue| match q.poll_drain(
+            &mut Context::from_waker(Waker::noop()),
+            true,
+            Some(&BRACKETS),
+        ) {
+            Poll::Ready(Ok(b)) => (b.bytes, b.framed, b.events),
+            other => panic!("{other:?}"),
+        };
+        q.try_push(&Bytes::from_static(b"ab"), 5, 0, LIMITS);
+        q.try_push(&Bytes::from_static(b":"), 0, 0, LIMITS);
+        q.try_push(&Bytes::from_static(b"cd"), 7, 0, LIMITS);
+        let (bytes, was_framed, events) = framed(&q);
+        assert_eq!(
+            (&bytes[..], was_framed, events),
+            (&b"<5>ab:cd</>"[..], true, 2)
+        );
+        // One frame is handed out shared, as it is: the transport frames it.
+        let one = Bytes::from_static(b"ef");
+        q.try_push(&one, 9, 0, LIMITS);
+        let (bytes, was_framed, _) = framed(&q);
+        assert_eq!((&bytes[..], was_framed), (&b"ef"[..], false));
+        assert_eq!(bytes.as_ptr(), one.as_ptr(), "not copied");
     }
 
     #[test]
@@ -776,13 +844,19 @@ mod tests {
         q.set_wire(Some(FakeWire::new(usize::MAX)));
         assert_eq!(claim(&q, b"e").0, Push::Queued, "not live yet");
         let w = Waker::noop();
-        assert!(q.poll_drain(&mut Context::from_waker(w), false).is_ready());
         assert!(q
-            .poll_drain(&mut Context::from_waker(w), false)
+            .poll_drain(&mut Context::from_waker(w), false, None)
+            .is_ready());
+        assert!(q
+            .poll_drain(&mut Context::from_waker(w), false, None)
             .is_pending());
         assert_eq!(claim(&q, b"e").0, Push::Queued, "still not live");
-        assert!(q.poll_drain(&mut Context::from_waker(w), true).is_ready());
-        assert!(q.poll_drain(&mut Context::from_waker(w), true).is_pending());
+        assert!(q
+            .poll_drain(&mut Context::from_waker(w), true, None)
+            .is_ready());
+        assert!(q
+            .poll_drain(&mut Context::from_waker(w), true, None)
+            .is_pending());
         assert_eq!(claim(&q, b"e").0, Push::Claimed, "live and idle");
         let (q, _wire, _count, _waker) = live(usize::MAX);
         let hb = Bytes::from_static(b":\n\n");

@@ -46,7 +46,7 @@ use crate::metrics as m;
 use crate::registry::load::Load;
 pub use crate::registry::queue::CloseReason;
 use crate::registry::queue::{Batch, Queue};
-pub use crate::registry::queue::{Sent, Wire};
+pub use crate::registry::queue::{Framing, Sent, Wire, FRAMING_HEAD_MAX};
 use crate::registry::{Subscriber, Subscription};
 use crate::replay::{Chunk, Range};
 use crate::sse::frame::{self, ResetReason};
@@ -225,9 +225,11 @@ pub struct Opened {
 pub enum Next {
     /// Write these bytes (one write).
     Data(Bytes),
-    /// Write these bytes as they are: the rest of a direct send, already
-    /// framed by the transport's own [`Wire`] (so only a transport that
-    /// installed one gets this).
+    /// Write these bytes as they are, already framed as the transport
+    /// frames a write: the rest of a direct send (its own [`Wire`]'s), or a
+    /// batch framed as it was copied together (its [`Framing`], see
+    /// [`Stream::set_framing`]). Only a transport that installed one of
+    /// them gets this.
     Wire(Bytes),
     /// The stream ended cleanly: finish the response (HTTP/1.1's last
     /// chunk, h2's END_STREAM) and close.
@@ -252,6 +254,9 @@ pub struct Stream {
     /// Set after a write within a window: the next batch waits for the timer.
     holding: bool,
     account: bool,
+    /// How the transport frames a write, for batches framed as they are
+    /// copied together.
+    framing: Option<&'static Framing>,
     /// Batches written, for sampling the lag histogram.
     batches: u32,
     /// Why the stream ended, once it has (the queue's reason, or what the
@@ -512,6 +517,7 @@ impl Stream {
             hold: None,
             holding: false,
             account: settings.account,
+            framing: None,
             batches: 0,
             ended: None,
             _lease: None,
@@ -536,6 +542,14 @@ impl Stream {
         if self.window.always_us == 0 {
             self.queue().set_wire(Some(wire));
         }
+    }
+
+    /// Has live batches of several frames framed as `framing` frames a
+    /// write, in the copy that puts them together ([`Next::Wire`]): the
+    /// transport then writes one buffer, not the data between its head and
+    /// tail (herald's HTTP/1.1 writer: a chunk).
+    pub fn set_framing(&mut self, framing: &'static Framing) {
+        self.framing = Some(framing);
     }
 
     /// The next thing to write, or how the stream ends. `Pending` stores the
@@ -600,7 +614,7 @@ impl Stream {
         }
         // Live, and the transport has written everything handed out (it
         // asks for more only then): direct sends may start.
-        match self.queue().poll_drain(cx, true) {
+        match self.queue().poll_drain(cx, true, self.framing) {
             Poll::Ready(Ok(batch)) if batch.wire => Poll::Ready(Next::Wire(batch.bytes)),
             Poll::Ready(Ok(batch)) => {
                 self.account(batch.events, batch.oldest_us);
@@ -618,7 +632,11 @@ impl Stream {
                     }
                     None => self.hold = None,
                 }
-                Poll::Ready(Next::Data(batch.bytes))
+                Poll::Ready(if batch.framed {
+                    Next::Wire(batch.bytes)
+                } else {
+                    Next::Data(batch.bytes)
+                })
             }
             Poll::Ready(Err(reason)) => {
                 self.ended.get_or_insert(reason);
@@ -864,7 +882,7 @@ impl Prefix {
             // The queue, parked: heartbeats and the end. An event in it
             // means the stream was just joined to the live fan-out, after
             // its feed ended: keep the batch for after the replay.
-            match sub.subscriber().queue.poll_drain(cx, false) {
+            match sub.subscriber().queue.poll_drain(cx, false, None) {
                 Poll::Ready(Ok(batch)) if batch.events == 0 => {
                     return Poll::Ready(Ok((batch.bytes, 0)))
                 }
