@@ -26,7 +26,7 @@
 //! - [`serve`] consumes the head and asks the admission. A refusal is written
 //!   as a complete response and the connection closed. A stream gets its
 //!   response head and first bytes in one write, then: [`Stream::poll_next`]
-//!   -> one chunked, vectored write, until the stream ends; the read side is
+//!   -> one chunk in one `send`, until the stream ends; the read side is
 //!   watched for the client going away (or sending anything, which ends the
 //!   stream: an SSE client has nothing to send), both polled in one
 //!   `poll_fn` (no future built per wait).
@@ -227,10 +227,10 @@ thread_local! {
 
 /// Writes `bufs` to `tcp` if it takes them now, as `try_write_vectored`
 /// does, in one `send(2)` of one buffer: parts of up to [`GATHER_MAX`] bytes
-/// in all are copied together first. A chunk is three parts (size line,
-/// data, CRLF); a vectored write costs the kernel more than copying a few
-/// KiB does (`writev` goes through the file layer, `send` straight to the
-/// socket; BENCHMARKS.md, "One send per write").
+/// in all are copied together first. A chunk of one frame is three parts
+/// (size line, data, CRLF), and a vectored write of them costs the kernel
+/// more than the copy (BENCHMARKS.md, "One send per write"); a stream's
+/// batch of several frames comes framed already (`Stream::set_framing`).
 fn try_send(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     match bufs {

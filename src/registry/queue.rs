@@ -10,8 +10,10 @@
 //!   lock, so the dispatcher can wake after releasing its shard lock, and only
 //!   on the empty -> non-empty edge: a burst costs one wake-up per connection.
 //! - `poll_drain` takes everything queued in one go and returns it as one
-//!   [`Bytes`] (copied together when there is more than one frame), so a burst
-//!   leaves in one write instead of one write per frame.
+//!   [`Bytes`] (copied together when there is more than one frame, and
+//!   framed in that copy as the transport frames a write when it asks:
+//!   [`Framing`]), so a burst leaves in one write instead of one write per
+//!   frame.
 //!
 //! - Direct sends: a transport that can write without waiting (herald's
 //!   HTTP/1.1 writer) installs its [`Wire`] once the stream is live. An
