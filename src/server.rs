@@ -180,11 +180,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
     builder
         .http1()
         .keep_alive(true)
-        // A response's head and body leave in one `send(2)` from one
-        // buffer, not a `writev(2)` of two: the file layer a vectored
-        // write goes through costs more than copying a publish's answer
+        // Not flattened (`writev(false)`), though one buffer costs the
+        // kernel less than two: flattened, hyper copies a stream's body into
+        // a write buffer that keeps its size for the connection's life
         // (BENCHMARKS.md, "One send per write").
-        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(serve.http.header_read_timeout)
         .max_buf_size(serve.http.max_header_bytes);
