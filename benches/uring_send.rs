@@ -8,10 +8,15 @@
 //! current-thread runtime, one task per connection, like an SSE client)
 //! drains the other ends. Each round sends one SSE-sized frame (a chunk of
 //! ~130 bytes) to every connection, then waits until the reader has it all,
-//! so socket buffers never fill. Two ways to send a round, alternated:
+//! so socket buffers never fill. The ways to send a round, alternated:
 //! - `write`: one `write(2)` per connection, from one thread;
 //! - `uring`: one `Send` entry per connection, submitted in batches of
-//!   `BATCH` with one `io_uring_enter` each, completions reaped.
+//!   `BATCH` with one `io_uring_enter` each, completions reaped;
+//! - `writev`: the chunk as its three parts (size line, data, CRLF) in one
+//!   `writev(2)` per connection, as herald's HTTP/1.1 writer wrote them;
+//! - `gather`: the three parts copied into one buffer, then one `write(2)`
+//!   per connection, as herald's writer sends a single frame now
+//!   (BENCHMARKS.md, "One send per write").
 //!
 //! Reported per delivered frame: the sending thread's CPU time and the whole
 //! process's (the reader thread's and any io_uring worker threads'
@@ -112,6 +117,32 @@ fn send_writes(socks: &mut [TcpStream], frame: &[u8]) {
     }
 }
 
+/// `frame` as a chunk's three parts: size line, data, CRLF.
+fn parts(frame: &[u8]) -> [&[u8]; 3] {
+    let line = frame.iter().position(|&b| b == b'\n').unwrap() + 1;
+    [&frame[..line], &frame[line..frame.len() - 2], b"\r\n"]
+}
+
+fn send_writevs(socks: &mut [TcpStream], frame: &[u8]) {
+    let slices = parts(frame).map(std::io::IoSlice::new);
+    for s in socks {
+        // The reader keeps every buffer nearly empty: a short write would
+        // be a broken prototype.
+        assert_eq!(s.write_vectored(&slices).unwrap(), frame.len());
+    }
+}
+
+fn send_gathered(socks: &mut [TcpStream], frame: &[u8], buf: &mut Vec<u8>) {
+    let parts = parts(frame);
+    for s in socks {
+        buf.clear();
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        s.write_all(buf).unwrap();
+    }
+}
+
 fn send_uring(ring: &mut IoUring, socks: &[TcpStream], frame: &[u8]) {
     for batch in socks.chunks(BATCH) {
         for (i, s) in batch.iter().enumerate() {
@@ -153,6 +184,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The ways a round is sent (module doc).
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Write,
+    Uring,
+    Writev,
+    Gather,
+}
+
+const WAYS: [(Way, &str); 4] = [
+    (Way::Write, "write(2) per stream"),
+    (Way::Uring, "io_uring, 256 per enter"),
+    (Way::Writev, "writev(2) of 3 parts"),
+    (Way::Gather, "3 parts copied, write(2)"),
+];
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (streams, rounds) = if full { (4000, 60) } else { (64, 3) };
@@ -161,59 +208,57 @@ fn main() {
     let mut ring = match IoUring::new(BATCH as u32) {
         Ok(ring) => Some(ring),
         Err(e) if !full => {
-            eprintln!("io_uring is refused here ({e}): only the write(2) way runs");
+            eprintln!("io_uring is refused here ({e}): the other ways run");
             None
         }
         Err(e) => panic!("io_uring_setup: {e}"),
     };
+    let mut gather = Vec::new();
     let mut sent = 0u64;
-    let (mut w_thread, mut w_proc, mut u_thread, mut u_proc) = (vec![], vec![], vec![], vec![]);
-    for round in 0..rounds * 2 {
-        let uring = round % 2 == 1;
-        if uring && ring.is_none() {
-            continue;
-        }
+    // Per way: the sender thread's and the process's CPU per frame, by round.
+    let mut took: [(Vec<f64>, Vec<f64>); 4] = Default::default();
+    for round in 0..rounds * WAYS.len() {
+        let way = WAYS[round % WAYS.len()].0;
         let (t0, p0) = (
             cpu(libc::CLOCK_THREAD_CPUTIME_ID),
             cpu(libc::CLOCK_PROCESS_CPUTIME_ID),
         );
-        if let (true, Some(ring)) = (uring, ring.as_mut()) {
-            send_uring(ring, &socks, &frame);
-        } else {
-            send_writes(&mut socks, &frame);
+        match (way, ring.as_mut()) {
+            (Way::Uring, Some(ring)) => send_uring(ring, &socks, &frame),
+            (Way::Uring, None) => continue,
+            (Way::Write, _) => send_writes(&mut socks, &frame),
+            (Way::Writev, _) => send_writevs(&mut socks, &frame),
+            (Way::Gather, _) => send_gathered(&mut socks, &frame, &mut gather),
         }
         sent += (streams * frame.len()) as u64;
         settle(&got, sent);
         let per = |d: Duration| d.as_nanos() as f64 / streams as f64;
-        let thread = per(cpu(libc::CLOCK_THREAD_CPUTIME_ID) - t0);
-        let process = per(cpu(libc::CLOCK_PROCESS_CPUTIME_ID) - p0);
-        if uring {
-            u_thread.push(thread);
-            u_proc.push(process);
-        } else {
-            w_thread.push(thread);
-            w_proc.push(process);
-        }
+        let (thread, process) = &mut took[round % WAYS.len()];
+        thread.push(per(cpu(libc::CLOCK_THREAD_CPUTIME_ID) - t0));
+        process.push(per(cpu(libc::CLOCK_PROCESS_CPUTIME_ID) - p0));
     }
     assert_eq!(got.load(Ordering::Relaxed), sent, "every byte delivered");
-    if ring.is_none() {
+    if !full {
         return;
     }
-    let (wt, wp, ut, up) = (
-        median(w_thread),
-        median(w_proc),
-        median(u_thread),
-        median(u_proc),
-    );
     println!(
         "{streams} streams, {rounds} rounds each, {} B frames: per delivered frame, sender thread / whole process:",
         frame.len()
     );
-    println!("  write(2) per stream:        {wt:>7.0} ns / {wp:>7.0} ns");
-    println!("  io_uring, {BATCH} per enter:  {ut:>7.0} ns / {up:>7.0} ns");
+    let medians = took.map(|(t, p)| (median(t), median(p)));
+    for ((_, name), (t, p)) in WAYS.iter().zip(medians) {
+        println!("  {name:<26} {t:>7.0} ns / {p:>7.0} ns");
+    }
+    let ratio = |a: Way, b: Way| {
+        let (a, b) = (medians[a as usize], medians[b as usize]);
+        format!("{:.2}x / {:.2}x", a.0 / b.0, a.1 / b.1)
+    };
     println!(
-        "  io_uring / write:           {:>7.2}x / {:>7.2}x",
-        ut / wt,
-        up / wp
+        "  io_uring / write:          {}",
+        ratio(Way::Uring, Way::Write)
+    );
+    println!(
+        "  gather / writev:           {}",
+        ratio(Way::Gather, Way::Writev)
     );
 }

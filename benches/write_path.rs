@@ -2,7 +2,7 @@
 //! (`Stream::poll_next`) and written as one HTTP/1.1 chunk by herald's
 //! writer, into a real socket (a Unix socket pair whose other end a thread
 //! reads and discards). This is where most of herald's CPU per delivered
-//! event goes under load: a drain plus one `writev` per wake-up. Compares 1,
+//! event goes under load: a drain plus one write per wake-up. Compares 1,
 //! 10 and 50 queued frames per write (the more frames a write carries, the
 //! cheaper each event).
 //!

@@ -194,7 +194,7 @@ impl Wire for Socket {
     /// The frame as one chunk, if the socket takes it now; the bytes it
     /// did not take of a partial write come back to be written next.
     fn send(&self, frame: &[u8]) -> Sent {
-        let mut size = [0u8; 18];
+        let mut size = [0u8; FRAMING_HEAD_MAX];
         let parts = chunk(frame, &mut size);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let slices = parts.map(IoSlice::new);
@@ -232,10 +232,11 @@ thread_local! {
 /// more than the copy (BENCHMARKS.md, "One send per write"); a stream's
 /// batch of several frames comes framed already (`Stream::set_framing`).
 fn try_send(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    let total: usize = bufs.iter().map(|b| b.len()).sum();
     match bufs {
         [one] => tcp.try_write(one),
-        _ if total > GATHER_MAX => tcp.try_write_vectored(bufs),
+        _ if bufs.iter().map(|b| b.len()).sum::<usize>() > GATHER_MAX => {
+            tcp.try_write_vectored(bufs)
+        }
         _ => GATHER.with_borrow_mut(|buf| {
             buf.clear();
             for b in bufs {
@@ -365,7 +366,7 @@ async fn start<W: Watch>(
                 Next::Data(b) => b,
                 _ => Bytes::new(),
             };
-            let mut size = [0u8; 18];
+            let mut size = [0u8; FRAMING_HEAD_MAX];
             let [line, data, end] = chunk(&first, &mut size);
             // (An empty chunk would end the body: the head alone then.)
             let parts: &[&[u8]] = if first.is_empty() {
@@ -621,16 +622,16 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> io::
     if data.is_empty() {
         return Ok(());
     }
-    let mut size = [0u8; 18];
+    let mut size = [0u8; FRAMING_HEAD_MAX];
     write_all(io, &chunk(data, &mut size)).await
 }
 
 /// One chunk of the chunked encoding around `data`: its size line (written
 /// into `size`), `data`, CRLF. The one place a chunk is framed, with
 /// [`CHUNK`] (the same, for a stream's batch framed as it is copied).
-fn chunk<'a>(data: &'a [u8], size: &'a mut [u8; 18]) -> [&'a [u8]; 3] {
+fn chunk<'a>(data: &'a [u8], size: &'a mut [u8; FRAMING_HEAD_MAX]) -> [&'a [u8]; 3] {
     let len = chunk_size_line(data.len(), size);
-    let size: &'a [u8; 18] = size;
+    let size: &'a [u8; FRAMING_HEAD_MAX] = size;
     [&size[..len], data, CHUNK.tail]
 }
 
@@ -694,7 +695,7 @@ mod tests {
 
     #[test]
     fn chunk_size_lines() {
-        let mut b = [0u8; 18];
+        let mut b = [0u8; FRAMING_HEAD_MAX];
         for (n, want) in [
             (1usize, "1\r\n"),
             (15, "f\r\n"),
