@@ -274,6 +274,7 @@ pub fn h2_connection(data: &[u8]) {
             head_deadline: tokio::time::Instant::now() + Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_header_bytes: 16 * 1024,
+            write_timeout: Some(Duration::from_secs(1)),
         };
         let io = crate::timed_io::TimedIo::new(server, None, crate::abort::Abort::new());
         let mut input = crate::http::h2::PREFACE.to_vec();
@@ -287,7 +288,13 @@ pub fn h2_connection(data: &[u8]) {
         let read = async {
             let _ = r.read_to_end(&mut out).await;
         };
-        tokio::join!(crate::http::h2::serve(io, ctx), write, read);
+        let served = async {
+            tokio::join!(crate::http::h2::serve(io, ctx), write, read);
+        };
+        // Every bound above is 1 s: a connection still open after 5 s waits
+        // on something nothing bounds (a hang, reported as a crash).
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(ended.is_ok(), "the connection did not end within 5 s");
         out
     });
     let mut rest = &out[..];

@@ -621,6 +621,7 @@ async fn serve_h2<I>(
         head_deadline,
         idle_timeout: serve.http.idle_timeout,
         max_header_bytes: serve.http.max_header_bytes,
+        write_timeout: serve.http.write_timeout,
     };
     if Abortable::new(http::h2::serve(io, ctx), abort.clone())
         .await

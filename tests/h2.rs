@@ -280,6 +280,11 @@ async fn protocol_violations_end_the_connection_with_their_code() {
             PROTOCOL_ERROR,
         ),
         (
+            "GOAWAY of 4 bytes",
+            frame(GOAWAY, 0, 0, &[0, 0, 3, 0xe8]),
+            FRAME_SIZE_ERROR,
+        ),
+        (
             "a header block interrupted by PING",
             [frame(HEADERS, 0, 1, &[0x82]), ping.clone()].concat(),
             PROTOCOL_ERROR,
@@ -602,4 +607,76 @@ async fn a_silent_idle_h2_client_does_not_hold_the_drain() {
     let took = s.shutdown().await;
     assert!(took < Duration::from_millis(2500), "drain took {took:?}");
     assert_eq!(reader.await.unwrap(), Some(0), "a GOAWAY with NO_ERROR");
+}
+
+/// A complete answer the client gives no window for (SETTINGS_INITIAL_WINDOW_SIZE
+/// 0, no WINDOW_UPDATE) waits at most `--write-timeout`, as a write that
+/// does not move would: then its stream is reset (CANCEL), counted as a
+/// write timeout, and the connection, no longer holding anything, goes
+/// back to its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_for_want_of_window_is_reset_after_the_write_timeout() {
+    let s = TestServer::with(|c| {
+        c.server.write_timeout = Some(Duration::from_millis(600));
+        c.server.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let before = support::metric(
+        &s.metrics(),
+        "herald_limited_total",
+        Some("reason=\"write_timeout\""),
+    );
+    let mut c = Raw::open_with(&s, &[(0x4, 0)]).await;
+    let asked = std::time::Instant::now();
+    c.request(1, "GET", "/healthz", &[], true).await;
+    let h = c.until(HEADERS, 1).await;
+    assert_eq!(h.flags & END_STREAM, 0, "a body follows");
+    let f = c.until(RST_STREAM, 1).await;
+    let waited = asked.elapsed();
+    assert_eq!(
+        u32::from_be_bytes(f.payload[..4].try_into().unwrap()),
+        CANCEL
+    );
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(5),
+        "reset after {waited:?}"
+    );
+    assert_eq!(
+        support::metric(
+            &s.metrics(),
+            "herald_limited_total",
+            Some("reason=\"write_timeout\""),
+        ),
+        before + 1.0
+    );
+    // The connection still serves: a PING is answered.
+    c.send(&frame(PING, 0, 0, b"still up")).await;
+    let pong = c.until(PING, 0).await;
+    assert_eq!(&pong.payload, b"still up");
+    still_serves(&s).await;
+}
+
+/// A client's GOAWAY ends the connection: a request sent after it (in the
+/// same packet) is not served, so nothing is left waiting on a connection
+/// herald no longer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_after_a_clients_goaway_is_served() {
+    let s = TestServer::start().await;
+    let mut c = Raw::open(&s).await;
+    let block = head(&mut c.enc, "GET", "/healthz", &[]);
+    let bytes = [
+        frame(GOAWAY, 0, 0, &[0; 8]),
+        frame(HEADERS, END_HEADERS | END_STREAM, 1, &block),
+    ]
+    .concat();
+    c.send(&bytes).await;
+    let mut answered = false;
+    while let Some(f) = c.next().await {
+        answered |= f.ty == HEADERS;
+    }
+    assert!(
+        !answered,
+        "a request after the client's GOAWAY was answered"
+    );
+    still_serves(&s).await;
 }

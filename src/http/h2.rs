@@ -167,6 +167,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) head_deadline: Instant,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_header_bytes: usize,
+    /// `--write-timeout`: also the longest a complete response may wait
+    /// for window (`None`: no bound).
+    pub(crate) write_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -216,6 +219,16 @@ enum End {
     TimedOut,
 }
 
+/// A complete response waiting for window ([`Conn::hold`]).
+enum Held {
+    /// It may wait until then.
+    Until(Instant),
+    /// No `--write-timeout`: it may wait as long as the connection lasts.
+    Unbounded,
+    /// It has waited `--write-timeout`: the stream is reset.
+    Over,
+}
+
 /// One request stream.
 struct Slot {
     id: u32,
@@ -225,6 +238,10 @@ struct Slot {
     recv_window: i64,
     /// A HEAD request: the response has no body.
     head: bool,
+    /// Since when a complete response has waited for window (the client
+    /// gives none): reset after `--write-timeout`, like a write that
+    /// does not move.
+    held_since: Option<Instant>,
     /// The request body, while the client is still sending it.
     inbox: Option<Arc<Mutex<Inbox>>>,
     state: State,
@@ -356,6 +373,9 @@ struct Conn<I> {
     /// The head deadline, then the idle timeout: armed only while no
     /// stream is open.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The earliest a held response times out ([`Conn::hold`]): armed only
+    /// while one waits for window.
+    held_timer: Option<Pin<Box<Sleep>>>,
     /// The node's drain, watched only while no stream is open.
     drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
@@ -386,6 +406,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             idle_frames: 0,
             idle_since: Instant::now(),
             timer: Some(Box::pin(tokio::time::sleep_until(ctx.head_deadline))),
+            held_timer: None,
             drain: None,
         };
         let max_list = u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX);
@@ -448,7 +469,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
             }
             progress |= self.poll_routing(cx);
-            progress |= self.poll_streams(cx);
+            progress |= self.poll_streams(cx, ctx);
             if self.slots.is_empty() {
                 // A drain must wake a connection with no stream open (one
                 // with streams is woken by their ends): registered only
@@ -574,6 +595,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let mut frame = self.rbuf.split_to(9 + len);
             frame.advance(9);
             self.on_frame(ty, flags, id, frame.freeze(), ctx)?;
+            if self.peer_done {
+                // The client's GOAWAY: its streams are closed, it reads no
+                // more answers, and what it sent after is not served (a
+                // request there would wait on a connection no longer read).
+                self.rbuf.clear();
+                break;
+            }
             if ty == kind::HEADERS || ty == kind::CONTINUATION {
                 // A new request is routed at once (nearly every answer is
                 // ready on the first poll): its head and the router's
@@ -657,6 +685,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             kind::GOAWAY => {
                 if id != 0 {
                     return Err(conn_err(Code::Protocol, "GOAWAY on a stream"));
+                }
+                if payload.len() < 8 {
+                    return Err(conn_err(Code::FrameSize, "GOAWAY too short"));
                 }
                 self.peer_done = true;
                 for i in (0..self.slots.len()).rev() {
@@ -979,6 +1010,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             send_window: self.peer_initial_window,
             recv_window: WINDOW,
             head,
+            held_since: None,
             inbox,
             state: State::Routing(future),
         });
@@ -1105,8 +1137,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     /// Queues DATA for every stream that has some and window for it.
-    fn poll_streams(&mut self, cx: &mut Context<'_>) -> bool {
+    fn poll_streams(&mut self, cx: &mut Context<'_>, ctx: &Ctx<'_>) -> bool {
         let mut progress = false;
+        // The earliest a held response times out.
+        let mut held_until: Option<Instant> = None;
         let mut i = 0;
         while i < self.slots.len() {
             if self.out.len() - self.written >= WRITE_HIGH {
@@ -1116,10 +1150,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             // `Some(None)`: ended cleanly; `Some(Some(code))`: reset.
             let (state, end) = match state {
                 State::Full(mut rest) => {
-                    progress |= self.data(i, &mut rest, true);
-                    match rest.is_empty() {
-                        true => (State::Done, Some(None)),
-                        false => (State::Full(rest), None),
+                    let sent = self.data(i, &mut rest, true);
+                    progress |= sent;
+                    if rest.is_empty() {
+                        (State::Done, Some(None))
+                    } else {
+                        match self.hold(i, sent, ctx.write_timeout) {
+                            Held::Until(at) => {
+                                held_until = Some(held_until.map_or(at, |h| h.min(at)));
+                                (State::Full(rest), None)
+                            }
+                            Held::Unbounded => (State::Full(rest), None),
+                            Held::Over => {
+                                Limit::WriteTimeout.count();
+                                (State::Done, Some(Some(Code::Cancel)))
+                            }
+                        }
                     }
                 }
                 State::Sse(mut stream, mut pending) => {
@@ -1163,7 +1209,38 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             self.finished(i);
             self.slots.swap_remove(i);
         }
+        match held_until {
+            Some(at) => {
+                let timer = self
+                    .held_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    progress = true;
+                }
+            }
+            None => self.held_timer = None,
+        }
         progress
+    }
+
+    /// Slot `i`'s complete response still waits for window (`sent`: some
+    /// of it went out this time): until when it may, or that it is over.
+    fn hold(&mut self, i: usize, sent: bool, timeout: Option<Duration>) -> Held {
+        let Some(timeout) = timeout else {
+            return Held::Unbounded;
+        };
+        let now = Instant::now();
+        let since = match self.slots[i].held_since {
+            Some(since) if !sent => since,
+            _ => *self.slots[i].held_since.insert(now),
+        };
+        match since + timeout {
+            at if at > now => Held::Until(at),
+            _ => Held::Over,
+        }
     }
 
     /// Queues as much of `bytes` as the windows allow as DATA frames (the
