@@ -37,7 +37,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 
-/// Deque capacity a stream keeps between drains (40 bytes per entry).
+/// Deque capacity a stream is brought back to after a burst (40 bytes per
+/// entry); it keeps up to twice this between drains.
 const KEEP_CAPACITY: usize = 16;
 
 /// The timestamp that marks a queued entry as wire bytes: the rest of a
@@ -555,8 +556,11 @@ impl Queue {
                     }
                 }
                 // A burst's worth of capacity is given back, so a stream
-                // that once absorbed a burst does not keep its deque.
-                if st.frames.capacity() > KEEP_CAPACITY {
+                // that once absorbed a burst does not keep its deque; one
+                // grown only to twice what it keeps is left so, so that a
+                // stream whose writes each carry a few more frames than
+                // that is not grown and shrunk on every write.
+                if st.frames.capacity() > 2 * KEEP_CAPACITY {
                     st.frames.shrink_to(KEEP_CAPACITY);
                 }
                 drop(st);
@@ -662,6 +666,33 @@ mod tests {
         let (bytes, was_framed, _) = framed(&q);
         assert_eq!((&bytes[..], was_framed), (&b"ef"[..], false));
         assert_eq!(bytes.as_ptr(), one.as_ptr(), "not copied");
+    }
+
+    #[test]
+    fn a_burst_gives_its_capacity_back_a_few_frames_more_than_kept_do_not() {
+        let big = Limits {
+            max_frames: 1000,
+            max_bytes: 1 << 20,
+            stall: None,
+        };
+        let q = Queue::new();
+        let fill = |n: usize| {
+            for _ in 0..n {
+                q.try_push(&Bytes::from_static(b"e"), 1, 0, big);
+            }
+            assert!(drain(&q, Waker::noop()).is_ready());
+            q.state.lock().frames.capacity()
+        };
+        // A burst of 500: brought back to what a stream keeps.
+        assert_eq!(fill(500), KEEP_CAPACITY);
+        // Writes of 24 frames grow it once, then leave it as it is.
+        let grown = fill(24);
+        assert!((24..=2 * KEEP_CAPACITY).contains(&grown), "{grown}");
+        for _ in 0..3 {
+            assert_eq!(fill(24), grown);
+        }
+        assert_eq!(fill(2), grown, "kept between drains");
+        assert_eq!(fill(500), KEEP_CAPACITY);
     }
 
     #[test]
