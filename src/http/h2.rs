@@ -45,9 +45,10 @@
 //!   no window for is reset after it too (an event stream held so is the
 //!   core's to close: its queue stalls). The client's GOAWAY ends the
 //!   connection: nothing it sent after is served. A dead peer is found by
-//!   the heartbeat's writes, as on HTTP/1.1. On drain: GOAWAY, no new streams, and the
-//!   connection closes once its streams have ended (the core ends SSE
-//!   streams); a connection with no stream open closes at once.
+//!   the heartbeat's writes, as on HTTP/1.1. On drain: GOAWAY, no new
+//!   streams, and the connection closes once its streams have ended (the
+//!   core ends SSE streams); a connection with no stream open closes at
+//!   once.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
