@@ -10,6 +10,12 @@
 //! whole registry in one call (before issue 14): the longest a periodic task
 //! holds a shard lock, and the work one tick hands the runtime.
 //!
+//! `kafka_records`: what the ingest thread does per record in Kafka mode
+//! with 10,000 connected users, each record for the next user in turn (so
+//! every lookup meets a cold entry, as in `scripts/measure-ingest` case C):
+//! batches of 64 records on 8 partitions, the cursor encoded per record.
+//! The queues reached are drained after each batch, outside the timing.
+//!
 //! Run: `cargo bench --bench fanout`. Results: BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)]
@@ -24,6 +30,7 @@ use herald::fanout::{Fanout, Source};
 use herald::registry::queue;
 use herald::registry::{Registry, Subscription};
 use herald::replay;
+use herald::sse::id::EventId;
 
 fn setup(n: usize) -> (Arc<Fanout>, Vec<Subscription>) {
     let registry = Arc::new(Registry::new(64));
@@ -99,6 +106,58 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+fn kafka_records(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    const PARTITIONS: usize = 8;
+    let mut g = c.benchmark_group("kafka_records");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let n = 10_000;
+    let (fanout, subs) = setup(n);
+    drain(&subs);
+    let users: Vec<Target> = (0..n)
+        .map(|i| Target::User(Name::new(&format!("user-{i}")).unwrap()))
+        .collect();
+    let topic: std::sync::Arc<str> = std::sync::Arc::from("bench");
+    let data = r#"{"from":"alice","text":"hello, this is a record of about 64 bytes"}"#;
+    let mut next = 0usize;
+    let mut offsets = [0i64; PARTITIONS];
+    g.bench_function(BenchmarkId::new("targeted", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let first = next;
+                let batch: Vec<Event<'_>> = (0..BATCH)
+                    .map(|k| {
+                        let i = (first + k) % n;
+                        let partition = i % PARTITIONS;
+                        offsets[partition] += 1;
+                        let mut ev = Event::new(users[i].clone(), data);
+                        ev.id = Some(EventId::Kafka {
+                            topic: topic.clone(),
+                            partition: partition as i32,
+                            offset: offsets[partition],
+                        });
+                        ev
+                    })
+                    .collect();
+                next = (first + BATCH) % n;
+                let t = Instant::now();
+                fanout.publish(&batch, Source::Kafka);
+                total += t.elapsed();
+                drop(batch);
+                let mut cx = Context::from_waker(Waker::noop());
+                for k in 0..BATCH {
+                    let q = &subs[(first + k) % n].subscriber().queue;
+                    while q.poll_drain(&mut cx, true, None).is_ready() {}
+                }
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
 fn heartbeat(c: &mut Criterion) {
     let mut g = c.benchmark_group("heartbeat");
     g.sample_size(20);
@@ -125,5 +184,5 @@ fn heartbeat(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, heartbeat);
+criterion_group!(benches, bench, kafka_records, heartbeat);
 criterion_main!(benches);
