@@ -130,6 +130,17 @@ impl<'a> Event<'a> {
     pub fn kind(&self) -> Option<&str> {
         self.kind.as_deref()
     }
+
+    /// The same event owning its text (to outlive what it borrowed).
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            target: self.target,
+            kind: self.kind.map(|k| Cow::Owned(k.into_owned())),
+            data: Cow::Owned(self.data.into_owned()),
+            id: self.id,
+            timestamp_us: self.timestamp_us,
+        }
+    }
 }
 
 // === impl Target ===

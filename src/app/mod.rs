@@ -190,8 +190,10 @@ impl Node {
                 // topic and the client's last error (a TLS or SASL failure)
                 // where the producer could only say its transactions timed
                 // out.
+                let rt = tokio::runtime::Handle::current();
                 let ingest =
-                    tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f)).await??;
+                    tokio::task::spawn_blocking(move || Ingest::start(&k, age, stall, f, &rt))
+                        .await??;
                 let producer = match kc.publish_topic.clone() {
                     // Every topic has a mapping rule: publishing is off.
                     None => None,

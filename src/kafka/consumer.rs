@@ -6,7 +6,13 @@
 //! earliest, or offsets-for-times `--replay-max-age` ago) and assigns itself
 //! every partition. Then it loops: poll a burst (up to [`MAX_BURST`] records
 //! already fetched), map each record (skipping, counting and logging bad
-//! ones with their position), dispatch the burst under one lock. Every
+//! ones with their position), and hand the mapped burst to the dispatcher,
+//! one task on the streams' runtime that dispatches bursts in order (at
+//! most [`BURSTS_IN_FLIGHT`] wait for it). Dispatching there, a record's
+//! stream task is woken on the worker that encoded its frame and queued
+//! next to it, on warm caches; woken from this thread, every record's
+//! frame, queue and waker crossed cores (0.7x the CPU per record with
+//! 10,000 users, BENCHMARKS.md). Every
 //! `--kafka-metadata-interval` it re-reads metadata: new partitions are
 //! assigned from their beginning, and the result is the broker health that
 //! readiness reports. librdkafka reconnects by itself; after an outage the
@@ -33,6 +39,7 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, StartPosition};
+use crate::event::Event;
 use crate::fanout::{Fanout, Source};
 use crate::lifecycle::IngestHealth as Status;
 use crate::metrics as m;
@@ -45,6 +52,10 @@ use super::record;
 /// round-trips and more frames per socket write; this bound keeps one burst
 /// from holding the dispatcher for long (~a few ms at 10k subscribers).
 pub(crate) const MAX_BURST: usize = 512;
+/// Mapped bursts waiting for the dispatcher at most: one being dispatched
+/// while the next is mapped. Bounds the records copied out of librdkafka's
+/// buffers to `BURSTS_IN_FLIGHT * MAX_BURST`.
+pub(crate) const BURSTS_IN_FLIGHT: usize = 2;
 /// Longest wait in one poll; also how quickly a stop request is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Bound on the periodic metadata refresh (the health probe).
@@ -201,11 +212,13 @@ impl Ingest {
     /// Connects, checks the topics, assigns every partition at the start
     /// position and starts the consumer thread. Blocking (up to about
     /// `STARTUP_TIMEOUT`): call from a blocking context.
+    /// `runtime`: the streams' runtime, where the dispatcher task runs.
     pub(crate) fn start(
         cfg: &KafkaConfig,
         replay_age: Duration,
         stall: Duration,
         fanout: Arc<Fanout>,
+        runtime: &tokio::runtime::Handle,
     ) -> Result<Self, StartError> {
         let mut cc = client::reader_config(cfg, &format!("herald-{:x}", fanout.epoch()));
         cc.set("statistics.interval.ms", STATS_INTERVAL_MS);
@@ -307,9 +320,12 @@ impl Ingest {
                 .map_err(StartError::Thread)?,
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let (dispatcher, bursts) = tokio::sync::mpsc::channel(BURSTS_IN_FLIGHT);
+        runtime.spawn(dispatch_bursts(bursts, fanout.clone()));
         let worker = Worker {
             consumer,
             fanout,
+            dispatcher,
             topics: mapper.topics().to_vec(),
             mapper,
             dead_letters,
@@ -391,6 +407,8 @@ fn partition_count(
 struct Worker {
     consumer: BaseConsumer<IngestContext>,
     fanout: Arc<Fanout>,
+    /// The dispatcher task's queue; the task ends when this is dropped.
+    dispatcher: tokio::sync::mpsc::Sender<Burst>,
     /// Configured topics, shared into every event id.
     topics: Vec<Arc<str>>,
     /// Each topic's rule.
@@ -431,12 +449,11 @@ impl Worker {
                 if let Some(max) = self.backpressure {
                     self.fanout.room_blocking(max, &self.stop);
                 }
-                dispatch(
-                    &self.fanout,
-                    &self.mapper,
-                    self.dead_letters.as_ref(),
-                    &burst,
-                );
+                let mapped = map_burst(&self.mapper, self.dead_letters.as_ref(), &burst);
+                if self.dispatcher.blocking_send(mapped).is_err() {
+                    // The runtime is shutting down.
+                    break;
+                }
             }
             drop(burst);
             if Instant::now() >= next_refresh {
@@ -513,16 +530,23 @@ fn added_partitions(known: i32, observed: i32) -> Vec<(i32, Offset)> {
         .collect()
 }
 
-/// Maps a burst (decoding included, before any lock) and dispatches it
-/// under one lock. Records that can not be mapped are counted and logged
-/// with their position (or dead-lettered), never dispatched, never fatal.
-fn dispatch(
-    fanout: &Fanout,
+/// A burst of records mapped on the consumer thread, owning its text, for
+/// the dispatcher: its events, then the positions of the records skipped.
+#[derive(Debug)]
+struct Burst {
+    events: Vec<Event<'static>>,
+    skipped: Vec<(Arc<str>, i32, i64)>,
+}
+
+/// Maps a burst (decoding included, before any lock). Records that can not
+/// be mapped are counted and logged with their position (or
+/// dead-lettered), never dispatched, never fatal.
+fn map_burst(
     mapper: &Mapper,
     dead_letters: Option<&DeadLetters>,
     burst: &[BorrowedMessage<'_>],
-) {
-    let mut out = Vec::with_capacity(burst.len());
+) -> Burst {
+    let mut events = Vec::with_capacity(burst.len());
     let mut skipped = Vec::new();
     let mut headers = Vec::new();
     for msg in burst {
@@ -539,10 +563,10 @@ fn dispatch(
                 // The record's timestamp (create or log-append time):
                 // delivery lag is measured from when it entered Kafka.
                 event.timestamp_us = record::timestamp_us(msg.timestamp().to_millis());
-                out.push(event);
+                events.push(event.into_owned());
             }
             Err(why) => {
-                skipped.push((msg.topic(), msg.partition(), msg.offset()));
+                skipped.push((mapper.topics()[t].clone(), msg.partition(), msg.offset()));
                 metrics::counter!(m::KAFKA_SKIPPED, "reason" => why.skip.as_str()).increment(1);
                 match dead_letters {
                     Some(d) => d.send(msg, &why),
@@ -557,13 +581,23 @@ fn dispatch(
             }
         }
     }
-    if !out.is_empty() {
-        fanout.publish(&out, Source::Kafka);
-    }
-    // After the events: a stream's position never passes a record it has
-    // not been given.
-    if !skipped.is_empty() {
-        fanout.skipped(&skipped);
+    Burst { events, skipped }
+}
+
+/// The dispatcher: each burst's events under one lock, in the order the
+/// consumer mapped them, until the consumer thread ends.
+async fn dispatch_bursts(mut bursts: tokio::sync::mpsc::Receiver<Burst>, fanout: Arc<Fanout>) {
+    while let Some(b) = bursts.recv().await {
+        if !b.events.is_empty() {
+            fanout.publish(&b.events, Source::Kafka);
+        }
+        // After the events: a stream's position never passes a record it
+        // has not been given.
+        if !b.skipped.is_empty() {
+            let skipped: Vec<(&str, i32, i64)> =
+                b.skipped.iter().map(|(t, p, o)| (&**t, *p, *o)).collect();
+            fanout.skipped(&skipped);
+        }
     }
 }
 
