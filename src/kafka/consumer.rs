@@ -52,10 +52,12 @@ use super::record;
 /// round-trips and more frames per socket write; this bound keeps one burst
 /// from holding the dispatcher for long (~a few ms at 10k subscribers).
 pub(crate) const MAX_BURST: usize = 512;
-/// Mapped bursts waiting for the dispatcher at most: one being dispatched
-/// while the next is mapped. Bounds the records copied out of librdkafka's
-/// buffers to `BURSTS_IN_FLIGHT * MAX_BURST`.
-pub(crate) const BURSTS_IN_FLIGHT: usize = 2;
+/// Mapped bursts waiting for the dispatcher at most. Bounds the records
+/// copied out of librdkafka's buffers to `BURSTS_IN_FLIGHT * MAX_BURST`.
+/// With 2, the consumer thread blocked on a full queue so often that bursts
+/// shrank and a record cost more than before (BENCHMARKS.md); 16 is what
+/// was measured cheaper.
+pub(crate) const BURSTS_IN_FLIGHT: usize = 16;
 /// Longest wait in one poll; also how quickly a stop request is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Bound on the periodic metadata refresh (the health probe).
