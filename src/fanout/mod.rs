@@ -712,10 +712,10 @@ impl Fanout {
 
     /// Kafka ingest skipped these records (bad ones): the node's position
     /// moves past them all the same.
-    pub fn skipped(&self, records: &[(&str, i32, i64)]) {
+    pub fn skipped(&self, records: &[(Arc<str>, i32, i64)]) {
         let mut st = self.state.lock();
-        for &(topic, partition, offset) in records {
-            st.replay.advance(topic, partition, offset);
+        for (topic, partition, offset) in records {
+            st.replay.advance(topic, *partition, *offset);
         }
         st.latest = EventId::Cursor(Arc::from(st.replay.cursor()));
     }

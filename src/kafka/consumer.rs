@@ -11,7 +11,7 @@
 //! most [`BURSTS_IN_FLIGHT`] wait for it). Dispatching there, a record's
 //! stream task is woken on the worker that encoded its frame and queued
 //! next to it, on warm caches; woken from this thread, every record's
-//! frame, queue and waker crossed cores (0.7x the CPU per record with
+//! frame, queue and waker crossed cores (0.8x the CPU per record with
 //! 10,000 users, BENCHMARKS.md). Every
 //! `--kafka-metadata-interval` it re-reads metadata: new partitions are
 //! assigned from their beginning, and the result is the broker health that
@@ -452,7 +452,8 @@ impl Worker {
                     self.fanout.room_blocking(max, &self.stop);
                 }
                 let mapped = map_burst(&self.mapper, self.dead_letters.as_ref(), &burst);
-                if self.dispatcher.blocking_send(mapped).is_err() {
+                let nothing = mapped.events.is_empty() && mapped.skipped.is_empty();
+                if !nothing && self.dispatcher.blocking_send(mapped).is_err() {
                     // The runtime is shutting down.
                     break;
                 }
@@ -596,9 +597,7 @@ async fn dispatch_bursts(mut bursts: tokio::sync::mpsc::Receiver<Burst>, fanout:
         // After the events: a stream's position never passes a record it
         // has not been given.
         if !b.skipped.is_empty() {
-            let skipped: Vec<(&str, i32, i64)> =
-                b.skipped.iter().map(|(t, p, o)| (&**t, *p, *o)).collect();
-            fanout.skipped(&skipped);
+            fanout.skipped(&b.skipped);
         }
     }
 }
